@@ -1,0 +1,306 @@
+//! Allocators: the [`AllocatorImpl`] trait, the cheap [`Allocator`] handle,
+//! [`AllocationParams`], and the process-wide registry
+//! (`gst_allocator_register` / `find` / `set_default`).
+
+use std::any::Any;
+use std::collections::BTreeMap;
+use std::fmt;
+use std::sync::{Arc, LazyLock, PoisonError, RwLock};
+
+use bitflags::bitflags;
+
+use crate::error::{Error, Result};
+use crate::memory::{Memory, MemoryFlags, MemoryParts};
+use crate::system::SystemAllocator;
+
+bitflags! {
+    /// Flags of an allocator (`GstAllocatorFlags`), with GStreamer's values.
+    #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default)]
+    pub struct AllocatorFlags: u32 {
+        /// The allocator has its own way of allocating (it needs more than a
+        /// size, e.g. an fd): copies of its memories go to the default
+        /// allocator.
+        const CUSTOM_ALLOC = 16;
+        /// Copies of this allocator's memories go to the default allocator
+        /// (GStreamer 1.24).
+        const NO_COPY = 32;
+        /// The first flag free for custom use.
+        const LAST = 16 << 16;
+        const _ = !0;
+    }
+}
+
+/// Parameters of an allocation (`GstAllocationParams`).
+///
+/// ```
+/// use mediamem::{AllocationParams, Allocator, MemoryFlags};
+///
+/// let params = AllocationParams::new(MemoryFlags::ZERO_PREFIXED, 63, 16, 0);
+/// let mem = Allocator::system().alloc(1000, Some(&params))?;
+/// assert_eq!(mem.offset(), 16);
+/// assert_eq!(mem.size(), 1000);
+/// # Ok::<(), mediamem::Error>(())
+/// ```
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default)]
+pub struct AllocationParams {
+    /// Flags applied to the new memory.
+    pub flags: MemoryFlags,
+    /// Alignment mask (bytes − 1): must be `2^n − 1`.
+    pub align: usize,
+    /// Bytes reserved before the visible region (the memory's offset).
+    pub prefix: usize,
+    /// Bytes reserved after the visible region.
+    pub padding: usize,
+}
+
+impl AllocationParams {
+    /// Parameters with every field given.
+    pub fn new(flags: MemoryFlags, align: usize, prefix: usize, padding: usize) -> Self {
+        AllocationParams {
+            flags,
+            align,
+            prefix,
+            padding,
+        }
+    }
+
+    /// Check the alignment mask (`((align + 1) & align) == 0`).
+    pub fn validate(&self) -> Result<()> {
+        check_align_mask(self.align)
+    }
+}
+
+/// Check that `align` is an alignment mask of the form `2^n − 1`.
+pub(crate) fn check_align_mask(align: usize) -> Result<()> {
+    if align.wrapping_add(1) & align != 0 {
+        return Err(Error::InvalidAlign { align });
+    }
+    Ok(())
+}
+
+/// What an allocator implementation provides (`GstAllocatorClass` plus the
+/// per-instance fields of `GstAllocator`).
+///
+/// Implement it to write a custom allocator, then wrap it with
+/// [`Allocator::new`]. Memory-level behaviour (map, unmap, share, is_span,
+/// copy) belongs to the [`MemoryBackend`](crate::MemoryBackend) each
+/// allocation returns.
+///
+/// ```
+/// use mediamem::{AllocationParams, Allocator, AllocatorImpl, MemoryParts, Result};
+///
+/// #[derive(Debug)]
+/// struct Opaque;
+/// impl AllocatorImpl for Opaque {
+///     fn mem_type(&self) -> &str { "MyOpaqueMemory" }
+/// }
+/// let a = Allocator::new(Opaque);
+/// // No `alloc`: the default refuses with a typed error.
+/// assert!(a.alloc(100, None).is_err());
+/// ```
+pub trait AllocatorImpl: Any + Send + Sync + fmt::Debug {
+    /// The memory type string (`mem_type`), e.g. `"SystemMemory"`, `"fd"`.
+    fn mem_type(&self) -> &str;
+
+    /// The allocator's flags.
+    fn flags(&self) -> AllocatorFlags {
+        AllocatorFlags::empty()
+    }
+
+    /// Allocate `size` visible bytes with `params` (already validated). The
+    /// default refuses: allocators such as the fd allocator need more than a
+    /// size and offer their own constructors.
+    fn alloc(&self, size: usize, params: &AllocationParams) -> Result<MemoryParts> {
+        let _ = (size, params);
+        Err(Error::Unsupported {
+            mem_type: self.mem_type().to_owned(),
+            operation: "alloc",
+        })
+    }
+}
+
+/// A shared handle to an allocator (`GstAllocator*`). Cloning is a reference
+/// count increment.
+#[derive(Clone)]
+pub struct Allocator(Arc<dyn AllocatorImpl>);
+
+impl fmt::Debug for Allocator {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_tuple("Allocator").field(&self.0).finish()
+    }
+}
+
+impl Allocator {
+    /// Wrap an implementation in a handle.
+    pub fn new(imp: impl AllocatorImpl) -> Self {
+        Allocator(Arc::new(imp))
+    }
+
+    /// The memory type string of this allocator.
+    pub fn mem_type(&self) -> &str {
+        self.0.mem_type()
+    }
+
+    /// The allocator's flags.
+    pub fn flags(&self) -> AllocatorFlags {
+        self.0.flags()
+    }
+
+    /// Allocate a memory of `size` visible bytes (`gst_allocator_alloc`).
+    /// `None` params means all zeros.
+    ///
+    /// # Errors
+    /// [`Error::InvalidAlign`] when `params.align` is not `2^n − 1`,
+    /// [`Error::Unsupported`] when the allocator has no plain `alloc`, and
+    /// whatever the implementation reports (overflow, out of memory, ...).
+    pub fn alloc(&self, size: usize, params: Option<&AllocationParams>) -> Result<Memory> {
+        let default = AllocationParams::default();
+        let params = params.unwrap_or(&default);
+        params.validate()?;
+        let parts = self.0.alloc(size, params)?;
+        Memory::from_parts(self, parts)
+    }
+
+    /// The implementation, if it is a `T`.
+    pub fn downcast_ref<T: AllocatorImpl>(&self) -> Option<&T> {
+        let any: &dyn Any = &*self.0;
+        any.downcast_ref::<T>()
+    }
+
+    /// Whether the implementation is a `T`.
+    pub fn is<T: AllocatorImpl>(&self) -> bool {
+        self.downcast_ref::<T>().is_some()
+    }
+
+    /// Whether two handles point at the same allocator.
+    pub fn ptr_eq(&self, other: &Allocator) -> bool {
+        Arc::ptr_eq(&self.0, &other.0)
+    }
+
+    /// The system allocator registered as `"SystemMemory"` at first use.
+    pub fn system() -> Allocator {
+        SYSTEM.clone()
+    }
+
+    /// Look an allocator up by name; `None` gives the default allocator
+    /// (`gst_allocator_find`).
+    ///
+    /// ```
+    /// use mediamem::Allocator;
+    /// let sys = Allocator::find(Some("SystemMemory")).unwrap();
+    /// assert_eq!(sys.mem_type(), "SystemMemory");
+    /// assert!(Allocator::find(Some("no-such-allocator")).is_none());
+    /// ```
+    pub fn find(name: Option<&str>) -> Option<Allocator> {
+        let reg = registry().read().unwrap_or_else(PoisonError::into_inner);
+        match name {
+            None => Some(reg.default.clone()),
+            Some(n) => reg.by_name.get(n).cloned(),
+        }
+    }
+
+    /// The default allocator (`find(None)`).
+    pub fn default_allocator() -> Allocator {
+        registry()
+            .read()
+            .unwrap_or_else(PoisonError::into_inner)
+            .default
+            .clone()
+    }
+
+    /// Register `allocator` under `name` (`gst_allocator_register`);
+    /// an allocator already registered under that name is replaced.
+    pub fn register(name: &str, allocator: Allocator) {
+        registry()
+            .write()
+            .unwrap_or_else(PoisonError::into_inner)
+            .by_name
+            .insert(name.to_owned(), allocator);
+    }
+
+    /// Register `allocator` under `name` unless that name is taken, and
+    /// return the registered one either way (the `init_once` pattern).
+    pub fn register_once(name: &str, make: impl FnOnce() -> Allocator) -> Allocator {
+        let mut reg = registry().write().unwrap_or_else(PoisonError::into_inner);
+        reg.by_name
+            .entry(name.to_owned())
+            .or_insert_with(make)
+            .clone()
+    }
+
+    /// Make `allocator` the default (`gst_allocator_set_default`). It is not
+    /// registered by name.
+    pub fn set_default(allocator: Allocator) {
+        registry()
+            .write()
+            .unwrap_or_else(PoisonError::into_inner)
+            .default = allocator;
+    }
+
+    /// Every registered allocator, by name.
+    pub fn registered() -> Vec<(String, Allocator)> {
+        registry()
+            .read()
+            .unwrap_or_else(PoisonError::into_inner)
+            .by_name
+            .iter()
+            .map(|(k, v)| (k.clone(), v.clone()))
+            .collect()
+    }
+}
+
+/// Name under which the system allocator is registered.
+pub const ALLOCATOR_SYSMEM: &str = "SystemMemory";
+
+struct Registry {
+    by_name: BTreeMap<String, Allocator>,
+    default: Allocator,
+}
+
+static SYSTEM: LazyLock<Allocator> = LazyLock::new(|| Allocator::new(SystemAllocator));
+
+fn registry() -> &'static RwLock<Registry> {
+    static REGISTRY: LazyLock<RwLock<Registry>> = LazyLock::new(|| {
+        let sys = Allocator::system();
+        let mut by_name = BTreeMap::new();
+        by_name.insert(ALLOCATOR_SYSMEM.to_owned(), sys.clone());
+        RwLock::new(Registry {
+            by_name,
+            default: sys,
+        })
+    });
+    &REGISTRY
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn align_masks() {
+        for ok in [0usize, 1, 3, 7, 63, 4095, usize::MAX] {
+            check_align_mask(ok).unwrap();
+        }
+        for bad in [2usize, 5, 6, 10, 4096] {
+            assert!(matches!(
+                check_align_mask(bad),
+                Err(Error::InvalidAlign { align }) if align == bad
+            ));
+        }
+    }
+
+    #[test]
+    fn flag_values() {
+        assert_eq!(AllocatorFlags::CUSTOM_ALLOC.bits(), 16);
+        assert_eq!(AllocatorFlags::NO_COPY.bits(), 32);
+        assert_eq!(AllocatorFlags::LAST.bits(), 0x100000);
+    }
+
+    #[test]
+    fn system_is_registered_and_default() {
+        let found = Allocator::find(Some(ALLOCATOR_SYSMEM)).unwrap();
+        assert!(found.ptr_eq(&Allocator::system()));
+        assert!(found.is::<SystemAllocator>());
+        assert_eq!(found.mem_type(), "SystemMemory");
+    }
+}

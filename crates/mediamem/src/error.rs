@@ -1,0 +1,219 @@
+//! The one error type of mediamem.
+
+use std::fmt;
+
+/// Which kind of access a map or lock asked for, for error messages.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Access(pub(crate) u32);
+
+impl fmt::Display for Access {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let mut parts = Vec::new();
+        if self.0 & 1 != 0 {
+            parts.push("READ");
+        }
+        if self.0 & 2 != 0 {
+            parts.push("WRITE");
+        }
+        if self.0 & 4 != 0 {
+            parts.push("EXCLUSIVE");
+        }
+        if parts.is_empty() {
+            f.write_str("none")
+        } else {
+            f.write_str(&parts.join("|"))
+        }
+    }
+}
+
+/// Everything that can go wrong in mediamem.
+///
+/// Every failure is reported as a value of this type: bad input never panics,
+/// aborts or raises a signal. Each variant says what was wrong so that the
+/// message alone is enough to fix the call.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum Error {
+    /// An alignment mask was not of the form `2^n - 1`.
+    #[error("alignment mask {align:#x} is not of the form 2^n - 1")]
+    InvalidAlign {
+        /// The mask that was given.
+        align: usize,
+    },
+
+    /// A size computation overflowed `usize` (or exceeded `isize::MAX`).
+    #[error("size overflow: {what}")]
+    SizeOverflow {
+        /// What was being computed.
+        what: &'static str,
+    },
+
+    /// The system could not provide the memory.
+    #[error("out of memory allocating {size} bytes")]
+    OutOfMemory {
+        /// The number of bytes requested.
+        size: usize,
+    },
+
+    /// A range did not fit inside the bytes it refers to.
+    #[error("range {start}..{end} is out of bounds of {bound} bytes ({what})")]
+    OutOfRange {
+        /// Start of the requested range.
+        start: usize,
+        /// End (exclusive) of the requested range.
+        end: usize,
+        /// The number of bytes the range had to fit in.
+        bound: usize,
+        /// Which bytes the range was relative to.
+        what: &'static str,
+    },
+
+    /// A resize by a signed offset delta would move the offset below zero.
+    #[error("resize would move the offset to {offset} + ({delta}) < 0")]
+    NegativeOffset {
+        /// The current offset.
+        offset: usize,
+        /// The signed delta that was asked for.
+        delta: isize,
+    },
+
+    /// A write map or write lock on memory flagged READONLY (shares are always
+    /// read-only).
+    #[error("memory is read-only: cannot lock or map it for writing")]
+    ReadOnly,
+
+    /// The lock word refused the requested access: the requested mode is
+    /// not compatible with the mode of the maps already held.
+    #[error("cannot lock for {requested}: memory is already locked for {held}")]
+    LockConflict {
+        /// What was asked for.
+        requested: Access,
+        /// The access mode currently held.
+        held: Access,
+    },
+
+    /// The lock word refused write access because the memory is shared
+    /// (its share count is two or more: it is the parent of a share, in more
+    /// than one container, or being shared right now).
+    #[error("cannot lock for {requested}: memory is shared ({shares} holders)")]
+    Shared {
+        /// What was asked for.
+        requested: Access,
+        /// The share count after the request.
+        shares: u32,
+    },
+
+    /// A lock counter would overflow (255 nested maps or 65535 shares).
+    #[error("too many nested {what} on one memory")]
+    TooManyLocks {
+        /// Which counter is full.
+        what: &'static str,
+    },
+
+    /// An unlock did not match a lock that is held.
+    #[error("unlock for {requested} does not match the lock state {state:#x}")]
+    NotLocked {
+        /// What was asked to be unlocked.
+        requested: Access,
+        /// The lock word at the time.
+        state: u32,
+    },
+
+    /// The mapping would alias a mapping that hands out `&mut [u8]`, or a
+    /// writable mapping was asked for while other mappings of the same
+    /// bytes are alive. This is mediamem's Rust-level aliasing guard; it
+    /// applies to the slice-giving guards only (see [`crate::Memory::map_raw`]).
+    #[error("the bytes are already borrowed through another mapping ({held})")]
+    Aliased {
+        /// What holds the bytes: "a writable mapping" or "readable mappings".
+        held: &'static str,
+    },
+
+    /// The map flags were invalid (no READ or WRITE bit, or the reserved
+    /// EXCLUSIVE bit set).
+    #[error("invalid map flags {flags:#x}: {why}")]
+    InvalidMapFlags {
+        /// The flags that were given.
+        flags: u32,
+        /// Why they were refused.
+        why: &'static str,
+    },
+
+    /// The memory carries the NO_SHARE flag.
+    #[error("memory is flagged NO_SHARE")]
+    NoShare,
+
+    /// An operation required writable memory (share count at most one).
+    #[error("memory is not writable: it is shared (lock state {state:#x})")]
+    NotWritable {
+        /// The lock word at the time.
+        state: u32,
+    },
+
+    /// The memory's allocator or backend does not implement an operation.
+    #[error("{mem_type} memory does not support {operation}")]
+    Unsupported {
+        /// The memory type (allocator `mem_type`).
+        mem_type: String,
+        /// The operation.
+        operation: &'static str,
+    },
+
+    /// A map of the underlying storage failed in the backend.
+    #[error("{mem_type} memory could not be mapped: {reason}")]
+    MapFailed {
+        /// The memory type.
+        mem_type: String,
+        /// What the backend reported.
+        reason: String,
+    },
+
+    /// A memory of the wrong kind was given.
+    #[error("expected {expected} memory, got {found} memory")]
+    WrongKind {
+        /// The kind that was needed.
+        expected: &'static str,
+        /// The kind that was given.
+        found: String,
+    },
+
+    /// A file descriptor was invalid or not of a usable type.
+    #[error("bad file descriptor: {reason}")]
+    BadFd {
+        /// Why the fd was refused.
+        reason: String,
+    },
+
+    /// A size or offset reaches beyond the end of the file behind an fd.
+    #[error("{what} of {requested} bytes reaches beyond the end of the file ({file_size} bytes)")]
+    BeyondFile {
+        /// What was checked.
+        what: &'static str,
+        /// The requested end.
+        requested: u64,
+        /// The size of the file.
+        file_size: u64,
+    },
+
+    /// A system call failed.
+    #[error("{op} failed: {source}")]
+    Os {
+        /// The call that failed.
+        op: &'static str,
+        /// The errno.
+        #[source]
+        source: std::io::Error,
+    },
+
+    /// A device or allocator is not available on this system.
+    #[error("{what} is not available: {reason}")]
+    NotAvailable {
+        /// What is missing.
+        what: String,
+        /// Why.
+        reason: String,
+    },
+}
+
+/// `Result` with [`Error`].
+pub type Result<T, E = Error> = std::result::Result<T, E>;

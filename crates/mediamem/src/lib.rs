@@ -1,0 +1,48 @@
+//! # mediamem
+//!
+//! GStreamer's memory and allocator system (`GstMemory` and
+//! `libgstallocators`) in pure Rust, for Linux: reference-counted, mappable,
+//! shareable memory with GStreamer's semantics, without libgstreamer.
+//!
+//! * [`Memory`]: the handle. Map it with guards ([`Memory::map_readable`],
+//!   [`Memory::map_writable`]), make zero-copy views with
+//!   [`Memory::share`], copy with [`Memory::copy_range`], trim with
+//!   [`Memory::resize`], merge adjacent views with [`Memory::is_span`].
+//! * [`Allocator`]: the allocator handle, with the process-wide registry
+//!   ([`Allocator::find`], [`Allocator::register`],
+//!   [`Allocator::set_default`]). `"SystemMemory"` ([`SystemAllocator`]) is
+//!   registered and the default at first use.
+//! * Custom memory kinds implement [`AllocatorImpl`] and [`MemoryBackend`].
+//!
+//! ```
+//! use mediamem::{Allocator, AllocationParams, MemoryFlags};
+//!
+//! let params = AllocationParams::new(MemoryFlags::ZERO_PADDED, 63, 0, 32);
+//! let frame = Allocator::system().alloc(1920 * 1080, Some(&params))?;
+//! frame.map_writable()?.fill(0x80);
+//!
+//! let first_line = frame.share(..1920)?;
+//! assert_eq!(first_line.map_readable()?[0], 0x80);
+//! assert_eq!(frame.lock_state(), 0x10000); // one share holds the block
+//! # Ok::<(), mediamem::Error>(())
+//! ```
+//!
+//! The crate-level documentation of [`memory`] lists every GStreamer quirk
+//! and what mediamem does about it.
+
+#![deny(missing_docs)]
+#![forbid(unsafe_op_in_unsafe_fn)]
+
+pub mod allocator;
+pub mod error;
+pub mod memory;
+pub mod system;
+
+pub use allocator::{AllocationParams, Allocator, AllocatorFlags, AllocatorImpl, ALLOCATOR_SYSMEM};
+pub use error::{Error, Result};
+pub use memory::{
+    Dynamic, IntoMappedError, LockFlags, LockGuard, MapFlags, MapMode, MappedMemory, Memory,
+    MemoryBackend, MemoryFlags, MemoryMap, MemoryParts, RawMap, Readable, Writable,
+    DEFAULT_ALIGN_MASK,
+};
+pub use system::SystemAllocator;

@@ -1,0 +1,105 @@
+//! The storage behind a root memory and its per-kind behaviour.
+
+use std::any::Any;
+use std::fmt;
+use std::ptr::NonNull;
+
+use super::flags::{MapFlags, MemoryFlags};
+use super::Memory;
+use crate::error::Result;
+
+/// The storage of a root memory and how to reach it: GStreamer's per-allocator
+/// `mem_map` / `mem_unmap` / `mem_share` / `mem_is_span` / `mem_copy`,
+/// owned by the memory itself.
+///
+/// Shares never have a backend of their own: mapping a share maps its root
+/// (as GStreamer's fd memory does), so one block has one mapping however
+/// many shares look at it. The storage is released when the backend is
+/// dropped, which happens when the root and every share are gone.
+///
+/// # Safety
+///
+/// A successful [`map`](MemoryBackend::map) must return a pointer to at least
+/// `maxsize` initialised bytes that stay valid for reads (and for writes
+/// when `flags` contains WRITE) until the matching
+/// [`unmap`](MemoryBackend::unmap). mediamem builds `&[u8]` and `&mut [u8]`
+/// from that pointer.
+pub unsafe trait MemoryBackend: Any + Send + Sync + fmt::Debug {
+    /// Make the whole block (`maxsize` bytes from offset 0) accessible and
+    /// return its start. Called after the lock word accepted the map, once
+    /// per map (nested maps included).
+    fn map(&self, maxsize: usize, flags: MapFlags) -> Result<NonNull<u8>>;
+
+    /// Undo one successful [`map`](MemoryBackend::map) with the same flags.
+    fn unmap(&self, flags: MapFlags) {
+        let _ = flags;
+    }
+
+    /// Whether shares can be made (`mem_share` present). Default: yes.
+    fn can_share(&self) -> bool {
+        true
+    }
+
+    /// Whether the visible region `first` (offset, size) is directly
+    /// followed by `second` in this block (`mem_is_span`). The default is
+    /// GStreamer's fallback, which never spans.
+    fn is_span(&self, first: (usize, usize), second: (usize, usize)) -> bool {
+        let _ = (first, second);
+        false
+    }
+
+    /// A kind-specific copy of `size` bytes starting `offset` bytes into the
+    /// block (`mem_copy`). `None` selects the generic copy: map for reading,
+    /// allocate from this memory's allocator (or the default one when the
+    /// allocator is CUSTOM_ALLOC/NO_COPY or has no plain `alloc`), copy.
+    fn copy(&self, memory: &Memory, offset: usize, size: usize) -> Option<Result<Memory>> {
+        let _ = (memory, offset, size);
+        None
+    }
+}
+
+/// Everything needed to make a root [`Memory`]: what an
+/// [`AllocatorImpl::alloc`](crate::AllocatorImpl::alloc) returns and what
+/// [`Memory::from_parts`] takes.
+#[derive(Debug)]
+pub struct MemoryParts {
+    pub(crate) backend: Box<dyn MemoryBackend>,
+    pub(crate) flags: MemoryFlags,
+    pub(crate) maxsize: usize,
+    pub(crate) align: usize,
+    pub(crate) offset: usize,
+    pub(crate) size: usize,
+}
+
+impl MemoryParts {
+    /// A block of `maxsize` bytes, all visible, no flags, align mask 0.
+    pub fn new(backend: Box<dyn MemoryBackend>, maxsize: usize) -> Self {
+        MemoryParts {
+            backend,
+            flags: MemoryFlags::empty(),
+            maxsize,
+            align: 0,
+            offset: 0,
+            size: maxsize,
+        }
+    }
+
+    /// Set the memory flags.
+    pub fn flags(mut self, flags: MemoryFlags) -> Self {
+        self.flags = flags;
+        self
+    }
+
+    /// Set the alignment mask (checked by [`Memory::from_parts`]).
+    pub fn align(mut self, align: usize) -> Self {
+        self.align = align;
+        self
+    }
+
+    /// Set the visible region (checked by [`Memory::from_parts`]).
+    pub fn region(mut self, offset: usize, size: usize) -> Self {
+        self.offset = offset;
+        self.size = size;
+        self
+    }
+}

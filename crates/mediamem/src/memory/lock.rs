@@ -1,0 +1,263 @@
+//! The lock word: GStreamer's `gst_mini_object_lock` state machine.
+//!
+//! One `u32`, updated with compare-and-swap:
+//!
+//! | bits   | meaning |
+//! |--------|---------|
+//! | 0..8   | access mode of the held maps (READ = 1, WRITE = 2) |
+//! | 8..16  | number of held maps, in steps of [`LOCK_ONE`] |
+//! | 16..32 | share count (exclusive locks), in steps of [`SHARE_ONE`] |
+//!
+//! Two deliberate departures from GStreamer, both fixes of real bugs:
+//!
+//! * **Stale mode bits.** GStreamer clears the mode bits only when the last
+//!   unlock's mode equals the stored mode, so mapping READWRITE, then WRITE,
+//!   and unmapping in that order leaves `0x3` behind for ever (and from then
+//!   on every share fails). Here the mode bits are cleared whenever the map
+//!   count reaches zero, so the word always returns to its start state.
+//! * **Counter overflow.** GStreamer never checks the 8-bit map count or the
+//!   16-bit share count, so the 256th nested map silently becomes a share.
+//!   Here a full counter is an error ([`Error::TooManyLocks`]).
+
+use std::sync::atomic::{AtomicU32, Ordering};
+
+use super::flags::LockFlags;
+use crate::error::{Access, Error, Result};
+
+/// One map lock.
+pub(crate) const LOCK_ONE: u32 = 1 << 8;
+/// One exclusive (share) lock.
+pub(crate) const SHARE_ONE: u32 = 1 << 16;
+const ACCESS_MASK: u32 = 0xff;
+const LOCK_MASK: u32 = 0xff00;
+const EXCLUSIVE: u32 = LockFlags::EXCLUSIVE.bits();
+const WRITE: u32 = LockFlags::WRITE.bits();
+
+/// `IS_SHARED`: two or more exclusive holders.
+#[inline]
+fn is_shared(state: u32) -> bool {
+    state >= 2 * SHARE_ONE
+}
+
+/// The lock word of one memory.
+#[derive(Debug, Default)]
+pub(crate) struct LockWord(AtomicU32);
+
+impl LockWord {
+    /// The raw state.
+    #[inline]
+    pub(crate) fn get(&self) -> u32 {
+        self.0.load(Ordering::Acquire)
+    }
+
+    /// The share count (number of exclusive holders).
+    #[cfg(test)]
+    pub(crate) fn shares(&self) -> u32 {
+        self.get() >> 16
+    }
+
+    /// `gst_memory_is_writable`: the share count is at most one. The reference
+    /// count is deliberately not looked at (GStreamer design).
+    #[inline]
+    pub(crate) fn is_writable(&self) -> bool {
+        !is_shared(self.get())
+    }
+
+    /// Take a lock. `readonly` is the memory's READONLY flag.
+    pub(crate) fn lock(&self, flags: LockFlags, readonly: bool) -> Result<()> {
+        let flags = flags.bits();
+        if readonly && flags & WRITE != 0 {
+            return Err(Error::ReadOnly);
+        }
+        let mut state = self.0.load(Ordering::Relaxed);
+        loop {
+            let new = next_locked(state, flags)?;
+            match self
+                .0
+                .compare_exchange_weak(state, new, Ordering::Acquire, Ordering::Relaxed)
+            {
+                Ok(_) => return Ok(()),
+                Err(actual) => state = actual,
+            }
+        }
+    }
+
+    /// Release a lock taken with the same flags.
+    pub(crate) fn unlock(&self, flags: LockFlags) -> Result<()> {
+        let flags = flags.bits();
+        let mut state = self.0.load(Ordering::Relaxed);
+        loop {
+            let new = next_unlocked(state, flags)?;
+            match self
+                .0
+                .compare_exchange_weak(state, new, Ordering::Release, Ordering::Relaxed)
+            {
+                Ok(_) => return Ok(()),
+                Err(actual) => state = actual,
+            }
+        }
+    }
+}
+
+/// The state after a successful `lock(flags)` from `state`, or why it fails.
+fn next_locked(state: u32, flags: u32) -> Result<u32> {
+    let mut access = flags & ACCESS_MASK;
+    let mut new = state;
+    if access & EXCLUSIVE != 0 {
+        if state >> 16 == 0xffff {
+            return Err(Error::TooManyLocks { what: "shares" });
+        }
+        new += SHARE_ONE;
+        access &= !EXCLUSIVE;
+    }
+    if (state & WRITE != 0 || access & WRITE != 0) && is_shared(new) {
+        return Err(Error::Shared {
+            requested: Access(flags & 0x7),
+            shares: new >> 16,
+        });
+    }
+    if access != 0 {
+        if state & (ACCESS_MASK | LOCK_MASK) == 0 {
+            // No map held: this one sets the mode.
+            new |= access;
+        } else if state & access != access {
+            return Err(Error::LockConflict {
+                requested: Access(access),
+                held: Access(state & ACCESS_MASK),
+            });
+        }
+        if state & LOCK_MASK == LOCK_MASK {
+            return Err(Error::TooManyLocks { what: "maps" });
+        }
+        new += LOCK_ONE;
+    }
+    Ok(new)
+}
+
+/// The state after `unlock(flags)` from `state`, or why it does not match.
+fn next_unlocked(state: u32, flags: u32) -> Result<u32> {
+    let mut access = flags & ACCESS_MASK;
+    let mut new = state;
+    let mismatch = || Error::NotLocked {
+        requested: Access(flags & 0x7),
+        state,
+    };
+    if access & EXCLUSIVE != 0 {
+        if state < SHARE_ONE {
+            return Err(mismatch());
+        }
+        new -= SHARE_ONE;
+        access &= !EXCLUSIVE;
+    }
+    if access != 0 {
+        if state & access != access || state & LOCK_MASK == 0 {
+            return Err(mismatch());
+        }
+        new -= LOCK_ONE;
+        // Fixed GStreamer quirk: clear the mode when the last map goes,
+        // whatever order the maps were released in.
+        if new & LOCK_MASK == 0 {
+            new &= !ACCESS_MASK;
+        }
+    }
+    Ok(new)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const R: LockFlags = LockFlags::READ;
+    const W: LockFlags = LockFlags::WRITE;
+    const RW: LockFlags = LockFlags::READWRITE;
+    const X: LockFlags = LockFlags::EXCLUSIVE;
+
+    #[test]
+    fn bit_layout() {
+        let l = LockWord::default();
+        l.lock(R, false).unwrap();
+        assert_eq!(l.get(), 0x101);
+        l.lock(R, false).unwrap();
+        assert_eq!(l.get(), 0x201);
+        l.lock(X, false).unwrap();
+        assert_eq!(l.get(), 0x10201);
+        l.unlock(R).unwrap();
+        l.unlock(R).unwrap();
+        l.unlock(X).unwrap();
+        assert_eq!(l.get(), 0);
+    }
+
+    #[test]
+    fn stale_mode_bits_are_cleared() {
+        // GStreamer leaves 0x3 here (spec 1.3); we return to 0.
+        let l = LockWord::default();
+        l.lock(RW, false).unwrap();
+        l.lock(W, false).unwrap();
+        l.unlock(RW).unwrap();
+        assert_eq!(l.get(), 0x103);
+        l.unlock(W).unwrap();
+        assert_eq!(l.get(), 0);
+        // RW then R, RW released first.
+        l.lock(RW, false).unwrap();
+        l.lock(R, false).unwrap();
+        l.unlock(RW).unwrap();
+        l.unlock(R).unwrap();
+        assert_eq!(l.get(), 0);
+    }
+
+    #[test]
+    fn readonly_refuses_write() {
+        let l = LockWord::default();
+        assert!(matches!(l.lock(W, true), Err(Error::ReadOnly)));
+        assert!(matches!(l.lock(W | X, true), Err(Error::ReadOnly)));
+        l.lock(R, true).unwrap();
+        assert_eq!(l.get(), 0x101);
+    }
+
+    #[test]
+    fn unbalanced_unlock_is_an_error_and_changes_nothing() {
+        let l = LockWord::default();
+        assert!(matches!(l.unlock(R), Err(Error::NotLocked { .. })));
+        assert!(matches!(l.unlock(X), Err(Error::NotLocked { .. })));
+        l.lock(R, false).unwrap();
+        assert!(matches!(l.unlock(W), Err(Error::NotLocked { .. })));
+        assert_eq!(l.get(), 0x101);
+    }
+
+    #[test]
+    fn map_counter_overflow_is_refused() {
+        let l = LockWord::default();
+        for _ in 0..255 {
+            l.lock(R, false).unwrap();
+        }
+        assert_eq!(l.get(), 0xff01);
+        assert!(matches!(
+            l.lock(R, false),
+            Err(Error::TooManyLocks { what: "maps" })
+        ));
+        assert_eq!(l.get(), 0xff01, "a refused lock changes nothing");
+        // The share count was not touched by the overflow.
+        assert_eq!(l.shares(), 0);
+    }
+
+    #[test]
+    fn share_counter_overflow_is_refused() {
+        let l = LockWord(AtomicU32::new(0xffff << 16));
+        assert!(matches!(
+            l.lock(X, false),
+            Err(Error::TooManyLocks { what: "shares" })
+        ));
+    }
+
+    #[test]
+    fn write_fails_when_shared() {
+        let l = LockWord::default();
+        l.lock(X, false).unwrap();
+        l.lock(W, false).unwrap(); // share count 1 is still writable
+        l.unlock(W).unwrap();
+        l.lock(X, false).unwrap();
+        assert!(!l.is_writable());
+        assert!(matches!(l.lock(W, false), Err(Error::Shared { .. })));
+        l.lock(R, false).unwrap();
+    }
+}

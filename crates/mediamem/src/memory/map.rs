@@ -1,0 +1,375 @@
+//! Map guards: unmapping happens on drop, so a double unmap cannot be
+//! written.
+
+use std::fmt;
+use std::marker::PhantomData;
+use std::mem::ManuallyDrop;
+use std::ops::{Deref, DerefMut};
+use std::ptr::NonNull;
+
+use super::flags::MapFlags;
+use super::region::Borrow;
+use super::Memory;
+use crate::error::Error;
+
+/// One live map: what `Memory::map_with` produced and `Memory::unmap`
+/// undoes.
+pub(crate) struct Mapping {
+    /// Start of the whole block.
+    pub(crate) base: NonNull<u8>,
+    /// Visible region at map time (a later resize does not affect it).
+    pub(crate) offset: usize,
+    pub(crate) size: usize,
+    /// Size of the whole block.
+    pub(crate) maxsize: usize,
+    pub(crate) flags: MapFlags,
+    pub(crate) borrow: Borrow,
+    /// The extra reference of [`MapFlags::REF_MEMORY`].
+    pub(crate) _keep: Option<Memory>,
+}
+
+impl Mapping {
+    fn data(&self) -> *mut u8 {
+        // SAFETY: offset + size <= maxsize was true when the mapping was made
+        // (the region is read consistently), so this stays inside the block.
+        unsafe { self.base.as_ptr().add(self.offset) }
+    }
+}
+
+mod sealed {
+    pub trait Sealed {}
+}
+
+/// The access a guard was mapped with: [`Readable`], [`Writable`] or
+/// [`Dynamic`] (flags chosen at run time).
+pub trait MapMode: sealed::Sealed + 'static {}
+
+/// Mapped for reading: the guard derefs to `&[u8]`.
+#[derive(Debug)]
+pub enum Readable {}
+/// Mapped for writing: the guard also derefs to `&mut [u8]`.
+#[derive(Debug)]
+pub enum Writable {}
+/// Mapped with run-time [`MapFlags`]: `as_mut_slice` answers `Some` when
+/// they include WRITE.
+#[derive(Debug)]
+pub enum Dynamic {}
+
+impl sealed::Sealed for Readable {}
+impl sealed::Sealed for Writable {}
+impl sealed::Sealed for Dynamic {}
+impl MapMode for Readable {}
+impl MapMode for Writable {}
+impl MapMode for Dynamic {}
+
+/// A mapping of a borrowed [`Memory`] (`GstMapInfo`); unmapped on drop.
+pub struct MemoryMap<'a, M: MapMode> {
+    memory: &'a Memory,
+    mapping: Mapping,
+    _mode: PhantomData<M>,
+}
+
+// SAFETY: the guard gives `&[u8]` through `&self` and `&mut [u8]` only
+// through `&mut self` (and only with a WRITE map, which holds the block's
+// exclusive borrow), exactly like `&mut [u8]`, which is Send and Sync. The
+// unmap on drop goes through `Memory`, which is Send + Sync.
+unsafe impl<M: MapMode> Send for MemoryMap<'_, M> {}
+// SAFETY: see Send.
+unsafe impl<M: MapMode> Sync for MemoryMap<'_, M> {}
+
+impl<'a, M: MapMode> MemoryMap<'a, M> {
+    pub(crate) fn new(memory: &'a Memory, mapping: Mapping) -> Self {
+        MemoryMap {
+            memory,
+            mapping,
+            _mode: PhantomData,
+        }
+    }
+
+    /// The mapped memory.
+    pub fn memory(&self) -> &'a Memory {
+        self.memory
+    }
+
+    /// The flags of this map.
+    pub fn flags(&self) -> MapFlags {
+        self.mapping.flags
+    }
+
+    /// Number of visible bytes (the memory's size at map time).
+    pub fn size(&self) -> usize {
+        self.mapping.size
+    }
+
+    /// `maxsize - offset` at map time (`GstMapInfo.maxsize`).
+    pub fn maxsize(&self) -> usize {
+        self.mapping.maxsize - self.mapping.offset
+    }
+
+    /// The visible bytes.
+    pub fn as_slice(&self) -> &[u8] {
+        // SAFETY: the backend keeps `size` initialised bytes valid until
+        // unmap (MemoryBackend contract); this guard holds at least a shared
+        // borrow of the block, so no `&mut` aliases them.
+        unsafe { std::slice::from_raw_parts(self.mapping.data(), self.mapping.size) }
+    }
+
+    /// Start of the visible bytes.
+    pub fn as_ptr(&self) -> *const u8 {
+        self.mapping.data()
+    }
+}
+
+impl MemoryMap<'_, Writable> {
+    /// The visible bytes, mutably.
+    pub fn as_mut_slice(&mut self) -> &mut [u8] {
+        // SAFETY: WRITE map (backend made the bytes writable) with the
+        // block's exclusive borrow, and `&mut self` makes this the only
+        // slice from this guard.
+        unsafe { std::slice::from_raw_parts_mut(self.mapping.data(), self.mapping.size) }
+    }
+}
+
+impl MemoryMap<'_, Dynamic> {
+    /// The visible bytes, mutably, if the map includes WRITE.
+    pub fn as_mut_slice(&mut self) -> Option<&mut [u8]> {
+        if !self.mapping.flags.contains(MapFlags::WRITE) {
+            return None;
+        }
+        // SAFETY: as for `MemoryMap<Writable>`: WRITE maps through
+        // `Memory::map` hold the block's exclusive borrow.
+        Some(unsafe { std::slice::from_raw_parts_mut(self.mapping.data(), self.mapping.size) })
+    }
+}
+
+impl<M: MapMode> Deref for MemoryMap<'_, M> {
+    type Target = [u8];
+    fn deref(&self) -> &[u8] {
+        self.as_slice()
+    }
+}
+
+impl DerefMut for MemoryMap<'_, Writable> {
+    fn deref_mut(&mut self) -> &mut [u8] {
+        self.as_mut_slice()
+    }
+}
+
+impl<M: MapMode> AsRef<[u8]> for MemoryMap<'_, M> {
+    fn as_ref(&self) -> &[u8] {
+        self.as_slice()
+    }
+}
+
+impl<M: MapMode> fmt::Debug for MemoryMap<'_, M> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("MemoryMap")
+            .field("flags", &self.mapping.flags)
+            .field("size", &self.mapping.size)
+            .field("maxsize", &self.maxsize())
+            .finish()
+    }
+}
+
+impl<M: MapMode> Drop for MemoryMap<'_, M> {
+    fn drop(&mut self) {
+        self.memory.unmap(&self.mapping);
+    }
+}
+
+/// A mapping that owns its [`Memory`] (`into_mapped_*`); unmapped on drop or
+/// by [`into_memory`](MappedMemory::into_memory).
+pub struct MappedMemory<M: MapMode> {
+    memory: ManuallyDrop<Memory>,
+    mapping: ManuallyDrop<Mapping>,
+    _mode: PhantomData<M>,
+}
+
+// SAFETY: as for MemoryMap.
+unsafe impl<M: MapMode> Send for MappedMemory<M> {}
+// SAFETY: as for MemoryMap.
+unsafe impl<M: MapMode> Sync for MappedMemory<M> {}
+
+impl<M: MapMode> MappedMemory<M> {
+    pub(crate) fn new(memory: Memory, mapping: Mapping) -> Self {
+        MappedMemory {
+            memory: ManuallyDrop::new(memory),
+            mapping: ManuallyDrop::new(mapping),
+            _mode: PhantomData,
+        }
+    }
+
+    /// The mapped memory.
+    pub fn memory(&self) -> &Memory {
+        &self.memory
+    }
+
+    /// The flags of this map.
+    pub fn flags(&self) -> MapFlags {
+        self.mapping.flags
+    }
+
+    /// Number of visible bytes.
+    pub fn size(&self) -> usize {
+        self.mapping.size
+    }
+
+    /// The visible bytes.
+    pub fn as_slice(&self) -> &[u8] {
+        // SAFETY: as for MemoryMap::as_slice.
+        unsafe { std::slice::from_raw_parts(self.mapping.data(), self.mapping.size) }
+    }
+
+    /// Unmap and give the memory back.
+    pub fn into_memory(self) -> Memory {
+        let mut this = ManuallyDrop::new(self);
+        this.memory.unmap(&this.mapping);
+        // SAFETY: `this` is never used or dropped again; each field is taken
+        // exactly once.
+        unsafe {
+            ManuallyDrop::drop(&mut this.mapping);
+            ManuallyDrop::take(&mut this.memory)
+        }
+    }
+}
+
+impl MappedMemory<Writable> {
+    /// The visible bytes, mutably.
+    pub fn as_mut_slice(&mut self) -> &mut [u8] {
+        // SAFETY: as for MemoryMap<Writable>::as_mut_slice.
+        unsafe { std::slice::from_raw_parts_mut(self.mapping.data(), self.mapping.size) }
+    }
+}
+
+impl MappedMemory<Dynamic> {
+    /// The visible bytes, mutably, if the map includes WRITE.
+    pub fn as_mut_slice(&mut self) -> Option<&mut [u8]> {
+        if !self.mapping.flags.contains(MapFlags::WRITE) {
+            return None;
+        }
+        // SAFETY: as for MemoryMap<Dynamic>::as_mut_slice.
+        Some(unsafe { std::slice::from_raw_parts_mut(self.mapping.data(), self.mapping.size) })
+    }
+}
+
+impl<M: MapMode> Deref for MappedMemory<M> {
+    type Target = [u8];
+    fn deref(&self) -> &[u8] {
+        self.as_slice()
+    }
+}
+
+impl DerefMut for MappedMemory<Writable> {
+    fn deref_mut(&mut self) -> &mut [u8] {
+        self.as_mut_slice()
+    }
+}
+
+impl<M: MapMode> AsRef<[u8]> for MappedMemory<M> {
+    fn as_ref(&self) -> &[u8] {
+        self.as_slice()
+    }
+}
+
+impl<M: MapMode> fmt::Debug for MappedMemory<M> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("MappedMemory")
+            .field("memory", &*self.memory)
+            .field("flags", &self.mapping.flags)
+            .finish()
+    }
+}
+
+impl<M: MapMode> Drop for MappedMemory<M> {
+    fn drop(&mut self) {
+        self.memory.unmap(&self.mapping);
+        // SAFETY: drop runs once; the fields are not used afterwards.
+        unsafe {
+            ManuallyDrop::drop(&mut self.mapping);
+            ManuallyDrop::drop(&mut self.memory);
+        }
+    }
+}
+
+/// The error of the `into_mapped_*` forms: why the map failed, and the
+/// memory back.
+#[derive(Debug, thiserror::Error)]
+#[error("{error}")]
+pub struct IntoMappedError {
+    /// The memory that could not be mapped.
+    pub memory: Memory,
+    /// Why.
+    #[source]
+    pub error: Error,
+}
+
+/// A lock-word-only mapping from [`Memory::map_raw`]: pointers, no slices.
+pub struct RawMap<'a> {
+    memory: &'a Memory,
+    mapping: Mapping,
+}
+
+impl<'a> RawMap<'a> {
+    pub(crate) fn new(memory: &'a Memory, mapping: Mapping) -> Self {
+        RawMap { memory, mapping }
+    }
+
+    /// The mapped memory.
+    pub fn memory(&self) -> &'a Memory {
+        self.memory
+    }
+
+    /// The flags of this map.
+    pub fn flags(&self) -> MapFlags {
+        self.mapping.flags
+    }
+
+    /// Number of visible bytes.
+    pub fn size(&self) -> usize {
+        self.mapping.size
+    }
+
+    /// `maxsize - offset` at map time.
+    pub fn maxsize(&self) -> usize {
+        self.mapping.maxsize - self.mapping.offset
+    }
+
+    /// Start of the visible bytes; valid for `maxsize()` bytes until drop.
+    pub fn as_ptr(&self) -> *const u8 {
+        self.mapping.data()
+    }
+
+    /// Start of the visible bytes for writing, if the map includes WRITE.
+    pub fn as_mut_ptr(&self) -> Option<*mut u8> {
+        self.mapping
+            .flags
+            .contains(MapFlags::WRITE)
+            .then(|| self.mapping.data())
+    }
+
+    /// `size` bytes at `offset` from the start of the block.
+    ///
+    /// # Safety
+    /// `offset + size <= maxsize` of the block, and no `&mut` to those bytes
+    /// may be alive.
+    pub(crate) unsafe fn block_slice(&self, offset: usize, size: usize) -> &[u8] {
+        // SAFETY: forwarded to the caller; the mapping covers the block.
+        unsafe { std::slice::from_raw_parts(self.mapping.base.as_ptr().add(offset), size) }
+    }
+}
+
+impl fmt::Debug for RawMap<'_> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("RawMap")
+            .field("ptr", &self.as_ptr())
+            .field("flags", &self.mapping.flags)
+            .field("size", &self.mapping.size)
+            .finish()
+    }
+}
+
+impl Drop for RawMap<'_> {
+    fn drop(&mut self) {
+        self.memory.unmap(&self.mapping);
+    }
+}

@@ -1,0 +1,902 @@
+//! [`Memory`]: GStreamer's `GstMemory` as a cheap, reference-counted,
+//! `Send + Sync` handle.
+//!
+//! # Model
+//!
+//! A memory is a view `[offset, offset + size)` of a block of `maxsize`
+//! bytes. A *root* memory owns the block through its
+//! [`MemoryBackend`]; a *share* ([`Memory::share`]) is another view of the
+//! root's block and keeps the root alive. Shares of shares point at the root
+//! (GStreamer flattens them), and shares are always read-only.
+//!
+//! Access goes through the lock word ([`Memory::lock_state`]), which follows
+//! GStreamer's `gst_mini_object_lock` exactly: READ maps nest with READ maps,
+//! WRITE with WRITE, READWRITE with anything; a memory with two or more
+//! exclusive holders (its shares, or containers) cannot be written; the
+//! reference count is ignored.
+//!
+//! # GStreamer quirks: what mediamem decided
+//!
+//! | GStreamer behaviour | mediamem |
+//! |---|---|
+//! | Out-of-order unmaps leave stale mode bits (`0x3`), after which every share fails | fixed: the mode clears when the map count reaches 0 |
+//! | The 8-bit map count and 16-bit share count overflow silently | fixed: [`Error::TooManyLocks`] |
+//! | `resize` compares `offset + size < mem.size` in unsigned arithmetic, so a negative delta can keep `ZERO_PADDED` set although the padding grew | fixed: `ZERO_PADDED` is cleared whenever the visible end moves left |
+//! | `share` has no bounds check; `share(o, -1)` is `size - o` unchecked | ranges are checked: [`Error::OutOfRange`] |
+//! | `copy(o, -1)` with `o > size` quietly gives an empty copy | [`Error::OutOfRange`] |
+//! | A share inherits the root's `ZERO_*` flags as they are, even where its own prefix or padding holds data | a share keeps `ZERO_PREFIXED` only if it starts at or before the root's offset, `ZERO_PADDED` only if it ends at or after the root's end |
+//! | `gst_memory_init` ignores a failed lock of the parent | the share fails with the lock error |
+//! | A missing `mem_share` (DRM dumb) is a NULL call | [`Error::Unsupported`] where a backend refuses, generic shares otherwise |
+//! | `is_span` on system memory writes the offset even when it returns FALSE | [`Memory::is_span`] returns `Some(offset)` only on success |
+//! | Unmapping twice corrupts counters (before 1.28) | impossible: maps are guards, unmapped on drop |
+//! | Mapping with no READ/WRITE bit takes no lock | refused: [`Error::InvalidMapFlags`] |
+//! | The allocator's `alloc` aborts on OOM (before 1.28.3) | [`Error::OutOfMemory`] |
+//!
+//! Kept as GStreamer does it: the lock-word layout and nesting rules, share
+//! failing while WRITE-mapped, writability ignoring the reference count,
+//! shares being read-only with the root as parent, `alloc(100)` giving
+//! `maxsize` 107, the CUSTOM_ALLOC / NO_COPY copy redirect, and everything the
+//! conformance suite checks.
+//!
+//! # Slices and aliasing
+//!
+//! The lock word allows two WRITE maps of one memory at once, a WRITE map of a
+//! root while one of its shares is mapped READ, and WRITE maps of a memory
+//! that has several references. C code can live with that; Rust slices
+//! cannot, because two `&mut [u8]` over the same bytes are undefined
+//! behaviour. So the slice-giving guards ([`Memory::map_readable`],
+//! [`Memory::map_writable`], [`Memory::map`] and the owning forms) add one rule
+//! per block on top of the lock word: any number of readable guards, or one
+//! writable guard ([`Error::Aliased`] otherwise). [`Memory::map_raw`] takes
+//! only the lock word, exactly as GStreamer, and hands out pointers.
+//!
+//! Bytes of fd-backed memory can also change underneath a mapping when the
+//! same file is written by another process or device; the slices are then
+//! views of memory that is shared outside Rust's knowledge, as with any
+//! `mmap` of a shared file.
+
+mod backend;
+mod flags;
+mod lock;
+mod map;
+mod region;
+
+use std::fmt;
+use std::ops::{Bound, RangeBounds};
+use std::sync::atomic::{AtomicU32, Ordering};
+use std::sync::Arc;
+
+pub use backend::{MemoryBackend, MemoryParts};
+pub use flags::{LockFlags, MapFlags, MemoryFlags};
+pub use map::{
+    Dynamic, IntoMappedError, MapMode, MappedMemory, MemoryMap, RawMap, Readable, Writable,
+};
+
+use crate::allocator::{check_align_mask, AllocationParams, Allocator, AllocatorFlags};
+use crate::error::{Error, Result};
+use lock::LockWord;
+use map::Mapping;
+use region::{Borrow, BorrowTracker, Region};
+
+/// The alignment mask every allocation gets at least (`gst_memory_alignment`
+/// with GStreamer's default `memory-alignment=malloc`): 8 bytes.
+pub const DEFAULT_ALIGN_MASK: usize = 7;
+
+/// A reference-counted handle to a memory (`GstMemory*`).
+///
+/// Cloning takes a reference; dropping the last reference frees the block
+/// (for a share: releases its hold on the root).
+///
+/// ```
+/// use mediamem::Memory;
+///
+/// let mem = Memory::with_size(16)?;
+/// {
+///     let mut map = mem.map_writable()?;
+///     map.copy_from_slice(b"0123456789abcdef");
+/// }
+/// let tail = mem.share(10..)?;           // zero-copy view of bytes 10..16
+/// assert_eq!(&*tail.map_readable()?, b"abcdef");
+/// assert!(tail.map_writable().is_err()); // shares are read-only
+/// let copy = tail.copy()?;               // a new, writable block
+/// copy.map_writable()?[0] = b'A';
+/// assert_eq!(&*copy.map_readable()?, b"Abcdef");
+/// # Ok::<(), mediamem::Error>(())
+/// ```
+#[derive(Clone)]
+pub struct Memory {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    allocator: Allocator,
+    origin: Origin,
+    maxsize: usize,
+    align: usize,
+    flags: AtomicU32,
+    lock: LockWord,
+    region: Region,
+}
+
+enum Origin {
+    Root {
+        backend: Box<dyn MemoryBackend>,
+        borrows: BorrowTracker,
+    },
+    Share {
+        root: Memory,
+    },
+}
+
+impl Drop for Inner {
+    fn drop(&mut self) {
+        if let Origin::Share { root } = &self.origin {
+            // Balanced with the lock taken in `share_abs`.
+            let released = root.inner.lock.unlock(LockFlags::EXCLUSIVE);
+            debug_assert!(released.is_ok(), "share lock was not held");
+        }
+    }
+}
+
+/// Resolve `range` against `len` bytes into `(start, end)`.
+pub(crate) fn resolve_range(
+    range: impl RangeBounds<usize>,
+    len: usize,
+    what: &'static str,
+) -> Result<(usize, usize)> {
+    let overflow = Error::SizeOverflow {
+        what: "range bound",
+    };
+    let start = match range.start_bound() {
+        Bound::Included(&s) => s,
+        Bound::Excluded(&s) => s.checked_add(1).ok_or(overflow)?,
+        Bound::Unbounded => 0,
+    };
+    let end = match range.end_bound() {
+        Bound::Included(&e) => e.checked_add(1).ok_or(Error::SizeOverflow {
+            what: "range bound",
+        })?,
+        Bound::Excluded(&e) => e,
+        Bound::Unbounded => len,
+    };
+    if start > end || end > len {
+        return Err(Error::OutOfRange {
+            start,
+            end,
+            bound: len,
+            what,
+        });
+    }
+    Ok((start, end))
+}
+
+impl Memory {
+    // ----------------------------------------------------------------
+    // Construction
+    // ----------------------------------------------------------------
+
+    /// Make a root memory of `allocator` from `parts` (`gst_memory_init` for a
+    /// root). This is how custom allocators create their memories.
+    ///
+    /// # Errors
+    /// [`Error::InvalidAlign`] for a bad mask, [`Error::OutOfRange`] when
+    /// `offset + size > maxsize`.
+    pub fn from_parts(allocator: &Allocator, parts: MemoryParts) -> Result<Memory> {
+        check_align_mask(parts.align)?;
+        let end = parts
+            .offset
+            .checked_add(parts.size)
+            .ok_or(Error::SizeOverflow {
+                what: "offset + size",
+            })?;
+        if end > parts.maxsize {
+            return Err(Error::OutOfRange {
+                start: parts.offset,
+                end,
+                bound: parts.maxsize,
+                what: "maxsize of the new memory",
+            });
+        }
+        Ok(Memory {
+            inner: Arc::new(Inner {
+                allocator: allocator.clone(),
+                origin: Origin::Root {
+                    backend: parts.backend,
+                    borrows: BorrowTracker::default(),
+                },
+                maxsize: parts.maxsize,
+                align: parts.align,
+                flags: AtomicU32::new((parts.flags | MemoryFlags::LOCKABLE).bits()),
+                lock: LockWord::default(),
+                region: Region::new(parts.offset, parts.size),
+            }),
+        })
+    }
+
+    /// A memory of `size` bytes from the default allocator.
+    pub fn with_size(size: usize) -> Result<Memory> {
+        Allocator::default_allocator().alloc(size, None)
+    }
+
+    /// A memory of `size` bytes from the default allocator with `params`.
+    pub fn with_size_and_params(size: usize, params: &AllocationParams) -> Result<Memory> {
+        Allocator::default_allocator().alloc(size, Some(params))
+    }
+
+    // ----------------------------------------------------------------
+    // Properties
+    // ----------------------------------------------------------------
+
+    /// The allocator that made this memory (shares keep their root's).
+    pub fn allocator(&self) -> &Allocator {
+        &self.inner.allocator
+    }
+
+    /// The parent (always the root) of a share; `None` for a root.
+    pub fn parent(&self) -> Option<&Memory> {
+        match &self.inner.origin {
+            Origin::Root { .. } => None,
+            Origin::Share { root } => Some(root),
+        }
+    }
+
+    /// The root: the parent of a share, or `self`.
+    pub fn root(&self) -> &Memory {
+        self.parent().unwrap_or(self)
+    }
+
+    /// Size of the whole block in bytes. Never changes.
+    pub fn maxsize(&self) -> usize {
+        self.inner.maxsize
+    }
+
+    /// Alignment mask of the block.
+    pub fn align(&self) -> usize {
+        self.inner.align
+    }
+
+    /// Offset of the visible region in the block.
+    pub fn offset(&self) -> usize {
+        self.inner.region.get().0
+    }
+
+    /// Size of the visible region.
+    pub fn size(&self) -> usize {
+        self.inner.region.get().1
+    }
+
+    /// `(size, offset, maxsize)`, read consistently (`gst_memory_get_sizes`).
+    pub fn sizes(&self) -> (usize, usize, usize) {
+        let (offset, size) = self.inner.region.get();
+        (size, offset, self.inner.maxsize)
+    }
+
+    /// The memory flags (with [`MemoryFlags::LOCKABLE`] always set).
+    pub fn flags(&self) -> MemoryFlags {
+        MemoryFlags::from_bits_retain(self.inner.flags.load(Ordering::Acquire))
+    }
+
+    /// Whether this memory is flagged READONLY (every share is).
+    pub fn is_readonly(&self) -> bool {
+        self.flags().contains(MemoryFlags::READONLY)
+    }
+
+    /// Whether the allocator's memory type is `mem_type` (`gst_memory_is_type`).
+    pub fn is_type(&self, mem_type: &str) -> bool {
+        self.inner.allocator.mem_type() == mem_type
+    }
+
+    /// The number of handles to this memory (shares hold one on their root).
+    pub fn ref_count(&self) -> usize {
+        Arc::strong_count(&self.inner)
+    }
+
+    /// Whether both handles are the same memory.
+    pub fn ptr_eq(&self, other: &Memory) -> bool {
+        Arc::ptr_eq(&self.inner, &other.inner)
+    }
+
+    /// GStreamer's writability: the share count is at most one. The
+    /// reference count is not looked at, and READONLY memory can be writable
+    /// in this sense (it can be resized but not write-mapped).
+    pub fn is_writable(&self) -> bool {
+        self.inner.lock.is_writable()
+    }
+
+    /// The raw lock word: bits 0–7 access mode, 8–15 map count, 16–31
+    /// share count. For diagnostics and tests.
+    pub fn lock_state(&self) -> u32 {
+        self.inner.lock.get()
+    }
+
+    /// The backend of the root, if it is a `T` (downcast to the concrete
+    /// memory kind).
+    pub fn backend<T: MemoryBackend>(&self) -> Option<&T> {
+        let any: &dyn std::any::Any = self.root_backend();
+        any.downcast_ref::<T>()
+    }
+
+    fn root_parts(&self) -> (&dyn MemoryBackend, &BorrowTracker) {
+        match &self.root().inner.origin {
+            Origin::Root { backend, borrows } => (&**backend, borrows),
+            Origin::Share { .. } => unreachable!("shares always point at a root"),
+        }
+    }
+
+    pub(crate) fn root_backend(&self) -> &dyn MemoryBackend {
+        self.root_parts().0
+    }
+
+    fn clear_flags(&self, flags: MemoryFlags) {
+        self.inner.flags.fetch_and(!flags.bits(), Ordering::AcqRel);
+    }
+
+    // ----------------------------------------------------------------
+    // Locking
+    // ----------------------------------------------------------------
+
+    /// Take a lock on the lock word (`gst_memory_lock`); it is released when
+    /// the guard drops. Containers take [`LockFlags::EXCLUSIVE`].
+    ///
+    /// ```
+    /// use mediamem::{LockFlags, Memory};
+    /// let mem = Memory::with_size(10)?;
+    /// let a = mem.lock(LockFlags::EXCLUSIVE)?;
+    /// let b = mem.lock(LockFlags::EXCLUSIVE)?;
+    /// assert!(!mem.is_writable()); // two holders
+    /// drop((a, b));
+    /// assert!(mem.is_writable());
+    /// # Ok::<(), mediamem::Error>(())
+    /// ```
+    pub fn lock(&self, flags: LockFlags) -> Result<LockGuard<'_>> {
+        self.inner.lock.lock(flags, self.is_readonly())?;
+        Ok(LockGuard {
+            memory: self,
+            flags,
+        })
+    }
+
+    // ----------------------------------------------------------------
+    // Mapping
+    // ----------------------------------------------------------------
+
+    fn map_with(&self, flags: MapFlags, borrow: Borrow) -> Result<Mapping> {
+        if flags.contains(MapFlags::from_bits_retain(LockFlags::EXCLUSIVE.bits())) {
+            return Err(Error::InvalidMapFlags {
+                flags: flags.bits(),
+                why: "bit 2 is the lock EXCLUSIVE bit",
+            });
+        }
+        let lock_flags = flags.lock_flags();
+        if lock_flags.is_empty() {
+            return Err(Error::InvalidMapFlags {
+                flags: flags.bits(),
+                why: "neither READ nor WRITE",
+            });
+        }
+        self.inner.lock.lock(lock_flags, self.is_readonly())?;
+        let (backend, borrows) = self.root_parts();
+        if let Err(e) = borrows.acquire(borrow) {
+            self.unlock_map(lock_flags);
+            return Err(e);
+        }
+        let base = match backend.map(self.inner.maxsize, flags) {
+            Ok(base) => base,
+            Err(e) => {
+                // A backend map failure is an ordinary result: no log above
+                // debug (GStreamer's test_no_error_and_no_warning_on_map_failure).
+                log::debug!(
+                    "map of {} memory failed: {e}",
+                    self.inner.allocator.mem_type()
+                );
+                borrows.release(borrow);
+                self.unlock_map(lock_flags);
+                return Err(e);
+            }
+        };
+        let (offset, size) = self.inner.region.get();
+        Ok(Mapping {
+            base,
+            offset,
+            size,
+            maxsize: self.inner.maxsize,
+            flags,
+            borrow,
+            _keep: flags.contains(MapFlags::REF_MEMORY).then(|| self.clone()),
+        })
+    }
+
+    /// Undo `map_with`. Called exactly once per mapping by the guards.
+    fn unmap(&self, mapping: &Mapping) {
+        let (backend, borrows) = self.root_parts();
+        backend.unmap(mapping.flags);
+        borrows.release(mapping.borrow);
+        self.unlock_map(mapping.flags.lock_flags());
+    }
+
+    fn unlock_map(&self, flags: LockFlags) {
+        let released = self.inner.lock.unlock(flags);
+        debug_assert!(released.is_ok(), "unbalanced unmap");
+    }
+
+    /// Map for reading: a guard that derefs to the visible bytes.
+    ///
+    /// # Errors
+    /// When the lock word refuses READ (the memory is mapped WRITE-only),
+    /// when a writable guard holds the bytes, or when the backend cannot map.
+    pub fn map_readable(&self) -> Result<MemoryMap<'_, Readable>> {
+        Ok(MemoryMap::new(
+            self,
+            self.map_with(MapFlags::READ, Borrow::Shared)?,
+        ))
+    }
+
+    /// Map for writing: a guard that derefs mutably to the visible bytes.
+    ///
+    /// # Errors
+    /// [`Error::ReadOnly`] for read-only memory (every share),
+    /// [`Error::Shared`] when the memory has two or more holders,
+    /// [`Error::LockConflict`] when it is mapped READ-only, [`Error::Aliased`]
+    /// when any other guard holds the bytes.
+    pub fn map_writable(&self) -> Result<MemoryMap<'_, Writable>> {
+        Ok(MemoryMap::new(
+            self,
+            self.map_with(MapFlags::WRITE, Borrow::Exclusive)?,
+        ))
+    }
+
+    /// Map with explicit flags (`gst_memory_map`). With WRITE the guard
+    /// gives `&mut [u8]` through [`MemoryMap::as_mut_slice`]. Custom flags
+    /// (`>= MapFlags::LAST`) reach the backend; [`MapFlags::REF_MEMORY`]
+    /// makes the guard hold its own reference.
+    pub fn map(&self, flags: MapFlags) -> Result<MemoryMap<'_, Dynamic>> {
+        let borrow = if flags.contains(MapFlags::WRITE) {
+            Borrow::Exclusive
+        } else {
+            Borrow::Shared
+        };
+        Ok(MemoryMap::new(self, self.map_with(flags, borrow)?))
+    }
+
+    /// Map through the lock word only, exactly as `gst_memory_map`: WRITE
+    /// maps nest, a root can be mapped WRITE while its share is mapped READ.
+    /// The guard hands out raw pointers, never slices; dereferencing them is
+    /// `unsafe` and the caller must rule out data races with other mappings.
+    pub fn map_raw(&self, flags: MapFlags) -> Result<RawMap<'_>> {
+        Ok(RawMap::new(self, self.map_with(flags, Borrow::None)?))
+    }
+
+    /// Map for reading, keeping the memory in the guard. On failure the
+    /// memory comes back inside the error.
+    pub fn into_mapped_readable(self) -> Result<MappedMemory<Readable>, IntoMappedError> {
+        self.into_mapped_with(MapFlags::READ, Borrow::Shared)
+    }
+
+    /// Map for writing, keeping the memory in the guard. On failure the
+    /// memory comes back inside the error.
+    pub fn into_mapped_writable(self) -> Result<MappedMemory<Writable>, IntoMappedError> {
+        self.into_mapped_with(MapFlags::WRITE, Borrow::Exclusive)
+    }
+
+    /// Map with `flags`, keeping the memory in the guard. On failure the
+    /// memory comes back inside the error.
+    pub fn into_mapped(self, flags: MapFlags) -> Result<MappedMemory<Dynamic>, IntoMappedError> {
+        let borrow = if flags.contains(MapFlags::WRITE) {
+            Borrow::Exclusive
+        } else {
+            Borrow::Shared
+        };
+        self.into_mapped_with(flags, borrow)
+    }
+
+    fn into_mapped_with<M: MapMode>(
+        self,
+        flags: MapFlags,
+        borrow: Borrow,
+    ) -> Result<MappedMemory<M>, IntoMappedError> {
+        match self.map_with(flags, borrow) {
+            Ok(mapping) => Ok(MappedMemory::new(self, mapping)),
+            Err(error) => Err(IntoMappedError {
+                memory: self,
+                error,
+            }),
+        }
+    }
+
+    /// Map with `flags`, or, if that fails, copy and map the copy
+    /// (`gst_memory_make_mapped`). The memory is consumed either way.
+    ///
+    /// ```
+    /// use mediamem::{MapFlags, Memory};
+    /// let ro = Memory::from_slice(b"read-only bytes");
+    /// let mut mapped = ro.clone().make_mapped(MapFlags::WRITE)?;
+    /// mapped.as_mut_slice().unwrap()[0] = b'R';
+    /// assert!(!mapped.memory().ptr_eq(&ro)); // a copy was made
+    /// # Ok::<(), mediamem::Error>(())
+    /// ```
+    pub fn make_mapped(self, flags: MapFlags) -> Result<MappedMemory<Dynamic>> {
+        match self.into_mapped(flags) {
+            Ok(mapped) => Ok(mapped),
+            Err(IntoMappedError { memory, .. }) => {
+                let copy = memory.copy()?;
+                drop(memory);
+                copy.into_mapped(flags).map_err(|e| e.error)
+            }
+        }
+    }
+
+    // ----------------------------------------------------------------
+    // Share
+    // ----------------------------------------------------------------
+
+    /// A zero-copy, read-only view of `range` of the visible bytes
+    /// (`gst_memory_share`). Its parent is the root.
+    ///
+    /// # Errors
+    /// [`Error::OutOfRange`], [`Error::NoShare`], [`Error::Shared`] when the
+    /// memory is mapped for writing, [`Error::Unsupported`] when the backend
+    /// cannot share.
+    pub fn share(&self, range: impl RangeBounds<usize>) -> Result<Memory> {
+        let (offset, size) = self.inner.region.get();
+        let (start, end) = resolve_range(range, size, "visible bytes")?;
+        self.share_abs(offset + start, end - start)
+    }
+
+    /// Like [`share`](Memory::share), with `range` relative to the whole
+    /// block (`0..maxsize`), so prefix and padding can be reached.
+    pub fn share_maxsize(&self, range: impl RangeBounds<usize>) -> Result<Memory> {
+        let (start, end) = resolve_range(range, self.inner.maxsize, "maxsize")?;
+        self.share_abs(start, end - start)
+    }
+
+    fn share_abs(&self, offset: usize, size: usize) -> Result<Memory> {
+        if self.flags().contains(MemoryFlags::NO_SHARE) {
+            return Err(Error::NoShare);
+        }
+        let root = self.root();
+        if !root.root_backend().can_share() {
+            return Err(Error::Unsupported {
+                mem_type: self.inner.allocator.mem_type().to_owned(),
+                operation: "share",
+            });
+        }
+        // Two exclusive locks, as gst_memory_share: the second one is what
+        // fails while the memory is mapped for writing.
+        let x = LockFlags::EXCLUSIVE;
+        self.inner.lock.lock(x, false)?;
+        if let Err(e) = self.inner.lock.lock(x, false) {
+            self.unlock_exclusive();
+            return Err(e);
+        }
+        let made = root.inner.lock.lock(x, false).map(|()| {
+            let (root_offset, root_size) = root.inner.region.get();
+            let mut flags = root.flags() | MemoryFlags::READONLY;
+            if offset > root_offset {
+                flags.remove(MemoryFlags::ZERO_PREFIXED);
+            }
+            if offset + size < root_offset + root_size {
+                flags.remove(MemoryFlags::ZERO_PADDED);
+            }
+            Memory {
+                inner: Arc::new(Inner {
+                    allocator: self.inner.allocator.clone(),
+                    origin: Origin::Share { root: root.clone() },
+                    maxsize: self.inner.maxsize,
+                    align: self.inner.align,
+                    flags: AtomicU32::new(flags.bits()),
+                    lock: LockWord::default(),
+                    region: Region::new(offset, size),
+                }),
+            }
+        });
+        self.unlock_exclusive();
+        self.unlock_exclusive();
+        made
+    }
+
+    fn unlock_exclusive(&self) {
+        let released = self.inner.lock.unlock(LockFlags::EXCLUSIVE);
+        debug_assert!(released.is_ok());
+    }
+
+    // ----------------------------------------------------------------
+    // Copy
+    // ----------------------------------------------------------------
+
+    /// A writable copy of the visible bytes (`gst_memory_copy(mem, 0, -1)`).
+    pub fn copy(&self) -> Result<Memory> {
+        self.copy_range(..)
+    }
+
+    /// A writable copy of `range` of the visible bytes.
+    ///
+    /// System memory copies into a new system block (like GStreamer, without
+    /// taking the lock word). Other kinds map for reading and allocate from
+    /// their own allocator, or from the default one when the allocator is
+    /// CUSTOM_ALLOC or NO_COPY (fd, shm, dmabuf: copies are system memory).
+    pub fn copy_range(&self, range: impl RangeBounds<usize>) -> Result<Memory> {
+        let (offset, size) = self.inner.region.get();
+        let (start, end) = resolve_range(range, size, "visible bytes")?;
+        self.copy_abs(offset + start, end - start)
+    }
+
+    /// Like [`copy_range`](Memory::copy_range), with `range` relative to the
+    /// whole block.
+    pub fn copy_range_maxsize(&self, range: impl RangeBounds<usize>) -> Result<Memory> {
+        let (start, end) = resolve_range(range, self.inner.maxsize, "maxsize")?;
+        self.copy_abs(start, end - start)
+    }
+
+    fn copy_abs(&self, offset: usize, size: usize) -> Result<Memory> {
+        if let Some(result) = self.root_backend().copy(self, offset, size) {
+            return result;
+        }
+        // Generic copy (GStreamer's fallback copy).
+        let src = self.map_with(MapFlags::READ, Borrow::Shared)?;
+        let src = RawMap::new(self, src);
+        let own = &self.inner.allocator;
+        let params = AllocationParams {
+            align: self.inner.align,
+            ..AllocationParams::default()
+        };
+        let redirect = own
+            .flags()
+            .intersects(AllocatorFlags::CUSTOM_ALLOC | AllocatorFlags::NO_COPY);
+        let copy = if redirect {
+            Allocator::default_allocator().alloc(size, Some(&params))?
+        } else {
+            match own.alloc(size, Some(&params)) {
+                Err(Error::Unsupported { .. }) => {
+                    Allocator::default_allocator().alloc(size, Some(&params))?
+                }
+                other => other?,
+            }
+        };
+        {
+            let mut dst = copy.map_writable()?;
+            // SAFETY: `src` holds a shared borrow of the source block, so no
+            // `&mut` to it exists; `offset + size <= maxsize` was checked by
+            // the caller and the mapping covers the whole block; `dst` is a
+            // distinct block.
+            let bytes = unsafe { src.block_slice(offset, size) };
+            dst.copy_from_slice(bytes);
+        }
+        Ok(copy)
+    }
+
+    /// Copy `size` bytes at block `offset` of a memory whose backend can
+    /// reach its bytes without mapping (`base`) into a new system block,
+    /// as GStreamer's system-memory copy does: no lock-word map is taken, so
+    /// it works while the source is mapped through [`Memory::map_raw`].
+    pub(crate) fn copy_unmapped(
+        &self,
+        base: std::ptr::NonNull<u8>,
+        offset: usize,
+        size: usize,
+    ) -> Result<Memory> {
+        let (_, borrows) = self.root_parts();
+        borrows.acquire(Borrow::Shared)?;
+        let params = AllocationParams {
+            align: self.inner.align,
+            ..AllocationParams::default()
+        };
+        let result = Allocator::system()
+            .alloc(size, Some(&params))
+            .and_then(|copy| {
+                {
+                    let mut dst = copy.map_writable()?;
+                    // SAFETY: the backend guarantees `base` points at `maxsize`
+                    // initialised bytes for the life of the block; the caller
+                    // checked `offset + size <= maxsize`; the shared borrow taken
+                    // above excludes a live `&mut` into the block.
+                    let src =
+                        unsafe { std::slice::from_raw_parts(base.as_ptr().add(offset), size) };
+                    dst.copy_from_slice(src);
+                }
+                Ok(copy)
+            });
+        borrows.release(Borrow::Shared);
+        result
+    }
+
+    // ----------------------------------------------------------------
+    // Resize
+    // ----------------------------------------------------------------
+
+    /// Narrow the visible region to `range` of the current visible bytes.
+    ///
+    /// ```
+    /// use mediamem::Memory;
+    /// let mem = Memory::with_size(100)?;
+    /// mem.resize(10..50)?;
+    /// assert_eq!((mem.offset(), mem.size()), (10, 40));
+    /// mem.resize_maxsize(0..100)?;        // grow back
+    /// assert_eq!((mem.offset(), mem.size()), (0, 100));
+    /// # Ok::<(), mediamem::Error>(())
+    /// ```
+    ///
+    /// # Errors
+    /// [`Error::NotWritable`] when the memory is shared, [`Error::OutOfRange`].
+    pub fn resize(&self, range: impl RangeBounds<usize>) -> Result<()> {
+        // Resolve against the region seen inside the update, so a
+        // concurrent resize cannot slip between reading and writing.
+        let bounds = (range.start_bound().cloned(), range.end_bound().cloned());
+        self.resize_with(|offset, size| {
+            let (s, e) = resolve_range(bounds, size, "visible bytes")?;
+            Ok((offset + s, e - s))
+        })
+    }
+
+    /// Set the visible region to `range` of the whole block; it can grow
+    /// back into the prefix and padding.
+    pub fn resize_maxsize(&self, range: impl RangeBounds<usize>) -> Result<()> {
+        let (start, end) = resolve_range(range, self.inner.maxsize, "maxsize")?;
+        self.resize_with(|_, _| Ok((start, end - start)))
+    }
+
+    /// GStreamer's `gst_memory_resize(mem, offset, size)`: move the offset by
+    /// the signed `delta` and set the size.
+    ///
+    /// # Errors
+    /// [`Error::NotWritable`], [`Error::NegativeOffset`] when the offset
+    /// would go below zero, [`Error::OutOfRange`] past `maxsize`.
+    pub fn resize_by(&self, delta: isize, size: usize) -> Result<()> {
+        self.resize_with(|offset, _| {
+            let new_offset = offset
+                .checked_add_signed(delta)
+                .ok_or(Error::NegativeOffset { offset, delta })?;
+            Ok((new_offset, size))
+        })
+    }
+
+    fn resize_with(&self, f: impl FnOnce(usize, usize) -> Result<(usize, usize)>) -> Result<()> {
+        let maxsize = self.inner.maxsize;
+        self.inner.region.update(|offset, size| {
+            if !self.is_writable() {
+                return Err(Error::NotWritable {
+                    state: self.lock_state(),
+                });
+            }
+            let (new_offset, new_size) = f(offset, size)?;
+            let end = new_offset
+                .checked_add(new_size)
+                .ok_or(Error::SizeOverflow {
+                    what: "offset + size",
+                })?;
+            if end > maxsize {
+                return Err(Error::OutOfRange {
+                    start: new_offset,
+                    end,
+                    bound: maxsize,
+                    what: "maxsize",
+                });
+            }
+            let mut cleared = MemoryFlags::empty();
+            if new_offset > offset {
+                cleared |= MemoryFlags::ZERO_PREFIXED;
+            }
+            // Signed comparison of the visible end: GStreamer's unsigned
+            // `offset + size < mem.size` misses a leftward move with a
+            // negative delta.
+            if end < offset + size {
+                cleared |= MemoryFlags::ZERO_PADDED;
+            }
+            self.clear_flags(cleared);
+            Ok((new_offset, new_size, ()))
+        })
+    }
+
+    // ----------------------------------------------------------------
+    // Span
+    // ----------------------------------------------------------------
+
+    /// If `self` and `other` are shares of one root, of the same allocator,
+    /// and `other` starts where `self` ends, the offset of `self` in the
+    /// root (`gst_memory_is_span`). Merge the two with
+    /// `root.share_maxsize(root.offset() + offset..)`.
+    ///
+    /// ```
+    /// use mediamem::Memory;
+    /// let mem = Memory::with_size(4)?;
+    /// let (a, b) = (mem.share(0..2)?, mem.share(2..4)?);
+    /// assert_eq!(a.is_span(&b), Some(0));
+    /// assert_eq!(b.is_span(&a), None);
+    /// # Ok::<(), mediamem::Error>(())
+    /// ```
+    pub fn is_span(&self, other: &Memory) -> Option<usize> {
+        if !self.inner.allocator.ptr_eq(&other.inner.allocator) {
+            return None;
+        }
+        let (p1, p2) = (self.parent()?, other.parent()?);
+        if !p1.ptr_eq(p2) {
+            return None;
+        }
+        let first = self.inner.region.get();
+        if !p1.root_backend().is_span(first, other.inner.region.get()) {
+            return None;
+        }
+        first.0.checked_sub(p1.offset())
+    }
+}
+
+impl fmt::Debug for Memory {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let (size, offset, maxsize) = self.sizes();
+        f.debug_struct("Memory")
+            .field("mem_type", &self.inner.allocator.mem_type())
+            .field("offset", &offset)
+            .field("size", &size)
+            .field("maxsize", &maxsize)
+            .field("align", &self.inner.align)
+            .field("flags", &self.flags())
+            .field("lock_state", &format_args!("{:#x}", self.lock_state()))
+            .field("is_share", &self.parent().is_some())
+            .finish()
+    }
+}
+
+/// A held lock from [`Memory::lock`]; released on drop.
+#[derive(Debug)]
+#[must_use = "the lock is released when the guard is dropped"]
+pub struct LockGuard<'a> {
+    memory: &'a Memory,
+    flags: LockFlags,
+}
+
+impl LockGuard<'_> {
+    /// The flags this guard holds.
+    pub fn flags(&self) -> LockFlags {
+        self.flags
+    }
+}
+
+impl Drop for LockGuard<'_> {
+    fn drop(&mut self) {
+        let released = self.memory.inner.lock.unlock(self.flags);
+        debug_assert!(released.is_ok());
+    }
+}
+
+/// Whether the visible regions `first` and `second` (offset, size) are
+/// adjacent in one block: the span rule of system and fd memory.
+pub(crate) fn regions_adjacent(first: (usize, usize), second: (usize, usize)) -> bool {
+    first.0.checked_add(first.1) == Some(second.0)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn memory_is_send_sync() {
+        fn check<T: Send + Sync>() {}
+        check::<Memory>();
+        check::<MemoryMap<'static, Readable>>();
+        check::<MemoryMap<'static, Writable>>();
+        check::<MappedMemory<Writable>>();
+    }
+
+    #[test]
+    fn resolve_bounds() {
+        assert_eq!(resolve_range(.., 10, "t").unwrap(), (0, 10));
+        assert_eq!(resolve_range(2..=3, 10, "t").unwrap(), (2, 4));
+        assert_eq!(resolve_range(10.., 10, "t").unwrap(), (10, 10));
+        assert!(resolve_range(11.., 10, "t").is_err());
+        let (lo, hi) = (5, 4);
+        assert!(resolve_range(lo..hi, 10, "t").is_err());
+        assert!(resolve_range(..=usize::MAX, 10, "t").is_err());
+    }
+
+    #[test]
+    fn guards_release_borrows() {
+        let m = Memory::with_size(8).unwrap();
+        {
+            let _r1 = m.map_readable().unwrap();
+            let _r2 = m.map_readable().unwrap();
+        }
+        assert!(m.root_parts().1.is_free());
+        drop(m.map_writable().unwrap());
+        assert!(m.root_parts().1.is_free());
+        assert_eq!(m.lock_state(), 0);
+    }
+}

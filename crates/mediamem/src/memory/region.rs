@@ -1,0 +1,253 @@
+//! Small lock-free cells used by [`Memory`](super::Memory): the visible
+//! region (offset, size), kept consistent with a sequence lock, and the
+//! byte-borrow tracker that keeps the slice-giving map guards sound.
+
+use std::sync::atomic::{fence, AtomicU32, AtomicUsize, Ordering};
+
+use crate::error::{Error, Result};
+
+/// `(offset, size)` of a memory, readable without locks and updated
+/// atomically as a pair.
+///
+/// `resize` takes `&self` (a memory is a shared handle, as in GStreamer), so
+/// a reader on another thread must never see the new offset with the old
+/// size: that pair could exceed `maxsize`. A sequence lock gives readers a
+/// consistent pair with two plain loads.
+#[derive(Debug)]
+pub(crate) struct Region {
+    seq: AtomicU32,
+    offset: AtomicUsize,
+    size: AtomicUsize,
+}
+
+impl Region {
+    pub(crate) fn new(offset: usize, size: usize) -> Self {
+        Region {
+            seq: AtomicU32::new(0),
+            offset: AtomicUsize::new(offset),
+            size: AtomicUsize::new(size),
+        }
+    }
+
+    /// A consistent `(offset, size)` pair.
+    #[inline]
+    pub(crate) fn get(&self) -> (usize, usize) {
+        loop {
+            let s1 = self.seq.load(Ordering::Acquire);
+            if s1 & 1 == 0 {
+                let offset = self.offset.load(Ordering::Relaxed);
+                let size = self.size.load(Ordering::Relaxed);
+                fence(Ordering::Acquire);
+                if self.seq.load(Ordering::Relaxed) == s1 {
+                    return (offset, size);
+                }
+            }
+            std::hint::spin_loop();
+        }
+    }
+
+    /// Replace the pair with `f(offset, size)` as one atomic step; `f` may
+    /// refuse, and then nothing changes.
+    pub(crate) fn update<T>(
+        &self,
+        f: impl FnOnce(usize, usize) -> Result<(usize, usize, T)>,
+    ) -> Result<T> {
+        // Writers exclude each other by making the sequence odd.
+        let mut spins = 0u32;
+        let start = loop {
+            let s = self.seq.load(Ordering::Relaxed);
+            if s & 1 == 0
+                && self
+                    .seq
+                    .compare_exchange_weak(
+                        s,
+                        s.wrapping_add(1),
+                        Ordering::Acquire,
+                        Ordering::Relaxed,
+                    )
+                    .is_ok()
+            {
+                break s;
+            }
+            spins += 1;
+            if spins > 64 {
+                std::thread::yield_now();
+            } else {
+                std::hint::spin_loop();
+            }
+        };
+        fence(Ordering::Release);
+        let result = f(
+            self.offset.load(Ordering::Relaxed),
+            self.size.load(Ordering::Relaxed),
+        );
+        let out = match result {
+            Ok((offset, size, out)) => {
+                self.offset.store(offset, Ordering::Relaxed);
+                self.size.store(size, Ordering::Relaxed);
+                Ok(out)
+            }
+            Err(e) => Err(e),
+        };
+        self.seq.store(start.wrapping_add(2), Ordering::Release);
+        out
+    }
+}
+
+/// How a mapping borrows the bytes of a block, at the Rust level.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Borrow {
+    /// No borrow: a raw mapping that only hands out pointers.
+    None,
+    /// A shared borrow: `&[u8]`.
+    Shared,
+    /// An exclusive borrow: `&mut [u8]`.
+    Exclusive,
+}
+
+const WRITER: usize = 1 << (usize::BITS - 1);
+
+/// Readers/writer tracking over the whole block of a root memory (and all
+/// its shares, which see the same bytes).
+///
+/// GStreamer's lock word lets two WRITE maps nest, lets a parent be mapped
+/// WRITE while its share is mapped READ, and ignores the reference count.
+/// That is fine for C pointers but would hand out aliasing `&mut [u8]` in
+/// Rust. This tracker is the extra rule that makes the slice guards sound: any
+/// number of shared borrows, or one exclusive borrow, per block.
+#[derive(Debug, Default)]
+pub(crate) struct BorrowTracker(AtomicUsize);
+
+impl BorrowTracker {
+    pub(crate) fn acquire(&self, kind: Borrow) -> Result<()> {
+        match kind {
+            Borrow::None => Ok(()),
+            Borrow::Shared => {
+                let mut cur = self.0.load(Ordering::Relaxed);
+                loop {
+                    if cur & WRITER != 0 {
+                        return Err(Error::Aliased {
+                            held: "a writable mapping",
+                        });
+                    }
+                    if cur == WRITER - 1 {
+                        return Err(Error::TooManyLocks {
+                            what: "readable mappings",
+                        });
+                    }
+                    match self.0.compare_exchange_weak(
+                        cur,
+                        cur + 1,
+                        Ordering::Acquire,
+                        Ordering::Relaxed,
+                    ) {
+                        Ok(_) => return Ok(()),
+                        Err(actual) => cur = actual,
+                    }
+                }
+            }
+            Borrow::Exclusive => {
+                match self
+                    .0
+                    .compare_exchange(0, WRITER, Ordering::Acquire, Ordering::Relaxed)
+                {
+                    Ok(_) => Ok(()),
+                    Err(cur) if cur & WRITER != 0 => Err(Error::Aliased {
+                        held: "a writable mapping",
+                    }),
+                    Err(_) => Err(Error::Aliased {
+                        held: "readable mappings",
+                    }),
+                }
+            }
+        }
+    }
+
+    pub(crate) fn release(&self, kind: Borrow) {
+        match kind {
+            Borrow::None => {}
+            Borrow::Shared => {
+                self.0.fetch_sub(1, Ordering::Release);
+            }
+            Borrow::Exclusive => self.0.store(0, Ordering::Release),
+        }
+    }
+
+    /// Whether no slice of the block is alive.
+    #[cfg(test)]
+    pub(crate) fn is_free(&self) -> bool {
+        self.0.load(Ordering::Acquire) == 0
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn region_update_is_all_or_nothing() {
+        let r = Region::new(1, 2);
+        assert_eq!(r.get(), (1, 2));
+        r.update(|o, s| Ok((o + 10, s + 20, ()))).unwrap();
+        assert_eq!(r.get(), (11, 22));
+        let e = r.update::<()>(|_, _| {
+            Err(Error::SizeOverflow {
+                what: "test refusal",
+            })
+        });
+        assert!(e.is_err());
+        assert_eq!(r.get(), (11, 22));
+    }
+
+    #[test]
+    fn region_pairs_stay_consistent_under_contention() {
+        // Writers keep offset + size == 1000 until the reader has checked
+        // enough pairs; a torn read would break the sum.
+        use std::sync::atomic::AtomicBool;
+        use std::sync::Arc;
+        let r = Arc::new(Region::new(0, 1000));
+        let stop = Arc::new(AtomicBool::new(false));
+        let writers: Vec<_> = (0..2usize)
+            .map(|t| {
+                let (r, stop) = (r.clone(), stop.clone());
+                std::thread::spawn(move || {
+                    let mut i = 0usize;
+                    while !stop.load(Ordering::Relaxed) {
+                        let o = (i * 7 + t) % 1000;
+                        r.update(|_, _| Ok((o, 1000 - o, ()))).unwrap();
+                        i += 1;
+                    }
+                    i
+                })
+            })
+            .collect();
+        for _ in 0..200_000 {
+            let (o, s) = r.get();
+            assert_eq!(o + s, 1000, "torn read ({o}, {s})");
+        }
+        stop.store(true, Ordering::Relaxed);
+        let updates: usize = writers.into_iter().map(|w| w.join().unwrap()).sum();
+        assert!(updates > 0);
+    }
+
+    #[test]
+    fn borrow_rules() {
+        let b = BorrowTracker::default();
+        b.acquire(Borrow::Shared).unwrap();
+        b.acquire(Borrow::Shared).unwrap();
+        assert!(matches!(
+            b.acquire(Borrow::Exclusive),
+            Err(Error::Aliased {
+                held: "readable mappings"
+            })
+        ));
+        b.release(Borrow::Shared);
+        b.release(Borrow::Shared);
+        b.acquire(Borrow::Exclusive).unwrap();
+        assert!(b.acquire(Borrow::Shared).is_err());
+        assert!(b.acquire(Borrow::Exclusive).is_err());
+        b.acquire(Borrow::None).unwrap();
+        b.release(Borrow::Exclusive);
+        assert!(b.is_free());
+    }
+}
