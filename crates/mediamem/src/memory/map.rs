@@ -373,3 +373,11 @@ impl Drop for RawMap<'_> {
         self.memory.unmap(&self.mapping);
     }
 }
+
+impl From<IntoMappedError> for Error {
+    /// Keep the reason and drop the memory, so `?` works in functions that
+    /// return [`Error`].
+    fn from(e: IntoMappedError) -> Error {
+        e.error
+    }
+}
