@@ -161,23 +161,15 @@ enum Op {
 fn op() -> impl Strategy<Value = Op> {
     let i = any::<usize>();
     prop_oneof![
-        (i.clone(), any::<u16>(), any::<u16>()).prop_map(|(src, a, b)| Op::Share { src, a, b }),
-        (i.clone(), any::<u16>(), any::<u16>()).prop_map(|(src, a, b)| Op::ShareMax { src, a, b }),
-        (i.clone(), any::<u16>(), any::<u16>()).prop_map(|(src, a, b)| Op::Copy { src, a, b }),
-        i.clone().prop_map(|src| Op::MapRead { src }),
-        (i.clone(), any::<u16>(), any::<u8>()).prop_map(|(src, pos, byte)| Op::MapWrite {
-            src,
-            pos,
-            byte
-        }),
-        i.clone().prop_map(|idx| Op::Unmap { idx }),
-        i.clone().prop_map(|idx| Op::Drop { idx }),
-        (i.clone(), -64i16..64, 0u16..300).prop_map(|(src, delta, size)| Op::Resize {
-            src,
-            delta,
-            size
-        }),
-        (i.clone(), i).prop_map(|(a, b)| Op::Span { a, b }),
+        (i, any::<u16>(), any::<u16>()).prop_map(|(src, a, b)| Op::Share { src, a, b }),
+        (i, any::<u16>(), any::<u16>()).prop_map(|(src, a, b)| Op::ShareMax { src, a, b }),
+        (i, any::<u16>(), any::<u16>()).prop_map(|(src, a, b)| Op::Copy { src, a, b }),
+        i.prop_map(|src| Op::MapRead { src }),
+        (i, any::<u16>(), any::<u8>()).prop_map(|(src, pos, byte)| Op::MapWrite { src, pos, byte }),
+        i.prop_map(|idx| Op::Unmap { idx }),
+        i.prop_map(|idx| Op::Drop { idx }),
+        (i, -64i16..64, 0u16..300).prop_map(|(src, delta, size)| Op::Resize { src, delta, size }),
+        (i, i).prop_map(|(a, b)| Op::Span { a, b }),
     ]
 }
 
