@@ -36,6 +36,7 @@
 pub mod allocator;
 pub mod error;
 pub mod memory;
+pub mod probe;
 pub mod system;
 
 pub use allocator::{AllocationParams, Allocator, AllocatorFlags, AllocatorImpl, ALLOCATOR_SYSMEM};

@@ -1,0 +1,90 @@
+//! What this machine offers: one row per allocator kind mediamem knows,
+//! with whether it works here and what it can do. `mediamem probe` prints
+//! this table.
+
+use crate::allocator::{Allocator, AllocatorFlags};
+use crate::memory::{MapFlags, DEFAULT_ALIGN_MASK};
+
+/// One allocator kind and its capabilities on this machine.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ProbeRow {
+    /// Registry name (e.g. `"SystemMemory"`).
+    pub name: String,
+    /// Memory type string of its memories.
+    pub mem_type: String,
+    /// Whether it can be used on this machine right now.
+    pub available: bool,
+    /// Whether it allocates from a size alone (`Allocator::alloc`).
+    pub plain_alloc: bool,
+    /// Whether its memories carry a file descriptor.
+    pub fd_backed: bool,
+    /// Whether its memories are dma-bufs.
+    pub dmabuf: bool,
+    /// Whether its memories are physically contiguous.
+    pub contiguous: bool,
+    /// Where copies of its memories go.
+    pub copies_to: String,
+    /// A short note: how it was checked, or why it is unavailable.
+    pub detail: String,
+}
+
+/// Probe every allocator kind mediamem implements.
+///
+/// Each row is backed by a real check (an allocation, a map and a free for
+/// allocators that can allocate), not by a compile-time list.
+///
+/// ```
+/// let rows = mediamem::probe::probe();
+/// let sys = rows.iter().find(|r| r.name == "SystemMemory").unwrap();
+/// assert!(sys.available && sys.plain_alloc);
+/// ```
+pub fn probe() -> Vec<ProbeRow> {
+    vec![probe_system()]
+}
+
+fn copies_to(a: &Allocator) -> String {
+    if a.flags()
+        .intersects(AllocatorFlags::CUSTOM_ALLOC | AllocatorFlags::NO_COPY)
+    {
+        Allocator::default_allocator().mem_type().to_owned()
+    } else {
+        a.mem_type().to_owned()
+    }
+}
+
+fn probe_system() -> ProbeRow {
+    let sys = Allocator::system();
+    let check = sys.alloc(4096, None).and_then(|m| {
+        m.map(MapFlags::READWRITE)?;
+        Ok(m.maxsize())
+    });
+    ProbeRow {
+        name: crate::allocator::ALLOCATOR_SYSMEM.to_owned(),
+        mem_type: sys.mem_type().to_owned(),
+        available: check.is_ok(),
+        plain_alloc: true,
+        fd_backed: false,
+        dmabuf: false,
+        contiguous: false,
+        copies_to: copies_to(&sys),
+        detail: match check {
+            Ok(maxsize) => format!(
+                "heap, zeroed, align mask >= {DEFAULT_ALIGN_MASK}; alloc(4096) gave maxsize {maxsize}"
+            ),
+            Err(e) => format!("allocation failed: {e}"),
+        },
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn system_row() {
+        let rows = super::probe();
+        let sys = &rows[0];
+        assert_eq!(sys.name, "SystemMemory");
+        assert!(sys.available);
+        assert_eq!(sys.copies_to, "SystemMemory");
+        assert!(sys.detail.contains("maxsize 4103"), "{}", sys.detail);
+    }
+}
