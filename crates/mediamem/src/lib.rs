@@ -47,3 +47,8 @@ pub use memory::{
     DEFAULT_ALIGN_MASK,
 };
 pub use system::SystemAllocator;
+
+/// The README's examples are compiled and run as doc tests.
+#[cfg(doctest)]
+#[doc = include_str!("../../../README.md")]
+struct ReadmeDoctests;
