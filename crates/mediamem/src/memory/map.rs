@@ -34,6 +34,27 @@ impl Mapping {
         // (the region is read consistently), so this stays inside the block.
         unsafe { self.base.as_ptr().add(self.offset) }
     }
+
+    /// The visible bytes.
+    fn slice(&self) -> &[u8] {
+        // SAFETY: the backend keeps the block's initialised bytes valid until
+        // unmap (MemoryBackend contract), and every slice-giving guard holds
+        // at least a shared borrow of the block, so no `&mut` aliases them.
+        // (RawMap never calls this.)
+        unsafe { std::slice::from_raw_parts(self.data(), self.size) }
+    }
+
+    /// The visible bytes, mutably, if this is a WRITE map.
+    fn slice_mut(&mut self) -> Option<&mut [u8]> {
+        if !self.flags.contains(MapFlags::WRITE) {
+            return None;
+        }
+        // SAFETY: a WRITE map made the bytes writable (MemoryBackend
+        // contract); slice-giving WRITE maps hold the block's exclusive
+        // borrow, and `&mut self` makes this the only slice from this
+        // mapping.
+        Some(unsafe { std::slice::from_raw_parts_mut(self.data(), self.size) })
+    }
 }
 
 mod sealed {
@@ -108,10 +129,7 @@ impl<'a, M: MapMode> MemoryMap<'a, M> {
 
     /// The visible bytes.
     pub fn as_slice(&self) -> &[u8] {
-        // SAFETY: the backend keeps `size` initialised bytes valid until
-        // unmap (MemoryBackend contract); this guard holds at least a shared
-        // borrow of the block, so no `&mut` aliases them.
-        unsafe { std::slice::from_raw_parts(self.mapping.data(), self.mapping.size) }
+        self.mapping.slice()
     }
 
     /// Start of the visible bytes.
@@ -123,22 +141,16 @@ impl<'a, M: MapMode> MemoryMap<'a, M> {
 impl MemoryMap<'_, Writable> {
     /// The visible bytes, mutably.
     pub fn as_mut_slice(&mut self) -> &mut [u8] {
-        // SAFETY: WRITE map (backend made the bytes writable) with the
-        // block's exclusive borrow, and `&mut self` makes this the only
-        // slice from this guard.
-        unsafe { std::slice::from_raw_parts_mut(self.mapping.data(), self.mapping.size) }
+        self.mapping
+            .slice_mut()
+            .expect("Writable guards are WRITE maps")
     }
 }
 
 impl MemoryMap<'_, Dynamic> {
     /// The visible bytes, mutably, if the map includes WRITE.
     pub fn as_mut_slice(&mut self) -> Option<&mut [u8]> {
-        if !self.mapping.flags.contains(MapFlags::WRITE) {
-            return None;
-        }
-        // SAFETY: as for `MemoryMap<Writable>`: WRITE maps through
-        // `Memory::map` hold the block's exclusive borrow.
-        Some(unsafe { std::slice::from_raw_parts_mut(self.mapping.data(), self.mapping.size) })
+        self.mapping.slice_mut()
     }
 }
 
@@ -216,8 +228,7 @@ impl<M: MapMode> MappedMemory<M> {
 
     /// The visible bytes.
     pub fn as_slice(&self) -> &[u8] {
-        // SAFETY: as for MemoryMap::as_slice.
-        unsafe { std::slice::from_raw_parts(self.mapping.data(), self.mapping.size) }
+        self.mapping.slice()
     }
 
     /// Unmap and give the memory back.
@@ -236,19 +247,16 @@ impl<M: MapMode> MappedMemory<M> {
 impl MappedMemory<Writable> {
     /// The visible bytes, mutably.
     pub fn as_mut_slice(&mut self) -> &mut [u8] {
-        // SAFETY: as for MemoryMap<Writable>::as_mut_slice.
-        unsafe { std::slice::from_raw_parts_mut(self.mapping.data(), self.mapping.size) }
+        self.mapping
+            .slice_mut()
+            .expect("Writable guards are WRITE maps")
     }
 }
 
 impl MappedMemory<Dynamic> {
     /// The visible bytes, mutably, if the map includes WRITE.
     pub fn as_mut_slice(&mut self) -> Option<&mut [u8]> {
-        if !self.mapping.flags.contains(MapFlags::WRITE) {
-            return None;
-        }
-        // SAFETY: as for MemoryMap<Dynamic>::as_mut_slice.
-        Some(unsafe { std::slice::from_raw_parts_mut(self.mapping.data(), self.mapping.size) })
+        self.mapping.slice_mut()
     }
 }
 

@@ -450,12 +450,10 @@ impl Memory {
     /// (`>= MapFlags::LAST`) reach the backend; [`MapFlags::REF_MEMORY`]
     /// makes the guard hold its own reference.
     pub fn map(&self, flags: MapFlags) -> Result<MemoryMap<'_, Dynamic>> {
-        let borrow = if flags.contains(MapFlags::WRITE) {
-            Borrow::Exclusive
-        } else {
-            Borrow::Shared
-        };
-        Ok(MemoryMap::new(self, self.map_with(flags, borrow)?))
+        Ok(MemoryMap::new(
+            self,
+            self.map_with(flags, Borrow::for_flags(flags))?,
+        ))
     }
 
     /// Map through the lock word only, exactly as `gst_memory_map`: WRITE
@@ -481,12 +479,7 @@ impl Memory {
     /// Map with `flags`, keeping the memory in the guard. On failure the
     /// memory comes back inside the error.
     pub fn into_mapped(self, flags: MapFlags) -> Result<MappedMemory<Dynamic>, IntoMappedError> {
-        let borrow = if flags.contains(MapFlags::WRITE) {
-            Borrow::Exclusive
-        } else {
-            Borrow::Shared
-        };
-        self.into_mapped_with(flags, borrow)
+        self.into_mapped_with(flags, Borrow::for_flags(flags))
     }
 
     fn into_mapped_with<M: MapMode>(

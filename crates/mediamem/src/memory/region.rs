@@ -105,6 +105,17 @@ pub(crate) enum Borrow {
     Exclusive,
 }
 
+impl Borrow {
+    /// The borrow a slice-giving map with `flags` needs.
+    pub(crate) fn for_flags(flags: super::MapFlags) -> Borrow {
+        if flags.contains(super::MapFlags::WRITE) {
+            Borrow::Exclusive
+        } else {
+            Borrow::Shared
+        }
+    }
+}
+
 const WRITER: usize = 1 << (usize::BITS - 1);
 
 /// Readers/writer tracking over the whole block of a root memory (and all
