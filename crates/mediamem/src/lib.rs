@@ -35,12 +35,14 @@
 
 pub mod allocator;
 pub mod error;
+pub mod fd;
 pub mod memory;
 pub mod probe;
 pub mod system;
 
 pub use allocator::{AllocationParams, Allocator, AllocatorFlags, AllocatorImpl, ALLOCATOR_SYSMEM};
 pub use error::{Error, Result};
+pub use fd::{fd_memory_get_fd, is_fd_memory, FdAllocator, FdMemoryFlags};
 pub use memory::{
     Dynamic, IntoMappedError, LockFlags, LockGuard, MapFlags, MapMode, MappedMemory, Memory,
     MemoryBackend, MemoryFlags, MemoryMap, MemoryParts, RawMap, Readable, Writable,

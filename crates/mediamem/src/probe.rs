@@ -39,7 +39,7 @@ pub struct ProbeRow {
 /// assert!(sys.available && sys.plain_alloc);
 /// ```
 pub fn probe() -> Vec<ProbeRow> {
-    vec![probe_system()]
+    vec![probe_system(), probe_fd()]
 }
 
 fn copies_to(a: &Allocator) -> String {
@@ -76,6 +76,41 @@ fn probe_system() -> ProbeRow {
     }
 }
 
+fn probe_fd() -> ProbeRow {
+    use crate::fd::{FdAllocator, FdMemoryFlags};
+    let fd = FdAllocator::new();
+    // Import a real memfd, map it read-write, share it.
+    let check = rustix::fs::memfd_create("mediamem-probe", rustix::fs::MemfdFlags::CLOEXEC)
+        .map_err(|e| crate::Error::NotAvailable {
+            what: "memfd_create".into(),
+            reason: e.to_string(),
+        })
+        .and_then(|memfd| {
+            rustix::fs::ftruncate(&memfd, 4096).map_err(|e| crate::Error::NotAvailable {
+                what: "ftruncate".into(),
+                reason: e.to_string(),
+            })?;
+            let m = fd.alloc(memfd, 4096, FdMemoryFlags::KEEP_MAPPED)?;
+            m.map_writable()?.fill(1);
+            m.share(..)?;
+            Ok(())
+        });
+    ProbeRow {
+        name: crate::fd::ALLOCATOR_FD.to_owned(),
+        mem_type: fd.mem_type().to_owned(),
+        available: check.is_ok(),
+        plain_alloc: false,
+        fd_backed: true,
+        dmabuf: false,
+        contiguous: false,
+        copies_to: copies_to(&fd),
+        detail: match check {
+            Ok(()) => "imports any mappable fd; memfd import, map and share checked".into(),
+            Err(e) => format!("check failed: {e}"),
+        },
+    }
+}
+
 #[cfg(test)]
 mod tests {
     #[test]
@@ -86,5 +121,14 @@ mod tests {
         assert!(sys.available);
         assert_eq!(sys.copies_to, "SystemMemory");
         assert!(sys.detail.contains("maxsize 4103"), "{}", sys.detail);
+    }
+
+    #[test]
+    fn fd_row() {
+        let rows = super::probe();
+        let fd = rows.iter().find(|r| r.name == "fd").unwrap();
+        assert!(fd.available, "{}", fd.detail);
+        assert!(fd.fd_backed && !fd.plain_alloc);
+        assert_eq!(fd.copies_to, "SystemMemory");
     }
 }

@@ -1,0 +1,470 @@
+//! fd-backed memory: [`FdAllocator`] (GStreamer's `GstFdAllocator`, `"fd"`)
+//! and the seed functions [`is_fd_memory`] and [`fd_memory_get_fd`].
+//!
+//! The mapping rules are GStreamer's: one `mmap` of the whole block (file
+//! offset 0 to `maxsize`) per root, shared by every share; a map count;
+//! `KEEP_MAPPED` keeps the mapping after the last unmap and upgrades its
+//! protection with `mprotect` when no map is held; `MAP_PRIVATE` maps
+//! copy-on-write; the fd is closed when the root and its shares are gone,
+//! unless the memory does not own it. Copies go to system memory (the
+//! allocator is `CUSTOM_ALLOC`).
+//!
+//! Improvements over GStreamer:
+//! * imports are checked: a size or offset past the end of the file is an
+//!   error at import ([`Error::BeyondFile`]) instead of a `SIGBUS` at the
+//!   first access, and an fd whose size cannot be learnt is refused;
+//! * fds come in as [`OwnedFd`] (the memory owns it) or [`BorrowedFd`]
+//!   (duplicated), and go out as [`BorrowedFd`];
+//! * a WRITE map is mapped `PROT_READ | PROT_WRITE`, because a `&mut [u8]`
+//!   may be read and write-only mappings are not readable everywhere.
+
+use std::fmt;
+use std::os::fd::{AsFd, AsRawFd, BorrowedFd, OwnedFd, RawFd};
+use std::ptr::NonNull;
+use std::sync::{Mutex, PoisonError};
+
+use bitflags::bitflags;
+use rustix::fs::{FileType, SeekFrom};
+use rustix::mm::{MprotectFlags, ProtFlags};
+
+use crate::allocator::{Allocator, AllocatorFlags, AllocatorImpl};
+use crate::error::{Error, Result};
+use crate::memory::{regions_adjacent, MapFlags, Memory, MemoryBackend, MemoryParts};
+
+bitflags! {
+    /// Flags of fd memory (`GstFdMemoryFlags`), with GStreamer's values.
+    #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default)]
+    pub struct FdMemoryFlags: u32 {
+        /// Keep the mapping after the last unmap (and re-protect it with
+        /// `mprotect` when a later map needs more access).
+        const KEEP_MAPPED = 1 << 0;
+        /// Map copy-on-write (`MAP_PRIVATE`): writes never reach the fd.
+        const MAP_PRIVATE = 1 << 1;
+        /// Do not close the fd when the memory is freed. Only with
+        /// [`FdAllocator::alloc_unowned`].
+        const DONT_CLOSE = 1 << 2;
+    }
+}
+
+/// Name (and memory type) of the fd allocator.
+pub const ALLOCATOR_FD: &str = "fd";
+
+/// The fd allocator implementation: memory type `"fd"`, flags
+/// `CUSTOM_ALLOC` (it needs an fd, so copies go to system memory).
+#[derive(Debug, Default)]
+pub struct FdAllocatorImpl;
+
+impl AllocatorImpl for FdAllocatorImpl {
+    fn mem_type(&self) -> &str {
+        ALLOCATOR_FD
+    }
+    fn flags(&self) -> AllocatorFlags {
+        AllocatorFlags::CUSTOM_ALLOC
+    }
+}
+
+/// Wraps file descriptors as [`Memory`] (`GstFdAllocator`).
+///
+/// ```
+/// use std::io::Write;
+/// use std::os::fd::OwnedFd;
+/// use mediamem::fd::{FdAllocator, FdMemoryFlags};
+///
+/// let mut file = tempfile_with(b"0123456789");
+/// let mem = FdAllocator::new().alloc(OwnedFd::from(file), 10, FdMemoryFlags::KEEP_MAPPED)?;
+/// assert_eq!(mem.map_readable()?[5], b'5');
+/// assert!(mediamem::is_fd_memory(&mem));
+/// # fn tempfile_with(b: &[u8]) -> std::fs::File {
+/// #     let p = std::env::temp_dir().join(format!("mm-doc-{}", std::process::id()));
+/// #     let mut f = std::fs::OpenOptions::new().read(true).write(true).create(true).truncate(true).open(&p).unwrap();
+/// #     f.write_all(b).unwrap(); std::fs::remove_file(&p).unwrap(); f
+/// # }
+/// # Ok::<(), mediamem::Error>(())
+/// ```
+#[derive(Debug, Clone)]
+pub struct FdAllocator(Allocator);
+
+impl Default for FdAllocator {
+    fn default() -> Self {
+        FdAllocator::new()
+    }
+}
+
+impl std::ops::Deref for FdAllocator {
+    type Target = Allocator;
+    fn deref(&self) -> &Allocator {
+        &self.0
+    }
+}
+
+impl FdAllocator {
+    /// A new fd allocator (`gst_fd_allocator_new`).
+    pub fn new() -> Self {
+        FdAllocator(Allocator::new(FdAllocatorImpl))
+    }
+
+    /// The generic allocator handle.
+    pub fn allocator(&self) -> &Allocator {
+        &self.0
+    }
+
+    /// Wrap `size` bytes of `fd`, all visible (`gst_fd_allocator_alloc`).
+    /// The memory owns the fd.
+    pub fn alloc(&self, fd: OwnedFd, size: usize, flags: FdMemoryFlags) -> Result<Memory> {
+        self.alloc_full(fd, size, 0, size, flags)
+    }
+
+    /// Wrap `maxsize` bytes of `fd`, of which `[offset, offset + size)` are
+    /// visible (`gst_fd_allocator_alloc_full`, GStreamer 1.28). The memory
+    /// owns the fd.
+    ///
+    /// # Errors
+    /// [`Error::OutOfRange`] when `offset + size > maxsize`,
+    /// [`Error::BeyondFile`] when `maxsize` is past the end of the file,
+    /// [`Error::BadFd`] for `DONT_CLOSE` (which would leak an owned fd) or
+    /// an fd whose size cannot be learnt.
+    pub fn alloc_full(
+        &self,
+        fd: OwnedFd,
+        maxsize: usize,
+        offset: usize,
+        size: usize,
+        flags: FdMemoryFlags,
+    ) -> Result<Memory> {
+        if flags.contains(FdMemoryFlags::DONT_CLOSE) {
+            return Err(Error::BadFd {
+                reason: "DONT_CLOSE with an owned fd would leak it; pass a borrowed fd to \
+                         alloc_borrowed (dup) or alloc_unowned"
+                    .into(),
+            });
+        }
+        import(&self.0, FdHandle::Owned(fd), maxsize, offset, size, flags)
+    }
+
+    /// Wrap a duplicate of `fd`; the caller keeps its own fd.
+    pub fn alloc_borrowed(
+        &self,
+        fd: BorrowedFd<'_>,
+        maxsize: usize,
+        offset: usize,
+        size: usize,
+        flags: FdMemoryFlags,
+    ) -> Result<Memory> {
+        let dup = dup_fd(fd)?;
+        self.alloc_full(
+            dup,
+            maxsize,
+            offset,
+            size,
+            flags - FdMemoryFlags::DONT_CLOSE,
+        )
+    }
+
+    /// Wrap `fd` without owning it: the memory never closes it (GStreamer's
+    /// `DONT_CLOSE`, which this sets).
+    ///
+    /// # Safety
+    /// `fd` must stay open, and refer to the same file, for as long as the
+    /// memory or any share of it lives.
+    pub unsafe fn alloc_unowned(
+        &self,
+        fd: BorrowedFd<'_>,
+        maxsize: usize,
+        offset: usize,
+        size: usize,
+        flags: FdMemoryFlags,
+    ) -> Result<Memory> {
+        import(
+            &self.0,
+            FdHandle::Unowned(fd.as_raw_fd()),
+            maxsize,
+            offset,
+            size,
+            flags | FdMemoryFlags::DONT_CLOSE,
+        )
+    }
+}
+
+/// Duplicate `fd` with close-on-exec.
+pub(crate) fn dup_fd(fd: BorrowedFd<'_>) -> Result<OwnedFd> {
+    rustix::io::fcntl_dupfd_cloexec(fd, 0).map_err(|e| Error::BadFd {
+        reason: format!("cannot duplicate fd {}: {e}", fd.as_raw_fd()),
+    })
+}
+
+/// The size of the file behind `fd`: `st_size` for regular files (memfd
+/// included), `lseek(SEEK_END)` otherwise (dma-bufs report their size so).
+pub(crate) fn fd_size(fd: BorrowedFd<'_>) -> Result<u64> {
+    let st = rustix::fs::fstat(fd).map_err(|e| Error::BadFd {
+        reason: format!("fstat of fd {}: {e}", fd.as_raw_fd()),
+    })?;
+    match FileType::from_raw_mode(st.st_mode) {
+        FileType::RegularFile => Ok(st.st_size as u64),
+        FileType::Fifo | FileType::Socket | FileType::Directory => Err(Error::BadFd {
+            reason: format!(
+                "fd {} is a {:?}, which cannot be mapped",
+                fd.as_raw_fd(),
+                FileType::from_raw_mode(st.st_mode)
+            ),
+        }),
+        other => rustix::fs::seek(fd, SeekFrom::End(0)).map_err(|e| Error::BadFd {
+            reason: format!(
+                "cannot learn the size of fd {} ({other:?}): lseek(SEEK_END): {e}",
+                fd.as_raw_fd()
+            ),
+        }),
+    }
+}
+
+/// Make fd memory of `allocator`: validate and wrap. Used by the fd, shm
+/// and dmabuf allocators.
+pub(crate) fn import(
+    allocator: &Allocator,
+    fd: FdHandle,
+    maxsize: usize,
+    offset: usize,
+    size: usize,
+    flags: FdMemoryFlags,
+) -> Result<Memory> {
+    let end = offset.checked_add(size).ok_or(Error::SizeOverflow {
+        what: "offset + size",
+    })?;
+    if end > maxsize {
+        return Err(Error::OutOfRange {
+            start: offset,
+            end,
+            bound: maxsize,
+            what: "maxsize of the fd memory",
+        });
+    }
+    let file_size = fd_size(fd.as_fd())?;
+    if maxsize as u64 > file_size {
+        return Err(Error::BeyondFile {
+            what: "maxsize",
+            requested: maxsize as u64,
+            file_size,
+        });
+    }
+    let backend = FdBackend {
+        fd,
+        flags,
+        maxsize,
+        state: Mutex::new(MapState {
+            data: 0,
+            prot: ProtFlags::empty(),
+            count: 0,
+        }),
+    };
+    Memory::from_parts(
+        allocator,
+        MemoryParts::new(Box::new(backend), maxsize).region(offset, size),
+    )
+}
+
+/// How the backend holds its fd.
+pub(crate) enum FdHandle {
+    /// Closed when the backend drops.
+    Owned(OwnedFd),
+    /// Never closed (`DONT_CLOSE`); the creator promised it stays open.
+    Unowned(RawFd),
+}
+
+impl FdHandle {
+    fn as_fd(&self) -> BorrowedFd<'_> {
+        match self {
+            FdHandle::Owned(fd) => fd.as_fd(),
+            // SAFETY: `alloc_unowned`'s contract: the fd stays open while the
+            // memory (and so this backend) lives.
+            FdHandle::Unowned(raw) => unsafe { BorrowedFd::borrow_raw(*raw) },
+        }
+    }
+}
+
+struct MapState {
+    /// Start of the mapping (0 when unmapped).
+    data: usize,
+    /// PROT_* of the mapping.
+    prot: ProtFlags,
+    /// Maps currently held.
+    count: usize,
+}
+
+/// The backend of fd memory; reach it with [`Memory::backend`].
+pub struct FdBackend {
+    fd: FdHandle,
+    flags: FdMemoryFlags,
+    maxsize: usize,
+    state: Mutex<MapState>,
+}
+
+impl fmt::Debug for FdBackend {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("FdBackend")
+            .field("fd", &self.fd.as_fd().as_raw_fd())
+            .field("flags", &self.flags)
+            .field("maxsize", &self.maxsize)
+            .finish()
+    }
+}
+
+impl FdBackend {
+    /// The fd (still owned by the memory).
+    pub fn fd(&self) -> BorrowedFd<'_> {
+        self.fd.as_fd()
+    }
+
+    /// The fd-memory flags.
+    pub fn flags(&self) -> FdMemoryFlags {
+        self.flags
+    }
+
+    /// Whether the block is mapped into this process right now.
+    pub fn is_mapped(&self) -> bool {
+        self.lock_state().data != 0
+    }
+
+    /// Maps currently held on the block.
+    pub fn map_count(&self) -> usize {
+        self.lock_state().count
+    }
+
+    fn lock_state(&self) -> std::sync::MutexGuard<'_, MapState> {
+        self.state.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    fn map_failed(&self, what: &str, e: rustix::io::Errno) -> Error {
+        Error::MapFailed {
+            mem_type: ALLOCATOR_FD.into(),
+            reason: format!("{what} of fd {}: {e}", self.fd().as_raw_fd()),
+        }
+    }
+}
+
+fn prot_for(flags: MapFlags) -> ProtFlags {
+    if flags.contains(MapFlags::WRITE) {
+        ProtFlags::READ | ProtFlags::WRITE
+    } else {
+        ProtFlags::READ
+    }
+}
+
+// SAFETY: `map` returns the start of a live mmap of `maxsize` bytes of the
+// file (checked at import to be inside the file, and file-backed pages are
+// initialised), readable, and writable when WRITE was asked; it stays mapped
+// until the matching unmap (or, with KEEP_MAPPED, until drop).
+unsafe impl MemoryBackend for FdBackend {
+    fn map(&self, maxsize: usize, flags: MapFlags) -> Result<NonNull<u8>> {
+        if maxsize == 0 {
+            return Ok(NonNull::dangling());
+        }
+        let prot = prot_for(flags);
+        let mut st = self.lock_state();
+        if st.data != 0 {
+            if st.prot.contains(prot) {
+                st.count += 1;
+            } else if self.flags.contains(FdMemoryFlags::KEEP_MAPPED) && st.count == 0 {
+                let mp = MprotectFlags::from_bits_truncate(prot.bits());
+                // SAFETY: `data` is our own live mapping of `maxsize` bytes.
+                unsafe { rustix::mm::mprotect(st.data as *mut _, maxsize, mp) }
+                    .map_err(|e| self.map_failed("mprotect", e))?;
+                st.prot = prot;
+                st.count = 1;
+            } else {
+                return Err(Error::MapFailed {
+                    mem_type: ALLOCATOR_FD.into(),
+                    reason: format!(
+                        "already mapped {:?} by {} map(s); cannot add {:?}",
+                        st.prot, st.count, prot
+                    ),
+                });
+            }
+            // SAFETY: data != 0.
+            return Ok(unsafe { NonNull::new_unchecked(st.data as *mut u8) });
+        }
+        let share = if self.flags.contains(FdMemoryFlags::MAP_PRIVATE) {
+            rustix::mm::MapFlags::PRIVATE
+        } else {
+            rustix::mm::MapFlags::SHARED
+        };
+        // SAFETY: a fresh mapping chosen by the kernel (NULL hint); nothing
+        // else is affected.
+        let ptr =
+            unsafe { rustix::mm::mmap(std::ptr::null_mut(), maxsize, prot, share, self.fd(), 0) }
+                .map_err(|e| self.map_failed("mmap", e))?;
+        st.data = ptr as usize;
+        st.prot = prot;
+        st.count = 1;
+        NonNull::new(ptr.cast()).ok_or_else(|| Error::MapFailed {
+            mem_type: ALLOCATOR_FD.into(),
+            reason: "mmap returned NULL".into(),
+        })
+    }
+
+    fn unmap(&self, _flags: MapFlags) {
+        if self.maxsize == 0 {
+            return;
+        }
+        let mut st = self.lock_state();
+        debug_assert!(st.count > 0);
+        st.count = st.count.saturating_sub(1);
+        if st.count == 0 && !self.flags.contains(FdMemoryFlags::KEEP_MAPPED) && st.data != 0 {
+            // SAFETY: our own mapping, no map is held any more.
+            if let Err(e) = unsafe { rustix::mm::munmap(st.data as *mut _, self.maxsize) } {
+                log::warn!("munmap of fd memory failed: {e}");
+            }
+            st.data = 0;
+            st.prot = ProtFlags::empty();
+        }
+    }
+
+    fn is_span(&self, first: (usize, usize), second: (usize, usize)) -> bool {
+        regions_adjacent(first, second)
+    }
+}
+
+impl Drop for FdBackend {
+    fn drop(&mut self) {
+        let st = self.state.get_mut().unwrap_or_else(PoisonError::into_inner);
+        if st.data != 0 {
+            // SAFETY: our own mapping; the memory is gone, so no map is held.
+            if let Err(e) = unsafe { rustix::mm::munmap(st.data as *mut _, self.maxsize) } {
+                log::warn!("munmap of fd memory failed: {e}");
+            }
+        }
+        // An owned fd closes when `self.fd` drops; an unowned one is left.
+    }
+}
+
+/// Whether `mem` is backed by an fd that [`fd_memory_get_fd`] returns
+/// (`gst_is_fd_memory`): fd memory and the kinds built on it.
+pub fn is_fd_memory(mem: &Memory) -> bool {
+    mem.backend::<FdBackend>().is_some()
+}
+
+/// The fd of `mem`, still owned by the memory (`gst_fd_memory_get_fd`);
+/// `None` when it is not fd memory. Dup it ([`Memory::try_clone_fd`]) to keep
+/// it beyond the memory's life.
+pub fn fd_memory_get_fd(mem: &Memory) -> Option<BorrowedFd<'_>> {
+    mem.backend::<FdBackend>().map(FdBackend::fd)
+}
+
+impl Memory {
+    /// The fd behind this memory, if it is fd-backed (shares give their
+    /// root's fd).
+    pub fn fd(&self) -> Option<BorrowedFd<'_>> {
+        fd_memory_get_fd(self)
+    }
+
+    /// A duplicate of the fd behind this memory, owned by the caller.
+    ///
+    /// # Errors
+    /// [`Error::WrongKind`] when the memory is not fd-backed,
+    /// [`Error::BadFd`] when the dup fails.
+    pub fn try_clone_fd(&self) -> Result<OwnedFd> {
+        let fd = self.fd().ok_or_else(|| Error::WrongKind {
+            expected: "fd-backed",
+            found: self.allocator().mem_type().to_owned(),
+        })?;
+        dup_fd(fd)
+    }
+}
