@@ -138,7 +138,15 @@ impl FdAllocator {
                     .into(),
             });
         }
-        import(&self.0, FdHandle::Owned(fd), maxsize, offset, size, flags)
+        import(
+            &self.0,
+            FdHandle::Owned(fd),
+            maxsize,
+            offset,
+            size,
+            flags,
+            FdKind::Plain,
+        )
     }
 
     /// Wrap a duplicate of `fd`; the caller keeps its own fd.
@@ -181,6 +189,7 @@ impl FdAllocator {
             offset,
             size,
             flags | FdMemoryFlags::DONT_CLOSE,
+            FdKind::Plain,
         )
     }
 }
@@ -216,6 +225,15 @@ pub(crate) fn fd_size(fd: BorrowedFd<'_>) -> Result<u64> {
     }
 }
 
+/// What kind of fd memory to make.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum FdKind {
+    /// Plain fd memory (fd, shm).
+    Plain,
+    /// dma-buf: map and unmap issue `DMA_BUF_IOCTL_SYNC`.
+    DmaBuf,
+}
+
 /// Make fd memory of `allocator`: validate and wrap. Used by the fd, shm
 /// and dmabuf allocators.
 pub(crate) fn import(
@@ -225,7 +243,20 @@ pub(crate) fn import(
     offset: usize,
     size: usize,
     flags: FdMemoryFlags,
+    kind: FdKind,
 ) -> Result<Memory> {
+    Memory::from_parts(allocator, fd_parts(fd, maxsize, offset, size, flags, kind)?)
+}
+
+/// Validate an fd and its sizes and build the parts of fd memory.
+pub(crate) fn fd_parts(
+    fd: FdHandle,
+    maxsize: usize,
+    offset: usize,
+    size: usize,
+    flags: FdMemoryFlags,
+    kind: FdKind,
+) -> Result<MemoryParts> {
     let end = offset.checked_add(size).ok_or(Error::SizeOverflow {
         what: "offset + size",
     })?;
@@ -237,6 +268,17 @@ pub(crate) fn import(
             what: "maxsize of the fd memory",
         });
     }
+    let backend = fd_backend(fd, maxsize, flags, kind)?;
+    Ok(MemoryParts::new(Box::new(backend), maxsize).region(offset, size))
+}
+
+/// Check that `maxsize` bytes of `fd` exist and make the backend.
+pub(crate) fn fd_backend(
+    fd: FdHandle,
+    maxsize: usize,
+    flags: FdMemoryFlags,
+    kind: FdKind,
+) -> Result<FdBackend> {
     let file_size = fd_size(fd.as_fd())?;
     if maxsize as u64 > file_size {
         return Err(Error::BeyondFile {
@@ -245,20 +287,17 @@ pub(crate) fn import(
             file_size,
         });
     }
-    let backend = FdBackend {
+    Ok(FdBackend {
         fd,
         flags,
         maxsize,
+        dmabuf: kind == FdKind::DmaBuf,
         state: Mutex::new(MapState {
             data: 0,
             prot: ProtFlags::empty(),
             count: 0,
         }),
-    };
-    Memory::from_parts(
-        allocator,
-        MemoryParts::new(Box::new(backend), maxsize).region(offset, size),
-    )
+    })
 }
 
 /// How the backend holds its fd.
@@ -294,6 +333,8 @@ pub struct FdBackend {
     fd: FdHandle,
     flags: FdMemoryFlags,
     maxsize: usize,
+    /// dma-buf: bracket CPU access with `DMA_BUF_IOCTL_SYNC`.
+    dmabuf: bool,
     state: Mutex<MapState>,
 }
 
@@ -303,6 +344,7 @@ impl fmt::Debug for FdBackend {
             .field("fd", &self.fd.as_fd().as_raw_fd())
             .field("flags", &self.flags)
             .field("maxsize", &self.maxsize)
+            .field("dmabuf", &self.dmabuf)
             .finish()
     }
 }
@@ -316,6 +358,12 @@ impl FdBackend {
     /// The fd-memory flags.
     pub fn flags(&self) -> FdMemoryFlags {
         self.flags
+    }
+
+    /// Whether this is a dma-buf (CPU access is bracketed by
+    /// `DMA_BUF_IOCTL_SYNC`).
+    pub fn is_dmabuf(&self) -> bool {
+        self.dmabuf
     }
 
     /// Whether the block is mapped into this process right now.
@@ -354,6 +402,53 @@ fn prot_for(flags: MapFlags) -> ProtFlags {
 // until the matching unmap (or, with KEEP_MAPPED, until drop).
 unsafe impl MemoryBackend for FdBackend {
     fn map(&self, maxsize: usize, flags: MapFlags) -> Result<NonNull<u8>> {
+        let ptr = self.map_fd(maxsize, flags)?;
+        // dma-buf: sync only after a successful map, on every map (GStreamer
+        // does not reference-count it either).
+        if self.dmabuf {
+            self.sync(crate::sys::DMA_BUF_SYNC_START, flags);
+        }
+        Ok(ptr)
+    }
+
+    fn unmap(&self, flags: MapFlags) {
+        // dma-buf: END before the mapping can go away.
+        if self.dmabuf {
+            self.sync(crate::sys::DMA_BUF_SYNC_END, flags);
+        }
+        self.unmap_fd();
+    }
+
+    fn is_span(&self, first: (usize, usize), second: (usize, usize)) -> bool {
+        regions_adjacent(first, second)
+    }
+}
+
+impl FdBackend {
+    /// `DMA_BUF_IOCTL_SYNC` with `phase` and the READ/WRITE bits of `flags`.
+    /// A failure is only a warning, as in GStreamer: the map stays valid.
+    fn sync(&self, phase: u64, flags: MapFlags) {
+        let mut bits = phase;
+        if flags.contains(MapFlags::READ) {
+            bits |= crate::sys::DMA_BUF_SYNC_READ;
+        }
+        if flags.contains(MapFlags::WRITE) {
+            bits |= crate::sys::DMA_BUF_SYNC_WRITE;
+        }
+        if let Err(e) = crate::sys::dma_buf_sync(self.fd(), bits) {
+            log::warn!(
+                "DMA_BUF_IOCTL_SYNC({}) on fd {} failed: {e}",
+                if phase == crate::sys::DMA_BUF_SYNC_END {
+                    "END"
+                } else {
+                    "START"
+                },
+                self.fd().as_raw_fd()
+            );
+        }
+    }
+
+    fn map_fd(&self, maxsize: usize, flags: MapFlags) -> Result<NonNull<u8>> {
         if maxsize == 0 {
             return Ok(NonNull::dangling());
         }
@@ -400,7 +495,7 @@ unsafe impl MemoryBackend for FdBackend {
         })
     }
 
-    fn unmap(&self, _flags: MapFlags) {
+    fn unmap_fd(&self) {
         if self.maxsize == 0 {
             return;
         }
@@ -415,10 +510,6 @@ unsafe impl MemoryBackend for FdBackend {
             st.data = 0;
             st.prot = ProtFlags::empty();
         }
-    }
-
-    fn is_span(&self, first: (usize, usize), second: (usize, usize)) -> bool {
-        regions_adjacent(first, second)
     }
 }
 

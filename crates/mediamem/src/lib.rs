@@ -34,13 +34,17 @@
 #![forbid(unsafe_op_in_unsafe_fn)]
 
 pub mod allocator;
+pub mod dmabuf;
 pub mod error;
 pub mod fd;
 pub mod memory;
 pub mod probe;
+pub mod shm;
+mod sys;
 pub mod system;
 
 pub use allocator::{AllocationParams, Allocator, AllocatorFlags, AllocatorImpl, ALLOCATOR_SYSMEM};
+pub use dmabuf::{dmabuf_memory_get_fd, is_dmabuf_memory, DmaBufAllocator};
 pub use error::{Error, Result};
 pub use fd::{fd_memory_get_fd, is_fd_memory, FdAllocator, FdMemoryFlags};
 pub use memory::{
@@ -48,6 +52,7 @@ pub use memory::{
     MemoryBackend, MemoryFlags, MemoryMap, MemoryParts, RawMap, Readable, Writable,
     DEFAULT_ALIGN_MASK,
 };
+pub use shm::ShmAllocator;
 pub use system::SystemAllocator;
 
 /// The README's examples are compiled and run as doc tests.

@@ -1,0 +1,140 @@
+//! Shared memory: [`ShmAllocator`] (GStreamer's `GstShmAllocator`, `"shm"`),
+//! memfd-backed memory that can be handed to other processes.
+//!
+//! Each allocation is a fresh memfd (`MFD_CLOEXEC | MFD_ALLOW_SEALING`,
+//! plus `MFD_NOEXEC_SEAL` where the kernel knows it), sized
+//! `size + prefix + padding + align` rounded up to the page size (GStreamer
+//! 1.30), sealed with `F_SEAL_SHRINK | F_SEAL_GROW` so no process holding the
+//! fd can truncate it under a reader's mapping (which would `SIGBUS`), and
+//! kept mapped read-write. Its memories are fd memory.
+//!
+//! Unlike GStreamer, [`ShmAllocator::get`] registers the allocator itself:
+//! it never answers "none" because `init_once` was forgotten.
+
+use std::os::fd::OwnedFd;
+use std::sync::atomic::{AtomicBool, Ordering};
+
+use rustix::fs::{MemfdFlags, SealFlags};
+
+use crate::allocator::{AllocationParams, Allocator, AllocatorFlags, AllocatorImpl};
+use crate::error::{Error, Result};
+use crate::fd::{fd_backend, FdHandle, FdKind, FdMemoryFlags};
+use crate::memory::{MapFlags, MemoryBackend, MemoryParts, DEFAULT_ALIGN_MASK};
+
+/// Name (and memory type) of the shm allocator.
+pub const ALLOCATOR_SHM: &str = "shm";
+
+/// The seals every shm memfd carries.
+pub const SHM_SEALS: SealFlags = SealFlags::SHRINK.union(SealFlags::GROW);
+
+/// The shm allocator implementation: memory type `"shm"`, flags
+/// `CUSTOM_ALLOC | NO_COPY` (copies go to system memory), plain `alloc`.
+#[derive(Debug, Default)]
+pub struct ShmAllocatorImpl;
+
+/// Whether the kernel refused `MFD_NOEXEC_SEAL` once (Linux < 6.3).
+static NO_NOEXEC_SEAL: AtomicBool = AtomicBool::new(false);
+
+/// A new sealable memfd, with `MFD_NOEXEC_SEAL` when the kernel accepts it.
+pub(crate) fn create_memfd(name: &str) -> Result<OwnedFd> {
+    let base = MemfdFlags::CLOEXEC | MemfdFlags::ALLOW_SEALING;
+    if !NO_NOEXEC_SEAL.load(Ordering::Relaxed) {
+        match rustix::fs::memfd_create(name, base | MemfdFlags::NOEXEC_SEAL) {
+            Ok(fd) => return Ok(fd),
+            Err(rustix::io::Errno::INVAL) => NO_NOEXEC_SEAL.store(true, Ordering::Relaxed),
+            Err(e) => {
+                return Err(Error::Os {
+                    op: "memfd_create",
+                    source: e.into(),
+                })
+            }
+        }
+    }
+    rustix::fs::memfd_create(name, base).map_err(|e| Error::Os {
+        op: "memfd_create",
+        source: e.into(),
+    })
+}
+
+impl AllocatorImpl for ShmAllocatorImpl {
+    fn mem_type(&self) -> &str {
+        ALLOCATOR_SHM
+    }
+
+    fn flags(&self) -> AllocatorFlags {
+        AllocatorFlags::CUSTOM_ALLOC | AllocatorFlags::NO_COPY
+    }
+
+    fn alloc(&self, size: usize, params: &AllocationParams) -> Result<MemoryParts> {
+        let align = params.align | DEFAULT_ALIGN_MASK;
+        let page = rustix::param::page_size();
+        let maxsize = size
+            .checked_add(params.prefix)
+            .and_then(|n| n.checked_add(params.padding))
+            .and_then(|n| n.checked_add(align))
+            .and_then(|n| n.checked_next_multiple_of(page))
+            .filter(|&n| n <= i64::MAX as usize)
+            .ok_or(Error::SizeOverflow {
+                what: "shm size + prefix + padding + align, page-rounded",
+            })?;
+        let fd = create_memfd("mediamem-shm")?;
+        rustix::fs::ftruncate(&fd, maxsize as u64).map_err(|e| match e {
+            rustix::io::Errno::NOMEM | rustix::io::Errno::NOSPC | rustix::io::Errno::FBIG => {
+                Error::OutOfMemory { size: maxsize }
+            }
+            e => Error::Os {
+                op: "ftruncate",
+                source: e.into(),
+            },
+        })?;
+        rustix::fs::fcntl_add_seals(&fd, SHM_SEALS).map_err(|e| Error::Os {
+            op: "fcntl(F_ADD_SEALS)",
+            source: e.into(),
+        })?;
+        let backend = fd_backend(
+            FdHandle::Owned(fd),
+            maxsize,
+            FdMemoryFlags::KEEP_MAPPED,
+            FdKind::Plain,
+        )?;
+        // Map read-write once: KEEP_MAPPED keeps this mapping for every later
+        // map, so none of them needs an mprotect.
+        let base = backend.map(maxsize, MapFlags::READWRITE)?;
+        backend.unmap(MapFlags::READWRITE);
+        // mmap is page-aligned; only masks beyond a page need an offset.
+        let aoffset = (align + 1 - (base.as_ptr() as usize & align)) & align;
+        // The new memfd is zero-filled, so ZERO_PREFIXED / ZERO_PADDED hold.
+        Ok(MemoryParts::new(Box::new(backend), maxsize)
+            .flags(params.flags)
+            .align(align)
+            .region(params.prefix + aoffset, size))
+    }
+}
+
+/// The process-wide shm allocator (`GstShmAllocator`).
+///
+/// ```
+/// use mediamem::ShmAllocator;
+/// let shm = ShmAllocator::get();
+/// let mem = shm.alloc(100, None)?;
+/// assert!(mediamem::is_fd_memory(&mem));
+/// assert!(mem.maxsize() >= 4096); // page-rounded
+/// mem.map_writable()?.fill(7);
+/// # Ok::<(), mediamem::Error>(())
+/// ```
+#[derive(Debug)]
+pub struct ShmAllocator;
+
+impl ShmAllocator {
+    /// Register the shm allocator as `"shm"` if it is not yet
+    /// (`gst_shm_allocator_init_once`).
+    pub fn init_once() {
+        Self::get();
+    }
+
+    /// The shm allocator, registered on first use (`gst_shm_allocator_get`,
+    /// which in GStreamer answers NULL before `init_once`).
+    pub fn get() -> Allocator {
+        Allocator::register_once(ALLOCATOR_SHM, || Allocator::new(ShmAllocatorImpl))
+    }
+}
