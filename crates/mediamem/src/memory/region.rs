@@ -212,33 +212,42 @@ mod tests {
 
     #[test]
     fn region_pairs_stay_consistent_under_contention() {
-        // Writers keep offset + size == 1000 until the reader has checked
-        // enough pairs; a torn read would break the sum.
+        // Writers keep offset + size == 1000; a torn read would break the
+        // sum. The reader goes on until the writers have made many updates
+        // while it was reading (bounded, so a stuck writer fails the test).
         use std::sync::atomic::AtomicBool;
         use std::sync::Arc;
         let r = Arc::new(Region::new(0, 1000));
         let stop = Arc::new(AtomicBool::new(false));
+        let updates = Arc::new(AtomicUsize::new(0));
         let writers: Vec<_> = (0..2usize)
             .map(|t| {
-                let (r, stop) = (r.clone(), stop.clone());
+                let (r, stop, updates) = (r.clone(), stop.clone(), updates.clone());
                 std::thread::spawn(move || {
                     let mut i = 0usize;
                     while !stop.load(Ordering::Relaxed) {
                         let o = (i * 7 + t) % 1000;
                         r.update(|_, _| Ok((o, 1000 - o, ()))).unwrap();
+                        updates.fetch_add(1, Ordering::Relaxed);
                         i += 1;
                     }
-                    i
                 })
             })
             .collect();
-        for _ in 0..200_000 {
+        let mut reads = 0usize;
+        while (reads < 200_000 || updates.load(Ordering::Relaxed) < 10_000) && reads < 500_000_000 {
             let (o, s) = r.get();
             assert_eq!(o + s, 1000, "torn read ({o}, {s})");
+            reads += 1;
         }
         stop.store(true, Ordering::Relaxed);
-        let updates: usize = writers.into_iter().map(|w| w.join().unwrap()).sum();
-        assert!(updates > 0);
+        for w in writers {
+            w.join().unwrap();
+        }
+        assert!(
+            updates.load(Ordering::Relaxed) >= 10_000,
+            "writers never ran"
+        );
     }
 
     #[test]
