@@ -249,6 +249,43 @@ impl Allocator {
     }
 }
 
+/// A typed handle for an allocator kind: a newtype over [`Allocator`] that
+/// derefs to it, with `new()` (a fresh instance of `$imp`), `Default` and
+/// `allocator()`.
+macro_rules! allocator_handle {
+    ($(#[$meta:meta])* $name:ident => $imp:ty) => {
+        $(#[$meta])*
+        #[derive(Debug, Clone)]
+        pub struct $name($crate::Allocator);
+
+        impl Default for $name {
+            fn default() -> Self {
+                Self::new()
+            }
+        }
+
+        impl std::ops::Deref for $name {
+            type Target = $crate::Allocator;
+            fn deref(&self) -> &$crate::Allocator {
+                &self.0
+            }
+        }
+
+        impl $name {
+            /// A new allocator of this kind (GStreamer's `*_allocator_new`).
+            pub fn new() -> Self {
+                $name($crate::Allocator::new(<$imp>::default()))
+            }
+
+            /// The generic allocator handle.
+            pub fn allocator(&self) -> &$crate::Allocator {
+                &self.0
+            }
+        }
+    };
+}
+pub(crate) use allocator_handle;
+
 /// Name under which the system allocator is registered.
 pub const ALLOCATOR_SYSMEM: &str = "SystemMemory";
 

@@ -13,9 +13,9 @@
 
 use std::os::fd::{BorrowedFd, OwnedFd};
 
-use crate::allocator::{Allocator, AllocatorFlags, AllocatorImpl};
-use crate::error::{Error, Result};
-use crate::fd::{dup_fd, import, FdBackend, FdHandle, FdKind, FdMemoryFlags};
+use crate::allocator::{AllocatorFlags, AllocatorImpl};
+use crate::error::Result;
+use crate::fd::{dup_fd, import_owned, FdBackend, FdKind, FdMemoryFlags};
 use crate::memory::Memory;
 
 /// Name (and memory type) of the dma-buf allocator.
@@ -38,34 +38,12 @@ impl AllocatorImpl for DmaBufAllocatorImpl {
     }
 }
 
-/// Wraps dma-buf fds as [`Memory`] (`GstDmaBufAllocator`).
-#[derive(Debug, Clone)]
-pub struct DmaBufAllocator(Allocator);
-
-impl Default for DmaBufAllocator {
-    fn default() -> Self {
-        DmaBufAllocator::new()
-    }
-}
-
-impl std::ops::Deref for DmaBufAllocator {
-    type Target = Allocator;
-    fn deref(&self) -> &Allocator {
-        &self.0
-    }
+crate::allocator::allocator_handle! {
+    /// Wraps dma-buf fds as [`Memory`] (`GstDmaBufAllocator`).
+    DmaBufAllocator => DmaBufAllocatorImpl
 }
 
 impl DmaBufAllocator {
-    /// A new dma-buf allocator (`gst_dmabuf_allocator_new`).
-    pub fn new() -> Self {
-        DmaBufAllocator(Allocator::new(DmaBufAllocatorImpl))
-    }
-
-    /// The generic allocator handle.
-    pub fn allocator(&self) -> &Allocator {
-        &self.0
-    }
-
     /// Wrap `size` bytes of the dma-buf `fd` (`gst_dmabuf_allocator_alloc`).
     /// The memory owns the fd.
     pub fn alloc(&self, fd: OwnedFd, size: usize) -> Result<Memory> {
@@ -82,23 +60,11 @@ impl DmaBufAllocator {
         size: usize,
         flags: FdMemoryFlags,
     ) -> Result<Memory> {
-        if flags.contains(FdMemoryFlags::DONT_CLOSE) {
-            return Err(Error::BadFd {
-                reason: "DONT_CLOSE with an owned fd would leak it; use alloc_borrowed".into(),
-            });
-        }
-        import(
-            &self.0,
-            FdHandle::Owned(fd),
-            size,
-            0,
-            size,
-            flags,
-            FdKind::DmaBuf,
-        )
+        import_owned(&self.0, fd, size, 0, size, flags, FdKind::DmaBuf)
     }
 
-    /// Wrap a duplicate of `fd`; the caller keeps its own.
+    /// Wrap a duplicate of `fd`; the caller keeps its own (`DONT_CLOSE` is
+    /// implied for it and ignored).
     pub fn alloc_borrowed(
         &self,
         fd: BorrowedFd<'_>,

@@ -14,7 +14,8 @@
 //!   error at import ([`Error::BeyondFile`]) instead of a `SIGBUS` at the
 //!   first access, and an fd whose size cannot be learnt is refused;
 //! * fds come in as [`OwnedFd`] (the memory owns it) or [`BorrowedFd`]
-//!   (duplicated), and go out as [`BorrowedFd`];
+//!   (duplicated), and go out as [`BorrowedFd`]; neither type can hold
+//!   `-1`, which GStreamer 1.22 accepts and later fails on;
 //! * a WRITE map is mapped `PROT_READ | PROT_WRITE`, because a `&mut [u8]`
 //!   may be read and write-only mappings are not readable everywhere.
 
@@ -63,51 +64,29 @@ impl AllocatorImpl for FdAllocatorImpl {
     }
 }
 
-/// Wraps file descriptors as [`Memory`] (`GstFdAllocator`).
-///
-/// ```
-/// use std::io::Write;
-/// use std::os::fd::OwnedFd;
-/// use mediamem::fd::{FdAllocator, FdMemoryFlags};
-///
-/// let mut file = tempfile_with(b"0123456789");
-/// let mem = FdAllocator::new().alloc(OwnedFd::from(file), 10, FdMemoryFlags::KEEP_MAPPED)?;
-/// assert_eq!(mem.map_readable()?[5], b'5');
-/// assert!(mediamem::is_fd_memory(&mem));
-/// # fn tempfile_with(b: &[u8]) -> std::fs::File {
-/// #     let p = std::env::temp_dir().join(format!("mm-doc-{}", std::process::id()));
-/// #     let mut f = std::fs::OpenOptions::new().read(true).write(true).create(true).truncate(true).open(&p).unwrap();
-/// #     f.write_all(b).unwrap(); std::fs::remove_file(&p).unwrap(); f
-/// # }
-/// # Ok::<(), mediamem::Error>(())
-/// ```
-#[derive(Debug, Clone)]
-pub struct FdAllocator(Allocator);
-
-impl Default for FdAllocator {
-    fn default() -> Self {
-        FdAllocator::new()
-    }
-}
-
-impl std::ops::Deref for FdAllocator {
-    type Target = Allocator;
-    fn deref(&self) -> &Allocator {
-        &self.0
-    }
+crate::allocator::allocator_handle! {
+    /// Wraps file descriptors as [`Memory`] (`GstFdAllocator`).
+    ///
+    /// ```
+    /// use std::io::Write;
+    /// use std::os::fd::OwnedFd;
+    /// use mediamem::fd::{FdAllocator, FdMemoryFlags};
+    ///
+    /// let mut file = tempfile_with(b"0123456789");
+    /// let mem = FdAllocator::new().alloc(OwnedFd::from(file), 10, FdMemoryFlags::KEEP_MAPPED)?;
+    /// assert_eq!(mem.map_readable()?[5], b'5');
+    /// assert!(mediamem::is_fd_memory(&mem));
+    /// # fn tempfile_with(b: &[u8]) -> std::fs::File {
+    /// #     let p = std::env::temp_dir().join(format!("mm-doc-{}", std::process::id()));
+    /// #     let mut f = std::fs::OpenOptions::new().read(true).write(true).create(true).truncate(true).open(&p).unwrap();
+    /// #     f.write_all(b).unwrap(); std::fs::remove_file(&p).unwrap(); f
+    /// # }
+    /// # Ok::<(), mediamem::Error>(())
+    /// ```
+    FdAllocator => FdAllocatorImpl
 }
 
 impl FdAllocator {
-    /// A new fd allocator (`gst_fd_allocator_new`).
-    pub fn new() -> Self {
-        FdAllocator(Allocator::new(FdAllocatorImpl))
-    }
-
-    /// The generic allocator handle.
-    pub fn allocator(&self) -> &Allocator {
-        &self.0
-    }
-
     /// Wrap `size` bytes of `fd`, all visible (`gst_fd_allocator_alloc`).
     /// The memory owns the fd.
     pub fn alloc(&self, fd: OwnedFd, size: usize, flags: FdMemoryFlags) -> Result<Memory> {
@@ -131,25 +110,12 @@ impl FdAllocator {
         size: usize,
         flags: FdMemoryFlags,
     ) -> Result<Memory> {
-        if flags.contains(FdMemoryFlags::DONT_CLOSE) {
-            return Err(Error::BadFd {
-                reason: "DONT_CLOSE with an owned fd would leak it; pass a borrowed fd to \
-                         alloc_borrowed (dup) or alloc_unowned"
-                    .into(),
-            });
-        }
-        import(
-            &self.0,
-            FdHandle::Owned(fd),
-            maxsize,
-            offset,
-            size,
-            flags,
-            FdKind::Plain,
-        )
+        import_owned(&self.0, fd, maxsize, offset, size, flags, FdKind::Plain)
     }
 
-    /// Wrap a duplicate of `fd`; the caller keeps its own fd.
+    /// Wrap a duplicate of `fd`; the caller keeps its own fd, which is
+    /// never closed by the memory (so `DONT_CLOSE` is implied and ignored:
+    /// the duplicate belongs to the memory).
     pub fn alloc_borrowed(
         &self,
         fd: BorrowedFd<'_>,
@@ -158,14 +124,8 @@ impl FdAllocator {
         size: usize,
         flags: FdMemoryFlags,
     ) -> Result<Memory> {
-        let dup = dup_fd(fd)?;
-        self.alloc_full(
-            dup,
-            maxsize,
-            offset,
-            size,
-            flags - FdMemoryFlags::DONT_CLOSE,
-        )
+        let flags = flags - FdMemoryFlags::DONT_CLOSE;
+        self.alloc_full(dup_fd(fd)?, maxsize, offset, size, flags)
     }
 
     /// Wrap `fd` without owning it: the memory never closes it (GStreamer's
@@ -234,8 +194,36 @@ pub(crate) enum FdKind {
     DmaBuf,
 }
 
-/// Make fd memory of `allocator`: validate and wrap. Used by the fd, shm
-/// and dmabuf allocators.
+/// Make fd memory of `allocator` that owns `fd`. `DONT_CLOSE` is refused:
+/// with an owned fd it could only leak.
+pub(crate) fn import_owned(
+    allocator: &Allocator,
+    fd: OwnedFd,
+    maxsize: usize,
+    offset: usize,
+    size: usize,
+    flags: FdMemoryFlags,
+    kind: FdKind,
+) -> Result<Memory> {
+    if flags.contains(FdMemoryFlags::DONT_CLOSE) {
+        return Err(Error::BadFd {
+            reason: "DONT_CLOSE with an owned fd would leak it; import a borrowed fd \
+                     (dup) or use FdAllocator::alloc_unowned"
+                .into(),
+        });
+    }
+    import(
+        allocator,
+        FdHandle::Owned(fd),
+        maxsize,
+        offset,
+        size,
+        flags,
+        kind,
+    )
+}
+
+/// Make fd memory of `allocator`: validate and wrap.
 pub(crate) fn import(
     allocator: &Allocator,
     fd: FdHandle,
@@ -248,7 +236,8 @@ pub(crate) fn import(
     Memory::from_parts(allocator, fd_parts(fd, maxsize, offset, size, flags, kind)?)
 }
 
-/// Validate an fd and its sizes and build the parts of fd memory.
+/// Validate an fd and build the parts of fd memory (the region is checked
+/// by `Memory::from_parts`).
 pub(crate) fn fd_parts(
     fd: FdHandle,
     maxsize: usize,
@@ -257,17 +246,6 @@ pub(crate) fn fd_parts(
     flags: FdMemoryFlags,
     kind: FdKind,
 ) -> Result<MemoryParts> {
-    let end = offset.checked_add(size).ok_or(Error::SizeOverflow {
-        what: "offset + size",
-    })?;
-    if end > maxsize {
-        return Err(Error::OutOfRange {
-            start: offset,
-            end,
-            bound: maxsize,
-            what: "maxsize of the fd memory",
-        });
-    }
     let backend = fd_backend(fd, maxsize, flags, kind)?;
     Ok(MemoryParts::new(Box::new(backend), maxsize).region(offset, size))
 }

@@ -12,6 +12,12 @@
 //!   ([`Allocator::find`], [`Allocator::register`],
 //!   [`Allocator::set_default`]). `"SystemMemory"` ([`SystemAllocator`]) is
 //!   registered and the default at first use.
+//! * fd-backed memory: [`FdAllocator`] imports any mappable fd,
+//!   [`ShmAllocator`] allocates sealed memfd memory that other processes can
+//!   map, [`DmaBufAllocator`] imports dma-bufs and brackets CPU access with
+//!   `DMA_BUF_IOCTL_SYNC`. The seed functions [`is_fd_memory`],
+//!   [`fd_memory_get_fd`], [`is_dmabuf_memory`] and [`dmabuf_memory_get_fd`]
+//!   are here at the crate root.
 //! * Custom memory kinds implement [`AllocatorImpl`] and [`MemoryBackend`].
 //!
 //! ```

@@ -39,7 +39,7 @@ pub struct ProbeRow {
 /// assert!(sys.available && sys.plain_alloc);
 /// ```
 pub fn probe() -> Vec<ProbeRow> {
-    vec![probe_system(), probe_fd()]
+    vec![probe_system(), probe_fd(), probe_shm(), probe_dmabuf()]
 }
 
 fn copies_to(a: &Allocator) -> String {
@@ -111,6 +111,72 @@ fn probe_fd() -> ProbeRow {
     }
 }
 
+fn probe_shm() -> ProbeRow {
+    let shm = crate::shm::ShmAllocator::get();
+    let check = shm.alloc(100, None).and_then(|m| {
+        m.map_writable()?.fill(1);
+        let seals = m
+            .fd()
+            .map(|fd| rustix::fs::fcntl_get_seals(fd).unwrap_or(rustix::fs::SealFlags::empty()))
+            .unwrap_or(rustix::fs::SealFlags::empty());
+        Ok((m.maxsize(), seals))
+    });
+    ProbeRow {
+        name: crate::shm::ALLOCATOR_SHM.to_owned(),
+        mem_type: shm.mem_type().to_owned(),
+        available: check.is_ok(),
+        plain_alloc: true,
+        fd_backed: true,
+        dmabuf: false,
+        contiguous: false,
+        copies_to: copies_to(&shm),
+        detail: match check {
+            Ok((maxsize, seals)) => format!(
+                "memfd; alloc(100) gave maxsize {maxsize}; seals {}",
+                seal_names(seals)
+            ),
+            Err(e) => format!("check failed: {e}"),
+        },
+    }
+}
+
+fn seal_names(seals: rustix::fs::SealFlags) -> String {
+    use rustix::fs::SealFlags as S;
+    let names = [
+        (S::SEAL, "SEAL"),
+        (S::SHRINK, "SHRINK"),
+        (S::GROW, "GROW"),
+        (S::WRITE, "WRITE"),
+        (S::FUTURE_WRITE, "FUTURE_WRITE"),
+        (S::EXEC, "EXEC"),
+    ];
+    let set: Vec<&str> = names
+        .iter()
+        .filter(|(f, _)| seals.contains(*f))
+        .map(|(_, n)| *n)
+        .collect();
+    if set.is_empty() {
+        "none".into()
+    } else {
+        set.join("|")
+    }
+}
+
+fn probe_dmabuf() -> ProbeRow {
+    let dmabuf = crate::dmabuf::DmaBufAllocator::new();
+    ProbeRow {
+        name: crate::dmabuf::ALLOCATOR_DMABUF.to_owned(),
+        mem_type: dmabuf.mem_type().to_owned(),
+        available: true,
+        plain_alloc: false,
+        fd_backed: true,
+        dmabuf: true,
+        contiguous: false,
+        copies_to: copies_to(&dmabuf),
+        detail: "imports dma-buf fds; map/unmap bracket DMA_BUF_IOCTL_SYNC".into(),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     #[test]
@@ -130,5 +196,20 @@ mod tests {
         assert!(fd.available, "{}", fd.detail);
         assert!(fd.fd_backed && !fd.plain_alloc);
         assert_eq!(fd.copies_to, "SystemMemory");
+    }
+
+    #[test]
+    fn shm_row_reports_seals() {
+        let rows = super::probe();
+        let shm = rows.iter().find(|r| r.name == "shm").unwrap();
+        assert!(
+            shm.available && shm.plain_alloc && shm.fd_backed,
+            "{}",
+            shm.detail
+        );
+        assert!(shm.detail.contains("SHRINK|GROW"), "{}", shm.detail);
+        assert_eq!(shm.copies_to, "SystemMemory");
+        let dmabuf = rows.iter().find(|r| r.name == "dmabuf").unwrap();
+        assert!(dmabuf.dmabuf && dmabuf.fd_backed);
     }
 }

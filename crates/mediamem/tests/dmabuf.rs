@@ -3,9 +3,10 @@
 //! seed functions. Real dma-bufs (udmabuf, heaps, DRM PRIME) are exercised
 //! in the QEMU guest.
 
-use std::io::Write;
 use std::os::fd::{AsRawFd, OwnedFd};
 use std::sync::Mutex;
+
+mod common;
 
 use mediamem::{
     dmabuf_memory_get_fd, fd_memory_get_fd, is_dmabuf_memory, is_fd_memory, AllocatorFlags,
@@ -45,22 +46,9 @@ fn warnings_for(n: i32) -> Vec<String> {
         .collect()
 }
 
-fn temp_file(len: u64) -> std::fs::File {
-    let path = std::env::temp_dir().join(format!(
-        "mediamem-dmabuf-{}-{len}-{:?}",
-        std::process::id(),
-        std::thread::current().id()
-    ));
-    let f = std::fs::OpenOptions::new()
-        .read(true)
-        .write(true)
-        .create(true)
-        .truncate(true)
-        .open(&path)
-        .unwrap();
-    std::fs::remove_file(&path).unwrap();
-    f.set_len(len).unwrap();
-    f
+/// A temporary file of `len` zero bytes.
+fn zero_file(len: usize) -> std::fs::File {
+    common::temp_file(&vec![0u8; len])
 }
 
 #[test]
@@ -69,13 +57,13 @@ fn test_dmabuf_on_a_regular_file() -> Result<()> {
     // GStreamer maps 4096 bytes of an empty file (any access would SIGBUS);
     // mediamem refuses that at import...
     let alloc = DmaBufAllocator::new();
-    let r = alloc.alloc(OwnedFd::from(temp_file(0)), 4096);
+    let r = alloc.alloc(OwnedFd::from(zero_file(0)), 4096);
     assert!(
         matches!(r, Err(Error::BeyondFile { file_size: 0, .. })),
         "{r:?}"
     );
     // ...so the port gives the file its 4096 bytes.
-    let mem = alloc.alloc(OwnedFd::from(temp_file(4096)), 4096)?;
+    let mem = alloc.alloc(OwnedFd::from(zero_file(4096)), 4096)?;
     let fd = mem.fd().unwrap().as_raw_fd();
     {
         let mut map = mem.map(MapFlags::READWRITE)?;
@@ -117,8 +105,7 @@ fn dmabuf_kind_shares_and_seed_functions() -> Result<()> {
     let alloc = DmaBufAllocator::new();
     assert_eq!(alloc.mem_type(), "dmabuf");
     assert_eq!(alloc.flags(), AllocatorFlags::CUSTOM_ALLOC);
-    let mut file = temp_file(0);
-    file.write_all(b"dma-buf bytes!").unwrap();
+    let file = common::temp_file(b"dma-buf bytes!");
     let mem = alloc.alloc_with_flags(OwnedFd::from(file), 14, FdMemoryFlags::KEEP_MAPPED)?;
     assert!(is_dmabuf_memory(&mem));
     assert!(is_fd_memory(&mem), "dma-buf memory is fd memory");
@@ -144,7 +131,7 @@ fn dmabuf_kind_shares_and_seed_functions() -> Result<()> {
 fn other_kinds_are_not_dmabuf() -> Result<()> {
     let sys = Memory::with_size(8)?;
     let shm = ShmAllocator::get().alloc(8, None)?;
-    let fdm = FdAllocator::new().alloc(OwnedFd::from(temp_file(8)), 8, FdMemoryFlags::empty())?;
+    let fdm = FdAllocator::new().alloc(OwnedFd::from(zero_file(8)), 8, FdMemoryFlags::empty())?;
     for m in [&sys, &shm, &fdm] {
         assert!(!is_dmabuf_memory(m));
         assert!(dmabuf_memory_get_fd(m).is_none());
@@ -155,7 +142,7 @@ fn other_kinds_are_not_dmabuf() -> Result<()> {
 #[test]
 fn dont_close_with_an_owned_fd_is_refused() {
     let r = DmaBufAllocator::new().alloc_with_flags(
-        OwnedFd::from(temp_file(8)),
+        OwnedFd::from(zero_file(8)),
         8,
         FdMemoryFlags::DONT_CLOSE,
     );
@@ -164,7 +151,7 @@ fn dont_close_with_an_owned_fd_is_refused() {
 
 #[test]
 fn borrowed_dmabuf_import() -> Result<()> {
-    let f = temp_file(64);
+    let f = zero_file(64);
     let mem = DmaBufAllocator::new().alloc_borrowed(
         std::os::fd::AsFd::as_fd(&f),
         64,

@@ -2,32 +2,14 @@
 //! probes, import validation, share/copy/is_span, and leak checks.
 
 use std::fs::File;
-use std::io::{Read, Seek, SeekFrom, Write};
+use std::io::{Read, Seek, SeekFrom};
 use std::os::fd::{AsFd, AsRawFd, OwnedFd};
-use std::sync::atomic::{AtomicUsize, Ordering};
 
 use mediamem::fd::{FdAllocator, FdBackend, FdMemoryFlags};
-use mediamem::{fd_memory_get_fd, is_fd_memory, AllocatorFlags, Error, Memory, Result};
 
-/// An unlinked temporary file holding `content` (GStreamer's mkstemp +
-/// unlink), opened read-write.
-fn temp_file(content: &[u8]) -> File {
-    static N: AtomicUsize = AtomicUsize::new(0);
-    let path = std::env::temp_dir().join(format!(
-        "mediamem-fd-test-{}-{}",
-        std::process::id(),
-        N.fetch_add(1, Ordering::Relaxed)
-    ));
-    let mut f = std::fs::OpenOptions::new()
-        .read(true)
-        .write(true)
-        .create_new(true)
-        .open(&path)
-        .unwrap();
-    std::fs::remove_file(&path).unwrap();
-    f.write_all(content).unwrap();
-    f
-}
+mod common;
+use common::{assert_no_leaks, temp_file};
+use mediamem::{fd_memory_get_fd, is_fd_memory, AllocatorFlags, Error, Memory, Result};
 
 /// What `/proc/self/fd/<n>` points at, or None when `n` is closed.
 fn fd_target(n: i32) -> Option<std::path::PathBuf> {
@@ -38,17 +20,6 @@ fn fd_target(n: i32) -> Option<std::path::PathBuf> {
 /// `target` was read (a closed number may be reused by another test).
 fn still_open(n: i32, target: &std::path::Path) -> bool {
     fd_target(n).as_deref() == Some(target)
-}
-
-fn open_fds() -> usize {
-    std::fs::read_dir("/proc/self/fd").unwrap().count()
-}
-
-fn mappings() -> usize {
-    std::fs::read_to_string("/proc/self/maps")
-        .unwrap()
-        .lines()
-        .count()
 }
 
 #[test]
@@ -295,33 +266,26 @@ fn zero_sized_fd_memory() -> Result<()> {
 
 #[test]
 fn no_fd_or_mapping_leaks_over_many_cycles() -> Result<()> {
-    // Runs in its own pass over fds and mappings; other tests in this binary
-    // run in parallel, so compare with a margin that a leak of one per cycle
-    // (thousands) would blow through.
     let alloc = FdAllocator::new();
-    let (fds0, maps0) = (open_fds(), mappings());
-    for i in 0..3_000 {
+    assert_no_leaks(3_000, |i| {
         let flags = if i % 2 == 0 {
             FdMemoryFlags::KEEP_MAPPED
         } else {
             FdMemoryFlags::empty()
         };
-        let mem = alloc.alloc(OwnedFd::from(temp_file(&[7u8; 64])), 64, flags)?;
-        {
-            let m = mem.map_readable()?;
-            assert_eq!(m[63], 7);
-        }
-        let s = mem.share(10..20)?;
+        let mem = alloc
+            .alloc(OwnedFd::from(temp_file(&[7u8; 64])), 64, flags)
+            .unwrap();
+        assert_eq!(mem.map_readable().unwrap()[63], 7);
+        let s = mem.share(10..20).unwrap();
         drop(mem);
-        assert_eq!(s.map_readable()?[0], 7);
-        let _ = s.copy()?;
-        assert!(FdAllocator::new()
+        assert_eq!(s.map_readable().unwrap()[0], 7);
+        let _ = s.copy().unwrap();
+        // A refused import closes its fd too.
+        assert!(alloc
             .alloc(OwnedFd::from(temp_file(b"1")), 10, flags)
             .is_err());
-    }
-    let (fds1, maps1) = (open_fds(), mappings());
-    assert!(fds1 <= fds0 + 32, "fds leaked: {fds0} -> {fds1}");
-    assert!(maps1 <= maps0 + 64, "mappings leaked: {maps0} -> {maps1}");
+    });
     Ok(())
 }
 
