@@ -16,6 +16,10 @@
 //! * fds come in as [`OwnedFd`] (the memory owns it) or [`BorrowedFd`]
 //!   (duplicated), and go out as [`BorrowedFd`]; neither type can hold
 //!   `-1`, which GStreamer 1.22 accepts and later fails on;
+//!   A check at import cannot stop another holder of the same file from
+//!   truncating it later; memory that is shared with other processes should
+//!   come from [`ShmAllocator`](crate::ShmAllocator), whose memfds are sealed
+//!   against shrinking;
 //! * a WRITE map is mapped `PROT_READ | PROT_WRITE`, because a `&mut [u8]`
 //!   may be read and write-only mappings are not readable everywhere.
 
