@@ -205,6 +205,15 @@ pub enum Error {
         source: std::io::Error,
     },
 
+    /// A fourcc that mediamem has no layout for.
+    #[error("unknown DRM fourcc {name} ({fourcc:#010x})")]
+    UnknownFourcc {
+        /// The code.
+        fourcc: u32,
+        /// The code as text.
+        name: String,
+    },
+
     /// A device or allocator is not available on this system.
     #[error("{what} is not available: {reason}")]
     NotAvailable {
@@ -213,6 +222,16 @@ pub enum Error {
         /// Why.
         reason: String,
     },
+}
+
+impl Error {
+    /// Wrap an errno from a failed call.
+    pub(crate) fn os(op: &'static str, errno: rustix::io::Errno) -> Self {
+        Error::Os {
+            op,
+            source: std::io::Error::from(errno),
+        }
+    }
 }
 
 /// `Result` with [`Error`].

@@ -41,18 +41,25 @@
 
 pub mod allocator;
 pub mod dmabuf;
+pub mod drm;
 pub mod error;
 pub mod fd;
+pub mod heap;
 pub mod memory;
 pub mod probe;
 pub mod shm;
 mod sys;
 pub mod system;
+pub mod udmabuf;
 
 pub use allocator::{AllocationParams, Allocator, AllocatorFlags, AllocatorImpl, ALLOCATOR_SYSMEM};
 pub use dmabuf::{dmabuf_memory_get_fd, is_dmabuf_memory, DmaBufAllocator};
+pub use drm::{
+    drm_dumb_memory_export_dmabuf, drm_dumb_memory_get_handle, is_drm_dumb_memory, DrmDumbAllocator,
+};
 pub use error::{Error, Result};
 pub use fd::{fd_memory_get_fd, is_fd_memory, FdAllocator, FdMemoryFlags};
+pub use heap::DmaHeapAllocator;
 pub use memory::{
     Dynamic, IntoMappedError, LockFlags, LockGuard, MapFlags, MapMode, MappedMemory, Memory,
     MemoryBackend, MemoryFlags, MemoryMap, MemoryParts, RawMap, Readable, Writable,
@@ -60,6 +67,7 @@ pub use memory::{
 };
 pub use shm::ShmAllocator;
 pub use system::SystemAllocator;
+pub use udmabuf::UdmabufAllocator;
 
 /// The README's examples are compiled and run as doc tests.
 #[cfg(doctest)]

@@ -1,0 +1,163 @@
+//! DMA-BUF heaps: [`DmaHeapAllocator`] allocates dma-buf memory from
+//! `/dev/dma_heap/<name>` (`system`, `linux,cma`, `reserved`, vendor heaps).
+//!
+//! Allocations are page-rounded (`size + prefix + padding + align`, with
+//! the caller's align mask as given, as GStreamer's udmabuf does),
+//! `O_RDWR | O_CLOEXEC` dma-bufs, kept mapped, with sync-bracketed maps.
+//! Errors say whether a heap is missing (and which heaps exist) or present
+//! but not accessible.
+
+use std::os::fd::{AsFd, FromRawFd, OwnedFd};
+
+use crate::allocator::{AllocationParams, Allocator, AllocatorImpl};
+use crate::error::{Error, Result};
+use crate::fd::{fd_parts, FdHandle, FdKind, FdMemoryFlags};
+use crate::memory::MemoryParts;
+use crate::sys;
+use crate::udmabuf::{open_device, page_rounded_maxsize};
+
+/// Where the heaps live.
+pub const DMA_HEAP_DIR: &str = "/dev/dma_heap";
+
+/// Memory type of heap memory.
+pub const DMA_HEAP_MEMORY_TYPE: &str = "dmaheap";
+
+/// The heaps present on this machine, by name, sorted.
+pub fn list_heaps() -> Vec<String> {
+    let mut names: Vec<String> = std::fs::read_dir(DMA_HEAP_DIR)
+        .map(|d| {
+            d.filter_map(|e| e.ok())
+                .filter_map(|e| e.file_name().into_string().ok())
+                .collect()
+        })
+        .unwrap_or_default();
+    names.sort();
+    names
+}
+
+/// The heap allocator implementation for one heap.
+#[derive(Debug)]
+pub struct DmaHeapAllocatorImpl {
+    name: String,
+    device: OwnedFd,
+}
+
+impl AllocatorImpl for DmaHeapAllocatorImpl {
+    fn mem_type(&self) -> &str {
+        DMA_HEAP_MEMORY_TYPE
+    }
+
+    fn alloc(&self, size: usize, params: &AllocationParams) -> Result<MemoryParts> {
+        // As GStreamer's udmabuf: the caller's mask as given (dma-buf
+        // mappings are page-aligned), so page multiples stay exact.
+        let align = params.align;
+        let maxsize = page_rounded_maxsize(size, params, align)?;
+        let mut req = sys::DmaHeapAllocationData {
+            len: maxsize as u64,
+            fd: 0,
+            fd_flags: (rustix::fs::OFlags::RDWR | rustix::fs::OFlags::CLOEXEC).bits(),
+            heap_flags: 0,
+        };
+        // SAFETY: DMA_HEAP_IOCTL_ALLOC takes a dma_heap_allocation_data (no
+        // pointers) and writes the new fd into it.
+        unsafe { sys::ioctl_rw::<{ sys::DMA_HEAP_IOCTL_ALLOC }, _>(self.device.as_fd(), &mut req) }
+            .map_err(|e| match e {
+                rustix::io::Errno::NOMEM => Error::OutOfMemory { size: maxsize },
+                e => Error::os("DMA_HEAP_IOCTL_ALLOC", e),
+            })?;
+        // SAFETY: the kernel returned a new fd that nothing else owns.
+        let fd = unsafe { OwnedFd::from_raw_fd(req.fd as i32) };
+        Ok(fd_parts(
+            FdHandle::Owned(fd),
+            maxsize,
+            params.prefix,
+            size,
+            FdMemoryFlags::KEEP_MAPPED,
+            FdKind::DmaBuf,
+        )?
+        .flags(params.flags)
+        .align(align))
+    }
+}
+
+/// Allocates dma-bufs from one DMA-BUF heap.
+///
+/// ```no_run
+/// use mediamem::heap::DmaHeapAllocator;
+/// let heap = DmaHeapAllocator::new("system")?;
+/// let mem = heap.alloc(1 << 20, None)?;
+/// assert!(mediamem::is_dmabuf_memory(&mem));
+/// # Ok::<(), mediamem::Error>(())
+/// ```
+#[derive(Debug, Clone)]
+pub struct DmaHeapAllocator(Allocator);
+
+impl std::ops::Deref for DmaHeapAllocator {
+    type Target = Allocator;
+    fn deref(&self) -> &Allocator {
+        &self.0
+    }
+}
+
+impl DmaHeapAllocator {
+    /// Open the heap `name`.
+    ///
+    /// # Errors
+    /// [`Error::NotAvailable`] saying whether the heap is missing (and which
+    /// heaps exist) or not accessible; [`Error::BadFd`] for a name that is
+    /// not a plain file name.
+    pub fn new(name: &str) -> Result<Self> {
+        if name.is_empty() || name.contains('/') || name == "." || name == ".." {
+            return Err(Error::BadFd {
+                reason: format!("{name:?} is not a heap name"),
+            });
+        }
+        let path = format!("{DMA_HEAP_DIR}/{name}");
+        let device = open_device(&path, &format!("dma-heap {name:?}")).map_err(|e| match e {
+            Error::NotAvailable { what, reason: _ } if !std::path::Path::new(&path).exists() => {
+                let present = list_heaps();
+                Error::NotAvailable {
+                    what,
+                    reason: format!(
+                        "no such heap; heaps here: {}",
+                        if present.is_empty() {
+                            "none".to_owned()
+                        } else {
+                            present.join(", ")
+                        }
+                    ),
+                }
+            }
+            e => e,
+        })?;
+        Ok(DmaHeapAllocator(Allocator::new(DmaHeapAllocatorImpl {
+            name: name.to_owned(),
+            device,
+        })))
+    }
+
+    /// The heap allocator for `name`, registered as `"dmaheap:<name>"` on
+    /// first use.
+    pub fn get(name: &str) -> Result<Allocator> {
+        let key = format!("{DMA_HEAP_MEMORY_TYPE}:{name}");
+        if let Some(a) = Allocator::find(Some(&key)) {
+            return Ok(a);
+        }
+        let heap = DmaHeapAllocator::new(name)?;
+        Ok(Allocator::register_once(&key, || heap.0))
+    }
+
+    /// The heap's name.
+    pub fn name(&self) -> &str {
+        &self
+            .0
+            .downcast_ref::<DmaHeapAllocatorImpl>()
+            .expect("a DmaHeapAllocator wraps a DmaHeapAllocatorImpl")
+            .name
+    }
+
+    /// The generic allocator handle.
+    pub fn allocator(&self) -> &Allocator {
+        &self.0
+    }
+}

@@ -1,0 +1,119 @@
+//! udmabuf: [`UdmabufAllocator`] (GStreamer 1.28's `GstUdmabufAllocator`,
+//! `"udmabuf"`), dma-bufs made from sealed memfds through `/dev/udmabuf`.
+//!
+//! Each allocation is a memfd of `size + prefix + padding + align` bytes
+//! rounded up to the page size, sealed against shrinking (the kernel requires
+//! it), turned into a dma-buf with `UDMABUF_CREATE` (close-on-exec); the memfd
+//! is then closed, the kernel keeps its pages. The memory is dma-buf memory
+//! (`KEEP_MAPPED`, sync-bracketed maps). Like GStreamer, the allocator is not
+//! `CUSTOM_ALLOC`: copies are udmabuf memory too.
+
+use std::os::fd::{AsFd, OwnedFd};
+
+use rustix::fs::{Mode, OFlags, SealFlags};
+
+use crate::allocator::{AllocationParams, Allocator, AllocatorImpl};
+use crate::error::{Error, Result};
+use crate::fd::{fd_parts, FdHandle, FdKind, FdMemoryFlags};
+use crate::memory::MemoryParts;
+use crate::shm::create_memfd;
+
+/// Name (and memory type) of the udmabuf allocator.
+pub const ALLOCATOR_UDMABUF: &str = "udmabuf";
+
+/// The udmabuf device node.
+pub const UDMABUF_DEVICE: &str = "/dev/udmabuf";
+
+/// Open a device node, telling a missing node from a permission problem.
+pub(crate) fn open_device(path: &str, what: &str) -> Result<OwnedFd> {
+    rustix::fs::open(path, OFlags::RDWR | OFlags::CLOEXEC, Mode::empty()).map_err(|e| {
+        Error::NotAvailable {
+            what: format!("{what} ({path})"),
+            reason: match e {
+                rustix::io::Errno::NOENT | rustix::io::Errno::NODEV | rustix::io::Errno::NXIO => {
+                    format!("no such device ({e}): the kernel lacks it or the module is not loaded")
+                }
+                rustix::io::Errno::ACCESS | rustix::io::Errno::PERM => {
+                    format!(
+                        "permission denied ({e}): the node exists but this user may not open it"
+                    )
+                }
+                e => format!("open failed: {e}"),
+            },
+        }
+    })
+}
+
+/// Page-rounded `size + prefix + padding + align`.
+pub(crate) fn page_rounded_maxsize(
+    size: usize,
+    params: &AllocationParams,
+    align: usize,
+) -> Result<usize> {
+    size.checked_add(params.prefix)
+        .and_then(|n| n.checked_add(params.padding))
+        .and_then(|n| n.checked_add(align))
+        .and_then(|n| n.checked_next_multiple_of(rustix::param::page_size()))
+        .filter(|&n| n <= i64::MAX as usize)
+        .ok_or(Error::SizeOverflow {
+            what: "size + prefix + padding + align, page-rounded",
+        })
+}
+
+/// The udmabuf allocator implementation; holds `/dev/udmabuf` open.
+#[derive(Debug)]
+pub struct UdmabufAllocatorImpl {
+    device: OwnedFd,
+}
+
+impl AllocatorImpl for UdmabufAllocatorImpl {
+    fn mem_type(&self) -> &str {
+        ALLOCATOR_UDMABUF
+    }
+
+    fn alloc(&self, size: usize, params: &AllocationParams) -> Result<MemoryParts> {
+        let maxsize = page_rounded_maxsize(size, params, params.align)?;
+        let memfd = create_memfd("mediamem-udmabuf")?;
+        rustix::fs::ftruncate(&memfd, maxsize as u64).map_err(|e| Error::os("ftruncate", e))?;
+        rustix::fs::fcntl_add_seals(&memfd, SealFlags::SHRINK)
+            .map_err(|e| Error::os("fcntl(F_ADD_SEALS)", e))?;
+        let dmabuf =
+            crate::sys::udmabuf_create(self.device.as_fd(), memfd.as_fd(), 0, maxsize as u64)
+                .map_err(|e| Error::os("UDMABUF_CREATE", e))?;
+        drop(memfd);
+        Ok(fd_parts(
+            FdHandle::Owned(dmabuf),
+            maxsize,
+            params.prefix,
+            size,
+            FdMemoryFlags::KEEP_MAPPED,
+            FdKind::DmaBuf,
+        )?
+        .flags(params.flags)
+        .align(params.align))
+    }
+}
+
+/// The process-wide udmabuf allocator.
+#[derive(Debug)]
+pub struct UdmabufAllocator;
+
+impl UdmabufAllocator {
+    /// Open `/dev/udmabuf` and register `"udmabuf"` if that worked
+    /// (`gst_udmabuf_allocator_init_once`).
+    pub fn init_once() -> Result<()> {
+        Self::get().map(drop)
+    }
+
+    /// The udmabuf allocator (`gst_udmabuf_allocator_get`), or why there is
+    /// none (no device, or no permission).
+    pub fn get() -> Result<Allocator> {
+        if let Some(a) = Allocator::find(Some(ALLOCATOR_UDMABUF)) {
+            return Ok(a);
+        }
+        let device = open_device(UDMABUF_DEVICE, "udmabuf")?;
+        Ok(Allocator::register_once(ALLOCATOR_UDMABUF, || {
+            Allocator::new(UdmabufAllocatorImpl { device })
+        }))
+    }
+}
