@@ -3,7 +3,11 @@
 //! * `test`: the project's full check, as CI runs it: formatting, clippy
 //!   with warnings denied, then every test of the workspace (unit,
 //!   conformance, integration, doc tests).
+//! * `test --host-only`: the same without the QEMU guest.
+//! * `vm-test`: the device tests on a real kernel under QEMU (see `vm.rs`).
 //! * `lint`: formatting and clippy only.
+
+mod vm;
 
 use std::process::{Command, ExitCode};
 
@@ -31,20 +35,33 @@ fn lint() -> bool {
         ])
 }
 
-fn test() -> bool {
-    lint() && cargo(&["test", "--workspace", "--no-fail-fast"])
+fn vm_test() -> bool {
+    match vm::vm_test() {
+        Ok(()) => true,
+        Err(e) => {
+            eprintln!("vm-test: {e}");
+            false
+        }
+    }
+}
+
+fn test(host_only: bool) -> bool {
+    lint() && cargo(&["test", "--workspace", "--no-fail-fast"]) && (host_only || vm_test())
 }
 
 fn usage() -> ExitCode {
-    eprintln!("usage: cargo xtask <test|lint>");
+    eprintln!("usage: cargo xtask <test [--host-only] | vm-test | lint>");
     ExitCode::from(2)
 }
 
 fn main() -> ExitCode {
-    let task = std::env::args().nth(1);
-    let ok = match task.as_deref() {
-        Some("test") => test(),
-        Some("lint") => lint(),
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    let task = args.first().cloned();
+    let ok = match (task.as_deref(), args.get(1).map(String::as_str)) {
+        (Some("test"), None) => test(false),
+        (Some("test"), Some("--host-only")) => test(true),
+        (Some("vm-test"), None) => vm_test(),
+        (Some("lint"), None) => lint(),
         _ => return usage(),
     };
     if ok {

@@ -39,7 +39,134 @@ pub struct ProbeRow {
 /// assert!(sys.available && sys.plain_alloc);
 /// ```
 pub fn probe() -> Vec<ProbeRow> {
-    vec![probe_system(), probe_fd(), probe_shm(), probe_dmabuf()]
+    let mut rows = vec![probe_system(), probe_fd(), probe_shm(), probe_dmabuf()];
+    rows.push(probe_udmabuf());
+    rows.extend(probe_heaps());
+    rows.extend(probe_drm());
+    rows
+}
+
+/// A row for an allocator kind that is missing here.
+fn unavailable(name: &str, mem_type: &str, dmabuf: bool, reason: String) -> ProbeRow {
+    ProbeRow {
+        name: name.to_owned(),
+        mem_type: mem_type.to_owned(),
+        available: false,
+        plain_alloc: false,
+        fd_backed: dmabuf,
+        dmabuf,
+        contiguous: false,
+        copies_to: "-".into(),
+        detail: reason,
+    }
+}
+
+fn probe_udmabuf() -> ProbeRow {
+    use crate::udmabuf::{UdmabufAllocator, ALLOCATOR_UDMABUF};
+    let check = UdmabufAllocator::get().and_then(|a| {
+        let m = a.alloc(1 << 20, None)?;
+        m.map_writable()?.fill(1);
+        Ok(a)
+    });
+    match check {
+        Ok(a) => ProbeRow {
+            name: ALLOCATOR_UDMABUF.into(),
+            mem_type: a.mem_type().to_owned(),
+            available: true,
+            plain_alloc: true,
+            fd_backed: true,
+            dmabuf: true,
+            contiguous: false,
+            copies_to: copies_to(&a),
+            detail: format!(
+                "{}; 1 MiB alloc and map checked",
+                crate::udmabuf::UDMABUF_DEVICE
+            ),
+        },
+        Err(e) => unavailable(ALLOCATOR_UDMABUF, ALLOCATOR_UDMABUF, true, e.to_string()),
+    }
+}
+
+fn probe_heaps() -> Vec<ProbeRow> {
+    use crate::heap::{list_heaps, DmaHeapAllocator, DMA_HEAP_DIR, DMA_HEAP_MEMORY_TYPE};
+    let heaps = list_heaps();
+    if heaps.is_empty() {
+        return vec![unavailable(
+            DMA_HEAP_MEMORY_TYPE,
+            DMA_HEAP_MEMORY_TYPE,
+            true,
+            format!("no heaps in {DMA_HEAP_DIR}"),
+        )];
+    }
+    heaps
+        .iter()
+        .map(|name| {
+            let row_name = format!("{DMA_HEAP_MEMORY_TYPE}:{name}");
+            let check = DmaHeapAllocator::get(name).and_then(|a| {
+                let m = a.alloc(1 << 20, None)?;
+                m.map_writable()?.fill(1);
+                Ok(a)
+            });
+            match check {
+                Ok(a) => ProbeRow {
+                    name: row_name,
+                    mem_type: a.mem_type().to_owned(),
+                    available: true,
+                    plain_alloc: true,
+                    fd_backed: true,
+                    dmabuf: true,
+                    contiguous: false,
+                    copies_to: copies_to(&a),
+                    detail: format!("{DMA_HEAP_DIR}/{name}; 1 MiB alloc and map checked"),
+                },
+                Err(e) => unavailable(&row_name, DMA_HEAP_MEMORY_TYPE, true, e.to_string()),
+            }
+        })
+        .collect()
+}
+
+fn probe_drm() -> Vec<ProbeRow> {
+    use crate::drm::{fourcc, list_devices, DrmDumbAllocator, DRM_DUMB_MEMORY_TYPE};
+    let devices = list_devices();
+    if devices.is_empty() {
+        return vec![unavailable(
+            DRM_DUMB_MEMORY_TYPE,
+            DRM_DUMB_MEMORY_TYPE,
+            false,
+            "no DRM devices (/dev/dri/card*)".into(),
+        )];
+    }
+    devices
+        .into_iter()
+        .map(|d| {
+            let driver = d.driver.clone().unwrap_or_else(|e| format!("? ({e})"));
+            let name = format!("{DRM_DUMB_MEMORY_TYPE} {}", d.path.display());
+            let caps = format!(
+                "driver {driver}; dumb {}; PRIME export {}",
+                if d.dumb { "yes" } else { "no" },
+                if d.prime_export { "yes" } else { "no" }
+            );
+            let check = DrmDumbAllocator::new_with_device_path(&d.path).and_then(|a| {
+                let (m, pitch) = a.alloc(fourcc(*b"XR24"), 64, 64)?;
+                m.map_writable()?.fill(1);
+                Ok((a, pitch))
+            });
+            match check {
+                Ok((a, pitch)) => ProbeRow {
+                    name,
+                    mem_type: a.mem_type().to_owned(),
+                    available: true,
+                    plain_alloc: false,
+                    fd_backed: false,
+                    dmabuf: false,
+                    contiguous: false,
+                    copies_to: copies_to(&a),
+                    detail: format!("{caps}; XR24 64x64 pitch {pitch}"),
+                },
+                Err(e) => unavailable(&name, DRM_DUMB_MEMORY_TYPE, false, format!("{caps}: {e}")),
+            }
+        })
+        .collect()
 }
 
 fn copies_to(a: &Allocator) -> String {
@@ -211,5 +338,24 @@ mod tests {
         assert_eq!(shm.copies_to, "SystemMemory");
         let dmabuf = rows.iter().find(|r| r.name == "dmabuf").unwrap();
         assert!(dmabuf.dmabuf && dmabuf.fd_backed);
+    }
+
+    #[test]
+    fn device_rows_say_why_they_are_missing() {
+        let rows = super::probe();
+        let udmabuf = rows.iter().find(|r| r.name == "udmabuf").unwrap();
+        assert_eq!(
+            udmabuf.available,
+            std::path::Path::new("/dev/udmabuf").exists()
+        );
+        if !udmabuf.available {
+            assert!(
+                udmabuf.detail.contains("/dev/udmabuf"),
+                "{}",
+                udmabuf.detail
+            );
+        }
+        assert!(rows.iter().any(|r| r.name.starts_with("dmaheap")));
+        assert!(rows.iter().any(|r| r.name.starts_with("DRMDumbMemory")));
     }
 }

@@ -20,7 +20,6 @@ use mediamem::{
 
 mod common;
 
-
 /// Warnings, to check that dma-buf syncs succeed on real dma-bufs.
 struct Recorder(Mutex<Vec<String>>);
 impl log::Log for Recorder {

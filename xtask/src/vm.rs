@@ -1,0 +1,488 @@
+//! `cargo xtask vm-test`: the project's device tests on a real Linux kernel
+//! under QEMU.
+//!
+//! 1. Provision, cached under `target/vm/`:
+//!    * QEMU, kmod and busybox from apt when missing;
+//!    * virtme-ng from PyPI into a venv;
+//!    * Debian trixie's kernel package, fetched with a private apt
+//!      configuration naming the mirror this machine already uses (the
+//!      system's apt configuration is not touched), unpacked and `depmod`ed.
+//! 2. Build the test binaries and list, on the host, the tests each must run.
+//! 3. Boot the kernel with virtme-ng (`-device bochs-display`), which shares
+//!    the host's root filesystem read-only; as root, load `bochs` and `vgem`,
+//!    run each test binary with `--include-ignored` and `mediamem probe`,
+//!    writing logs and exit codes to a results folder shared read-write.
+//! 4. Read the results back: every test that had to run must have run and
+//!    passed; print the counts and the guest's probe table.
+
+use std::collections::BTreeMap;
+use std::fs;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+/// The test binaries (integration test targets of `mediamem`) run in the
+/// guest. `devices` holds the tests that need the guest's devices; the
+/// others run there too, on a second kernel.
+const GUEST_TESTS: &[&str] = &["devices", "dmabuf", "fd", "shm"];
+
+/// virtme-ng version the recipe was measured with.
+const VIRTME_NG: &str = "virtme-ng==1.42";
+
+/// How long the guest may run before it is stopped.
+const GUEST_TIMEOUT: Duration = Duration::from_secs(20 * 60);
+
+type Res<T> = Result<T, String>;
+
+fn run(cmd: &mut Command, what: &str) -> Res<()> {
+    let status = cmd
+        .status()
+        .map_err(|e| format!("{what}: cannot run {:?}: {e}", cmd.get_program()))?;
+    if status.success() {
+        Ok(())
+    } else {
+        Err(format!("{what} failed ({status})"))
+    }
+}
+
+fn output(cmd: &mut Command, what: &str) -> Res<String> {
+    let out = cmd
+        .stderr(Stdio::inherit())
+        .output()
+        .map_err(|e| format!("{what}: cannot run {:?}: {e}", cmd.get_program()))?;
+    if !out.status.success() {
+        return Err(format!("{what} failed ({})", out.status));
+    }
+    Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+}
+
+fn have(program: &str) -> bool {
+    Command::new("sh")
+        .args(["-c", &format!("command -v {program} >/dev/null 2>&1")])
+        .status()
+        .is_ok_and(|s| s.success())
+}
+
+fn workspace_root() -> PathBuf {
+    // xtask/ is one level below the workspace root.
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .expect("xtask lives in the workspace")
+        .to_path_buf()
+}
+
+/// QEMU, depmod and busybox (for virtme-ng's initramfs) from apt.
+fn provision_packages() -> Res<()> {
+    let missing: Vec<&str> = [
+        ("qemu-system-x86_64", "qemu-system-x86"),
+        ("depmod", "kmod"),
+        ("busybox", "busybox-static"),
+    ]
+    .iter()
+    .filter(|(bin, _)| !have(bin))
+    .map(|(_, pkg)| *pkg)
+    .collect();
+    if missing.is_empty() {
+        return Ok(());
+    }
+    eprintln!("vm-test: installing {} with apt", missing.join(" "));
+    run(
+        Command::new("apt-get").args(["-q", "update"]),
+        "apt-get update",
+    )?;
+    run(
+        Command::new("apt-get")
+            .env("DEBIAN_FRONTEND", "noninteractive")
+            .args(["-q", "-y", "install"])
+            .args(&missing),
+        "apt-get install",
+    )
+}
+
+/// virtme-ng in a venv under `target/vm/venv`; returns its `bin` folder.
+fn provision_virtme(vm: &Path) -> Res<PathBuf> {
+    let venv = vm.join("venv");
+    let bin = venv.join("bin");
+    if bin.join("vng").exists() {
+        return Ok(bin);
+    }
+    eprintln!("vm-test: installing {VIRTME_NG} into {}", venv.display());
+    run(
+        Command::new("python3").args(["-m", "venv"]).arg(&venv),
+        "python3 -m venv",
+    )?;
+    run(
+        Command::new(bin.join("pip")).args(["install", "-q", VIRTME_NG]),
+        "pip install virtme-ng",
+    )?;
+    Ok(bin)
+}
+
+/// The Debian mirror this machine's apt uses.
+fn debian_mirror() -> Res<String> {
+    let mut text = fs::read_to_string("/etc/apt/sources.list.d/debian.sources").unwrap_or_default();
+    text.push('\n');
+    text.push_str(&fs::read_to_string("/etc/apt/sources.list").unwrap_or_default());
+    for line in text.lines() {
+        let line = line.trim();
+        let uri = if let Some(rest) = line.strip_prefix("URIs:") {
+            rest.split_whitespace().next()
+        } else if let Some(rest) = line.strip_prefix("deb ") {
+            rest.split_whitespace().find(|w| w.contains("://"))
+        } else {
+            None
+        };
+        if let Some(uri) = uri.filter(|u| !u.contains("security")) {
+            return Ok(uri.to_owned());
+        }
+    }
+    Err("no Debian mirror found in /etc/apt/sources.list(.d)".into())
+}
+
+/// Debian trixie's kernel, unpacked under `target/vm/kernel/root`; returns
+/// the vmlinuz path.
+fn provision_kernel(vm: &Path) -> Res<PathBuf> {
+    let dir = vm.join("kernel");
+    let root = dir.join("root");
+    let find_vmlinuz = || -> Option<PathBuf> {
+        fs::read_dir(root.join("boot"))
+            .ok()?
+            .filter_map(|e| e.ok().map(|e| e.path()))
+            .find(|p| {
+                p.file_name()
+                    .and_then(|n| n.to_str())
+                    .is_some_and(|n| n.starts_with("vmlinuz-"))
+            })
+    };
+    if let Some(vmlinuz) = find_vmlinuz() {
+        return Ok(vmlinuz);
+    }
+    let mirror = debian_mirror()?;
+    eprintln!("vm-test: fetching Debian trixie's kernel from {mirror}");
+    for sub in ["etc", "lists/partial", "cache/archives/partial", "deb"] {
+        fs::create_dir_all(dir.join(sub)).map_err(|e| format!("mkdir: {e}"))?;
+    }
+    let sources = dir.join("etc/sources.list");
+    fs::write(&sources, format!("deb {mirror} trixie main\n"))
+        .map_err(|e| format!("write sources.list: {e}"))?;
+    let apt_opts = |cmd: &mut Command| {
+        cmd.arg("-q")
+            .arg("-o")
+            .arg(format!("Dir::Etc::sourcelist={}", sources.display()))
+            .arg("-o")
+            .arg("Dir::Etc::sourceparts=-")
+            .arg("-o")
+            .arg(format!("Dir::State::Lists={}", dir.join("lists").display()))
+            .arg("-o")
+            .arg(format!("Dir::Cache={}", dir.join("cache").display()))
+            .arg("-o")
+            .arg("APT::Sandbox::User=root");
+    };
+    let mut update = Command::new("apt-get");
+    apt_opts(&mut update);
+    run(
+        update.arg("update"),
+        "apt-get update (trixie, private lists)",
+    )?;
+    let mut depends = Command::new("apt-cache");
+    apt_opts(&mut depends);
+    let deps = output(
+        depends.args(["depends", "linux-image-amd64"]),
+        "apt-cache depends",
+    )?;
+    let package = deps
+        .lines()
+        .filter_map(|l| l.trim().strip_prefix("Depends: "))
+        .find(|p| {
+            p.starts_with("linux-image-") && p.as_bytes().get(12).is_some_and(u8::is_ascii_digit)
+        })
+        .ok_or("linux-image-amd64 in trixie names no kernel package")?
+        .to_owned();
+    let mut download = Command::new("apt-get");
+    apt_opts(&mut download);
+    run(
+        download
+            .current_dir(dir.join("deb"))
+            .args(["download", &package]),
+        "apt-get download",
+    )?;
+    let deb = fs::read_dir(dir.join("deb"))
+        .map_err(|e| e.to_string())?
+        .filter_map(|e| e.ok().map(|e| e.path()))
+        .find(|p| p.extension().is_some_and(|x| x == "deb"))
+        .ok_or("the kernel .deb did not arrive")?;
+    run(
+        Command::new("dpkg-deb").arg("-x").arg(&deb).arg(&root),
+        "dpkg-deb -x",
+    )?;
+    // Modules live in usr/lib/modules (merged /usr) or lib/modules.
+    let base = if root.join("usr/lib/modules").exists() {
+        root.join("usr")
+    } else {
+        root.clone()
+    };
+    let version = fs::read_dir(base.join("lib/modules"))
+        .map_err(|e| format!("no modules in the kernel package: {e}"))?
+        .filter_map(|e| e.ok())
+        .map(|e| e.file_name().to_string_lossy().into_owned())
+        .next()
+        .ok_or("no module folder in the kernel package")?;
+    run(
+        Command::new("depmod").arg("-b").arg(&base).arg(&version),
+        "depmod",
+    )?;
+    let _ = fs::remove_file(&deb);
+    find_vmlinuz().ok_or_else(|| "no vmlinuz in the kernel package".into())
+}
+
+/// Build the tests; return (name, executable) of the guest test binaries and
+/// the `mediamem` CLI binary.
+fn build(root: &Path) -> Res<(Vec<(String, PathBuf)>, PathBuf)> {
+    let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
+    let out = output(
+        Command::new(&cargo)
+            .current_dir(root)
+            .args([
+                "test",
+                "-p",
+                "mediamem",
+                "--no-run",
+                "--message-format=json",
+            ])
+            .args(GUEST_TESTS.iter().flat_map(|t| ["--test", t])),
+        "cargo test --no-run",
+    )?;
+    let mut bins = Vec::new();
+    for line in out.lines() {
+        let Ok(v) = serde_json::from_str::<serde_json::Value>(line) else {
+            continue;
+        };
+        if v["reason"] != "compiler-artifact" {
+            continue;
+        }
+        let (Some(name), Some(exe)) = (v["target"]["name"].as_str(), v["executable"].as_str())
+        else {
+            continue;
+        };
+        if GUEST_TESTS.contains(&name) {
+            bins.push((name.to_owned(), PathBuf::from(exe)));
+        }
+    }
+    bins.sort();
+    if bins.len() != GUEST_TESTS.len() {
+        return Err(format!(
+            "expected test binaries {GUEST_TESTS:?}, built {bins:?}"
+        ));
+    }
+    run(
+        Command::new(&cargo)
+            .current_dir(root)
+            .args(["build", "-q", "-p", "mediamem-cli"]),
+        "cargo build -p mediamem-cli",
+    )?;
+    let cli = root.join("target/debug/mediamem");
+    Ok((bins, cli))
+}
+
+/// The tests a binary must run in the guest (`--list --include-ignored`).
+fn list_tests(bin: &Path) -> Res<Vec<String>> {
+    let out = output(
+        Command::new(bin).args(["--list", "--include-ignored", "--format", "terse"]),
+        "listing tests",
+    )?;
+    Ok(out
+        .lines()
+        .filter_map(|l| l.strip_suffix(": test"))
+        .map(str::to_owned)
+        .collect())
+}
+
+fn shell_quote(p: &Path) -> String {
+    format!("'{}'", p.display().to_string().replace('\'', r"'\''"))
+}
+
+/// Outcome of one test binary in the guest.
+struct Outcome {
+    name: String,
+    expected: usize,
+    passed: usize,
+    failed: usize,
+    rc: Option<i32>,
+    log: String,
+}
+
+fn parse_outcome(name: &str, expected: usize, results: &Path) -> Outcome {
+    let log = fs::read_to_string(results.join(format!("{name}.log"))).unwrap_or_default();
+    let rc = fs::read_to_string(results.join(format!("{name}.rc")))
+        .ok()
+        .and_then(|s| s.trim().parse().ok());
+    let (mut passed, mut failed) = (0, 0);
+    for line in log.lines().filter(|l| l.starts_with("test result:")) {
+        let num = |key: &str| -> usize {
+            line.split(';')
+                .find(|part| part.trim_end().ends_with(key))
+                .and_then(|part| part.split_whitespace().rev().nth(1))
+                .and_then(|n| n.parse().ok())
+                .unwrap_or(0)
+        };
+        passed += num("passed");
+        failed += num("failed");
+    }
+    Outcome {
+        name: name.to_owned(),
+        expected,
+        passed,
+        failed,
+        rc,
+        log,
+    }
+}
+
+pub fn vm_test() -> Res<()> {
+    let root = workspace_root();
+    let vm = root.join("target/vm");
+    fs::create_dir_all(&vm).map_err(|e| format!("mkdir {}: {e}", vm.display()))?;
+
+    provision_packages()?;
+    let venv_bin = provision_virtme(&vm)?;
+    let vmlinuz = provision_kernel(&vm)?;
+    let (bins, cli) = build(&root)?;
+
+    let mut expected = BTreeMap::new();
+    for (name, bin) in &bins {
+        expected.insert(name.clone(), list_tests(bin)?.len());
+    }
+
+    let results = vm.join("results");
+    let _ = fs::remove_dir_all(&results);
+    fs::create_dir_all(&results).map_err(|e| e.to_string())?;
+    let r = shell_quote(&results);
+    let mut script =
+        String::from("#!/bin/sh\n# Written by cargo xtask vm-test; runs as root in the guest.\n");
+    script.push_str(&format!("{{ uname -r; modprobe bochs && modprobe vgem && echo modules loaded; }} > {r}/setup.log 2>&1\n"));
+    script.push_str(&format!("cd {}\n", shell_quote(&root)));
+    for (name, bin) in &bins {
+        script.push_str(&format!(
+            "{} --include-ignored --test-threads=2 > {r}/{name}.log 2>&1; echo $? > {r}/{name}.rc\n",
+            shell_quote(bin)
+        ));
+    }
+    script.push_str(&format!(
+        "{} probe > {r}/probe.log 2>&1; echo $? > {r}/probe.rc\n",
+        shell_quote(&cli)
+    ));
+    script.push_str(&format!("echo done > {r}/done\n"));
+    let script_path = vm.join("guest.sh");
+    fs::write(&script_path, script).map_err(|e| e.to_string())?;
+
+    let kvm = std::env::var_os("MEDIAMEM_VM_KVM").is_some();
+    eprintln!(
+        "vm-test: booting {} under QEMU ({})",
+        vmlinuz.display(),
+        if kvm { "KVM" } else { "TCG" }
+    );
+    let path = format!(
+        "{}:{}",
+        venv_bin.display(),
+        std::env::var("PATH").unwrap_or_default()
+    );
+    let console = fs::File::create(results.join("console.log")).map_err(|e| e.to_string())?;
+    let mut vng = Command::new(venv_bin.join("vng"));
+    vng.env("PATH", path)
+        .arg("--run")
+        .arg(&vmlinuz)
+        .args(["--verbose", "--memory", "2G", "--cpus", "2"])
+        .args(if kvm { &[][..] } else { &["--disable-kvm"][..] })
+        .arg("--rwdir")
+        .arg(format!("{}={}", results.display(), results.display()))
+        .args(["--qemu-opts=-device bochs-display", "--exec"])
+        .arg(format!("sh {}", shell_quote(&script_path)))
+        .stdin(Stdio::null())
+        .stdout(console.try_clone().map_err(|e| e.to_string())?)
+        .stderr(console);
+    let started = Instant::now();
+    let mut child = vng.spawn().map_err(|e| format!("cannot start vng: {e}"))?;
+    // vng's own exit code is not the script's (it reports 255 when the
+    // guest has no virtio-serial script channel): the results folder is
+    // the source of truth.
+    loop {
+        if child.try_wait().map_err(|e| e.to_string())?.is_some() {
+            break;
+        }
+        if started.elapsed() > GUEST_TIMEOUT {
+            let _ = child.kill();
+            let _ = child.wait();
+            return Err(format!(
+                "the guest ran longer than {GUEST_TIMEOUT:?}; see {}",
+                results.join("console.log").display()
+            ));
+        }
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    eprintln!("vm-test: guest finished in {:.1?}", started.elapsed());
+
+    let setup = fs::read_to_string(results.join("setup.log")).unwrap_or_default();
+    if !results.join("done").exists() {
+        return Err(format!(
+            "the guest did not finish its script; setup: {setup:?}; see {}",
+            results.join("console.log").display()
+        ));
+    }
+    println!(
+        "vm-test: guest kernel {}",
+        setup.lines().next().unwrap_or("?")
+    );
+    if !setup.contains("modules loaded") {
+        return Err(format!("loading bochs/vgem failed in the guest: {setup}"));
+    }
+    println!("vm-test: mediamem probe in the guest:");
+    for line in fs::read_to_string(results.join("probe.log"))
+        .unwrap_or_default()
+        .lines()
+    {
+        println!("    {line}");
+    }
+
+    let mut problems = Vec::new();
+    let (mut total_passed, mut total_failed) = (0, 0);
+    for (name, &want) in &expected {
+        let o = parse_outcome(name, want, &results);
+        println!(
+            "vm-test: {:<8} {} passed, {} failed, {} expected{}",
+            o.name,
+            o.passed,
+            o.failed,
+            o.expected,
+            if o.rc == Some(0) {
+                ""
+            } else {
+                " (nonzero exit)"
+            }
+        );
+        total_passed += o.passed;
+        total_failed += o.failed;
+        if o.rc != Some(0) || o.failed > 0 || o.passed != o.expected {
+            problems.push(format!(
+                "{}: exit {:?}, {} passed of {} that must run, {} failed\n{}",
+                o.name, o.rc, o.passed, o.expected, o.failed, o.log
+            ));
+        }
+    }
+    let probe_rc = fs::read_to_string(results.join("probe.rc")).unwrap_or_default();
+    if probe_rc.trim() != "0" {
+        problems.push(format!(
+            "mediamem probe exited {:?} in the guest",
+            probe_rc.trim()
+        ));
+    }
+    // Every test that had to run and did not pass counts as failed,
+    // whether it failed or never ran (a crashed binary).
+    let must_run: usize = expected.values().sum();
+    let not_passed = must_run.saturating_sub(total_passed).max(total_failed);
+    println!("vm-test: {total_passed} passed, {not_passed} failed");
+    if problems.is_empty() {
+        Ok(())
+    } else {
+        Err(problems.join("\n"))
+    }
+}
