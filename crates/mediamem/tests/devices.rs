@@ -43,6 +43,25 @@ fn warnings_about(fd: i32) -> Vec<String> {
     all.iter().filter(|w| w.contains(&tag)).cloned().collect()
 }
 
+/// Every seed function on a dma-buf memory (exported, udmabuf or heap).
+fn check_dmabuf_seed_functions(mem: &Memory) {
+    assert!(is_dmabuf_memory(mem));
+    assert!(is_fd_memory(mem), "dma-buf memory is fd memory");
+    assert!(!is_drm_dumb_memory(mem));
+    assert_eq!(drm_dumb_memory_get_handle(mem), None);
+    let fd = dmabuf_memory_get_fd(mem).expect("a dma-buf fd").as_raw_fd();
+    assert_eq!(fd_memory_get_fd(mem).unwrap().as_raw_fd(), fd);
+    assert_eq!(mem.fd().unwrap().as_raw_fd(), fd);
+    assert!(matches!(
+        drm_dumb_memory_export_dmabuf(mem),
+        Err(Error::WrongKind { .. })
+    ));
+    // Shares keep the kind and the fd.
+    let share = mem.share(..1).unwrap();
+    assert!(is_dmabuf_memory(&share));
+    assert_eq!(dmabuf_memory_get_fd(&share).unwrap().as_raw_fd(), fd);
+}
+
 fn bochs() -> DrmDumbAllocator {
     let path = find_device("bochs-drm").expect("a bochs-drm card (QEMU -device bochs-display)");
     let a = DrmDumbAllocator::new_with_device_path(&path).expect("bochs offers dumb buffers");
@@ -188,7 +207,7 @@ fn prime_export_shares_bytes_both_ways_and_syncs() -> Result<()> {
     assert!(dumb.has_prime_export());
     let (mem, _) = dumb.alloc(fourcc(*b"XR24"), 640, 480)?;
     let exported = drm_dumb_memory_export_dmabuf(&mem)?;
-    assert!(is_dmabuf_memory(&exported) && is_fd_memory(&exported));
+    check_dmabuf_seed_functions(&exported);
     let fd = dmabuf_memory_get_fd(&exported).unwrap();
     assert_eq!(
         rustix::fs::seek(fd, rustix::fs::SeekFrom::End(0)).unwrap(),
@@ -318,8 +337,7 @@ fn udmabuf_allocator() -> Result<()> {
     let mem = a.alloc(100, None)?;
     assert_eq!(mem.maxsize(), rustix::param::page_size());
     assert!(mem.is_type("udmabuf"));
-    assert!(is_dmabuf_memory(&mem) && is_fd_memory(&mem));
-    assert!(!is_drm_dumb_memory(&mem));
+    check_dmabuf_seed_functions(&mem);
     let fd = dmabuf_memory_get_fd(&mem).unwrap().as_raw_fd();
     pattern(&mut mem.map_writable()?, 3);
     assert!(check_pattern(&mem.map_readable()?, 3));
@@ -344,7 +362,7 @@ fn dma_heap_allocator() -> Result<()> {
     assert_eq!(heap.name(), "system");
     let mem = heap.alloc(1 << 20, None)?;
     assert!(mem.is_type("dmaheap"));
-    assert!(is_dmabuf_memory(&mem));
+    check_dmabuf_seed_functions(&mem);
     let fd = dmabuf_memory_get_fd(&mem).unwrap();
     assert_eq!(
         rustix::fs::seek(fd, rustix::fs::SeekFrom::End(0)).unwrap(),
