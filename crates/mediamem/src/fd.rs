@@ -254,6 +254,27 @@ pub(crate) fn fd_parts(
     Ok(MemoryParts::new(Box::new(backend), maxsize).region(offset, size))
 }
 
+/// The parts of dma-buf memory over a whole new buffer `fd` of `maxsize`
+/// bytes that an allocator made for `size` bytes with `params`: kept mapped,
+/// visible from `params.prefix`, with the caller's flags and align mask.
+pub(crate) fn new_dmabuf_parts(
+    fd: OwnedFd,
+    maxsize: usize,
+    size: usize,
+    params: &crate::AllocationParams,
+) -> Result<MemoryParts> {
+    Ok(fd_parts(
+        FdHandle::Owned(fd),
+        maxsize,
+        params.prefix,
+        size,
+        FdMemoryFlags::KEEP_MAPPED,
+        FdKind::DmaBuf,
+    )?
+    .flags(params.flags)
+    .align(params.align))
+}
+
 /// Check that `maxsize` bytes of `fd` exist and make the backend.
 pub(crate) fn fd_backend(
     fd: FdHandle,

@@ -11,7 +11,7 @@ use std::os::fd::{AsFd, FromRawFd, OwnedFd};
 
 use crate::allocator::{AllocationParams, Allocator, AllocatorImpl};
 use crate::error::{Error, Result};
-use crate::fd::{fd_parts, FdHandle, FdKind, FdMemoryFlags};
+use crate::fd::new_dmabuf_parts;
 use crate::memory::MemoryParts;
 use crate::sys;
 use crate::udmabuf::{open_device, page_rounded_maxsize};
@@ -48,10 +48,7 @@ impl AllocatorImpl for DmaHeapAllocatorImpl {
     }
 
     fn alloc(&self, size: usize, params: &AllocationParams) -> Result<MemoryParts> {
-        // As GStreamer's udmabuf: the caller's mask as given (dma-buf
-        // mappings are page-aligned), so page multiples stay exact.
-        let align = params.align;
-        let maxsize = page_rounded_maxsize(size, params, align)?;
+        let maxsize = page_rounded_maxsize(size, params)?;
         let mut req = sys::DmaHeapAllocationData {
             len: maxsize as u64,
             fd: 0,
@@ -67,16 +64,7 @@ impl AllocatorImpl for DmaHeapAllocatorImpl {
             })?;
         // SAFETY: the kernel returned a new fd that nothing else owns.
         let fd = unsafe { OwnedFd::from_raw_fd(req.fd as i32) };
-        Ok(fd_parts(
-            FdHandle::Owned(fd),
-            maxsize,
-            params.prefix,
-            size,
-            FdMemoryFlags::KEEP_MAPPED,
-            FdKind::DmaBuf,
-        )?
-        .flags(params.flags)
-        .align(align))
+        new_dmabuf_parts(fd, maxsize, size, params)
     }
 }
 

@@ -61,16 +61,22 @@ fn unavailable(name: &str, mem_type: &str, dmabuf: bool, reason: String) -> Prob
     }
 }
 
-fn probe_udmabuf() -> ProbeRow {
-    use crate::udmabuf::{UdmabufAllocator, ALLOCATOR_UDMABUF};
-    let check = UdmabufAllocator::get().and_then(|a| {
+/// The row of a dma-buf allocator with a plain `alloc` (udmabuf, heaps):
+/// allocate 1 MiB and map it for writing, or say why that failed.
+fn dmabuf_alloc_row(
+    name: &str,
+    mem_type: &str,
+    node: &str,
+    get: impl FnOnce() -> crate::Result<Allocator>,
+) -> ProbeRow {
+    let check = get().and_then(|a| {
         let m = a.alloc(1 << 20, None)?;
         m.map_writable()?.fill(1);
         Ok(a)
     });
     match check {
         Ok(a) => ProbeRow {
-            name: ALLOCATOR_UDMABUF.into(),
+            name: name.to_owned(),
             mem_type: a.mem_type().to_owned(),
             available: true,
             plain_alloc: true,
@@ -78,13 +84,20 @@ fn probe_udmabuf() -> ProbeRow {
             dmabuf: true,
             contiguous: false,
             copies_to: copies_to(&a),
-            detail: format!(
-                "{}; 1 MiB alloc and map checked",
-                crate::udmabuf::UDMABUF_DEVICE
-            ),
+            detail: format!("{node}; 1 MiB alloc and map checked"),
         },
-        Err(e) => unavailable(ALLOCATOR_UDMABUF, ALLOCATOR_UDMABUF, true, e.to_string()),
+        Err(e) => unavailable(name, mem_type, true, e.to_string()),
     }
+}
+
+fn probe_udmabuf() -> ProbeRow {
+    use crate::udmabuf::{UdmabufAllocator, ALLOCATOR_UDMABUF, UDMABUF_DEVICE};
+    dmabuf_alloc_row(
+        ALLOCATOR_UDMABUF,
+        ALLOCATOR_UDMABUF,
+        UDMABUF_DEVICE,
+        UdmabufAllocator::get,
+    )
 }
 
 fn probe_heaps() -> Vec<ProbeRow> {
@@ -101,26 +114,12 @@ fn probe_heaps() -> Vec<ProbeRow> {
     heaps
         .iter()
         .map(|name| {
-            let row_name = format!("{DMA_HEAP_MEMORY_TYPE}:{name}");
-            let check = DmaHeapAllocator::get(name).and_then(|a| {
-                let m = a.alloc(1 << 20, None)?;
-                m.map_writable()?.fill(1);
-                Ok(a)
-            });
-            match check {
-                Ok(a) => ProbeRow {
-                    name: row_name,
-                    mem_type: a.mem_type().to_owned(),
-                    available: true,
-                    plain_alloc: true,
-                    fd_backed: true,
-                    dmabuf: true,
-                    contiguous: false,
-                    copies_to: copies_to(&a),
-                    detail: format!("{DMA_HEAP_DIR}/{name}; 1 MiB alloc and map checked"),
-                },
-                Err(e) => unavailable(&row_name, DMA_HEAP_MEMORY_TYPE, true, e.to_string()),
-            }
+            dmabuf_alloc_row(
+                &format!("{DMA_HEAP_MEMORY_TYPE}:{name}"),
+                DMA_HEAP_MEMORY_TYPE,
+                &format!("{DMA_HEAP_DIR}/{name}"),
+                || DmaHeapAllocator::get(name),
+            )
         })
         .collect()
 }

@@ -14,7 +14,7 @@ use rustix::fs::{Mode, OFlags, SealFlags};
 
 use crate::allocator::{AllocationParams, Allocator, AllocatorImpl};
 use crate::error::{Error, Result};
-use crate::fd::{fd_parts, FdHandle, FdKind, FdMemoryFlags};
+use crate::fd::new_dmabuf_parts;
 use crate::memory::MemoryParts;
 use crate::shm::create_memfd;
 
@@ -44,15 +44,13 @@ pub(crate) fn open_device(path: &str, what: &str) -> Result<OwnedFd> {
     })
 }
 
-/// Page-rounded `size + prefix + padding + align`.
-pub(crate) fn page_rounded_maxsize(
-    size: usize,
-    params: &AllocationParams,
-    align: usize,
-) -> Result<usize> {
+/// Page-rounded `size + prefix + padding + align` (the caller's align mask
+/// as given, as GStreamer's udmabuf: dma-buf mappings are page-aligned, so
+/// page multiples stay exact).
+pub(crate) fn page_rounded_maxsize(size: usize, params: &AllocationParams) -> Result<usize> {
     size.checked_add(params.prefix)
         .and_then(|n| n.checked_add(params.padding))
-        .and_then(|n| n.checked_add(align))
+        .and_then(|n| n.checked_add(params.align))
         .and_then(|n| n.checked_next_multiple_of(rustix::param::page_size()))
         .filter(|&n| n <= i64::MAX as usize)
         .ok_or(Error::SizeOverflow {
@@ -72,7 +70,7 @@ impl AllocatorImpl for UdmabufAllocatorImpl {
     }
 
     fn alloc(&self, size: usize, params: &AllocationParams) -> Result<MemoryParts> {
-        let maxsize = page_rounded_maxsize(size, params, params.align)?;
+        let maxsize = page_rounded_maxsize(size, params)?;
         let memfd = create_memfd("mediamem-udmabuf")?;
         rustix::fs::ftruncate(&memfd, maxsize as u64).map_err(|e| Error::os("ftruncate", e))?;
         rustix::fs::fcntl_add_seals(&memfd, SealFlags::SHRINK)
@@ -81,16 +79,7 @@ impl AllocatorImpl for UdmabufAllocatorImpl {
             crate::sys::udmabuf_create(self.device.as_fd(), memfd.as_fd(), 0, maxsize as u64)
                 .map_err(|e| Error::os("UDMABUF_CREATE", e))?;
         drop(memfd);
-        Ok(fd_parts(
-            FdHandle::Owned(dmabuf),
-            maxsize,
-            params.prefix,
-            size,
-            FdMemoryFlags::KEEP_MAPPED,
-            FdKind::DmaBuf,
-        )?
-        .flags(params.flags)
-        .align(params.align))
+        new_dmabuf_parts(dmabuf, maxsize, size, params)
     }
 }
 

@@ -5,7 +5,9 @@
 //! behaviour and says so.
 
 use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
+
+mod common;
 
 use mediamem::{
     AllocationParams, Allocator, AllocatorImpl, Error, LockFlags, MapFlags, Memory, MemoryBackend,
@@ -441,28 +443,9 @@ impl AllocatorImpl for OpaqueAllocator {
     }
 }
 
-/// Records every log record at WARN or above.
-struct Recorder(Mutex<Vec<String>>);
-impl log::Log for Recorder {
-    fn enabled(&self, _: &log::Metadata) -> bool {
-        true
-    }
-    fn log(&self, record: &log::Record) {
-        if record.level() <= log::Level::Warn {
-            self.0
-                .lock()
-                .unwrap()
-                .push(format!("{}: {}", record.level(), record.args()));
-        }
-    }
-    fn flush(&self) {}
-}
-static RECORDER: Recorder = Recorder(Mutex::new(Vec::new()));
-
 #[test]
 fn test_no_error_and_no_warning_on_map_failure() -> Result<()> {
-    log::set_logger(&RECORDER).expect("only this test installs a logger");
-    log::set_max_level(log::LevelFilter::Trace);
+    let before = common::warnings().len();
 
     Allocator::register("MyOpaqueMemory", Allocator::new(OpaqueAllocator));
     let alloc = Allocator::find(Some("MyOpaqueMemory")).unwrap();
@@ -484,8 +467,8 @@ fn test_no_error_and_no_warning_on_map_failure() -> Result<()> {
     // Its copy cannot map the source either, and says so.
     assert!(matches!(mem.copy(), Err(Error::MapFailed { .. })));
 
-    let logged = RECORDER.0.lock().unwrap();
-    assert!(logged.is_empty(), "warnings were logged: {logged:?}");
+    let logged = common::warnings();
+    assert_eq!(logged.len(), before, "warnings were logged: {logged:?}");
     Ok(())
 }
 

@@ -8,7 +8,6 @@
 //! `--include-ignored` as root; there a missing device fails the test.
 
 use std::os::fd::{AsFd, AsRawFd};
-use std::sync::Mutex;
 
 use mediamem::drm::{dumb_dimensions, find_device, fourcc, DrmDumbAllocator};
 use mediamem::heap::{list_heaps, DmaHeapAllocator};
@@ -19,29 +18,6 @@ use mediamem::{
 };
 
 mod common;
-
-/// Warnings, to check that dma-buf syncs succeed on real dma-bufs.
-struct Recorder(Mutex<Vec<String>>);
-impl log::Log for Recorder {
-    fn enabled(&self, _: &log::Metadata) -> bool {
-        true
-    }
-    fn log(&self, r: &log::Record) {
-        if r.level() <= log::Level::Warn {
-            self.0.lock().unwrap().push(r.args().to_string());
-        }
-    }
-    fn flush(&self) {}
-}
-static RECORDER: Recorder = Recorder(Mutex::new(Vec::new()));
-
-fn warnings_about(fd: i32) -> Vec<String> {
-    let _ = log::set_logger(&RECORDER);
-    log::set_max_level(log::LevelFilter::Warn);
-    let tag = format!("on fd {fd} ");
-    let all = RECORDER.0.lock().unwrap();
-    all.iter().filter(|w| w.contains(&tag)).cloned().collect()
-}
 
 /// Every seed function on a dma-buf memory (exported, udmabuf or heap).
 fn check_dmabuf_seed_functions(mem: &Memory) {
@@ -226,7 +202,7 @@ fn prime_export_shares_bytes_both_ways_and_syncs() -> Result<()> {
     assert!(check_pattern(&mem.map_readable()?, 9));
 
     // DMA_BUF_IOCTL_SYNC succeeded on every map and unmap: no warning.
-    assert!(warnings_about(fd.as_raw_fd()).is_empty());
+    assert!(common::warnings_about_fd(fd.as_raw_fd()).is_empty());
 
     // A new fd every call.
     let again = drm_dumb_memory_export_dmabuf(&mem)?;
@@ -341,7 +317,10 @@ fn udmabuf_allocator() -> Result<()> {
     let fd = dmabuf_memory_get_fd(&mem).unwrap().as_raw_fd();
     pattern(&mut mem.map_writable()?, 3);
     assert!(check_pattern(&mem.map_readable()?, 3));
-    assert!(warnings_about(fd).is_empty(), "sync succeeds on a udmabuf");
+    assert!(
+        common::warnings_about_fd(fd).is_empty(),
+        "sync succeeds on a udmabuf"
+    );
     let s = mem.share(10..20)?;
     assert!(is_dmabuf_memory(&s));
     // Not CUSTOM_ALLOC: copies are udmabuf memory too (as GStreamer).
@@ -372,7 +351,7 @@ fn dma_heap_allocator() -> Result<()> {
     pattern(&mut mem.map_writable()?, 5);
     assert!(check_pattern(&mem.map_readable()?, 5));
     assert!(
-        warnings_about(raw).is_empty(),
+        common::warnings_about_fd(raw).is_empty(),
         "sync succeeds on a heap buffer"
     );
     let registered = DmaHeapAllocator::get("system")?;

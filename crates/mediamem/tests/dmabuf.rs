@@ -4,7 +4,6 @@
 //! in the QEMU guest.
 
 use std::os::fd::{AsRawFd, OwnedFd};
-use std::sync::Mutex;
 
 mod common;
 
@@ -13,39 +12,6 @@ use mediamem::{
     DmaBufAllocator, Error, FdAllocator, FdMemoryFlags, MapFlags, Memory, Result, ShmAllocator,
 };
 
-/// Records warnings, with their text.
-struct Recorder(Mutex<Vec<String>>);
-impl log::Log for Recorder {
-    fn enabled(&self, _: &log::Metadata) -> bool {
-        true
-    }
-    fn log(&self, r: &log::Record) {
-        if r.level() <= log::Level::Warn {
-            self.0.lock().unwrap().push(r.args().to_string());
-        }
-    }
-    fn flush(&self) {}
-}
-static RECORDER: Recorder = Recorder(Mutex::new(Vec::new()));
-
-fn install_recorder() {
-    let _ = log::set_logger(&RECORDER);
-    log::set_max_level(log::LevelFilter::Warn);
-}
-
-/// Warnings that mention fd `n`.
-fn warnings_for(n: i32) -> Vec<String> {
-    let tag = format!("on fd {n} ");
-    RECORDER
-        .0
-        .lock()
-        .unwrap()
-        .iter()
-        .filter(|w| w.contains(&tag))
-        .cloned()
-        .collect()
-}
-
 /// A temporary file of `len` zero bytes.
 fn zero_file(len: usize) -> std::fs::File {
     common::temp_file(&vec![0u8; len])
@@ -53,9 +19,9 @@ fn zero_file(len: usize) -> std::fs::File {
 
 #[test]
 fn test_dmabuf_on_a_regular_file() -> Result<()> {
-    install_recorder();
-    // GStreamer maps 4096 bytes of an empty file (any access would SIGBUS);
-    // mediamem refuses that at import...
+    common::warnings(); // start recording
+                        // GStreamer maps 4096 bytes of an empty file (any access would SIGBUS);
+                        // mediamem refuses that at import...
     let alloc = DmaBufAllocator::new();
     let r = alloc.alloc(OwnedFd::from(zero_file(0)), 4096);
     assert!(
@@ -74,7 +40,7 @@ fn test_dmabuf_on_a_regular_file() -> Result<()> {
     }
     // The sync ioctl fails with ENOTTY on a regular file: a warning each for
     // START and END, and the map worked.
-    let w = warnings_for(fd);
+    let w = common::warnings_about_fd(fd);
     assert_eq!(w.len(), 2, "{w:?}");
     assert!(w[0].contains("START") && w[1].contains("END"), "{w:?}");
     assert!(
@@ -88,7 +54,7 @@ fn test_dmabuf_on_a_regular_file() -> Result<()> {
         let _a = mem.map_readable()?;
         let _b = mem.map_readable()?;
     }
-    let w = warnings_for(fd);
+    let w = common::warnings_about_fd(fd);
     assert_eq!(w.len(), 6, "{w:?}");
     let starts = w.iter().filter(|m| m.contains("START")).count();
     assert_eq!(starts, 3, "START and END stay paired: {w:?}");
@@ -96,7 +62,7 @@ fn test_dmabuf_on_a_regular_file() -> Result<()> {
     // A failed map issues no sync at all.
     let ro = mem.share(..)?;
     assert!(ro.map_writable().is_err());
-    assert_eq!(warnings_for(fd).len(), 6);
+    assert_eq!(common::warnings_about_fd(fd).len(), 6);
     Ok(())
 }
 

@@ -50,3 +50,40 @@ pub fn assert_no_leaks(n: usize, mut cycle: impl FnMut(usize)) {
     assert!(fds1 <= fds0 + 32, "fds leaked: {fds0} -> {fds1}");
     assert!(maps1 <= maps0 + 64, "mappings leaked: {maps0} -> {maps1}");
 }
+
+/// Records the text of every log record at WARN or above, process-wide.
+struct WarnRecorder(std::sync::Mutex<Vec<String>>);
+
+impl log::Log for WarnRecorder {
+    fn enabled(&self, _: &log::Metadata) -> bool {
+        true
+    }
+    fn log(&self, r: &log::Record) {
+        if r.level() <= log::Level::Warn {
+            self.0
+                .lock()
+                .unwrap()
+                .push(format!("{}: {}", r.level(), r.args()));
+        }
+    }
+    fn flush(&self) {}
+}
+
+static RECORDER: WarnRecorder = WarnRecorder(std::sync::Mutex::new(Vec::new()));
+
+/// Start recording warnings (idempotent) and return all recorded so far.
+pub fn warnings() -> Vec<String> {
+    let _ = log::set_logger(&RECORDER);
+    log::set_max_level(log::LevelFilter::Trace);
+    RECORDER.0.lock().unwrap().clone()
+}
+
+/// The recorded warnings that mention fd `n` (the fd memory backend says
+/// "on fd N" in its sync warnings).
+pub fn warnings_about_fd(n: i32) -> Vec<String> {
+    let tag = format!("on fd {n} ");
+    warnings()
+        .into_iter()
+        .filter(|w| w.contains(&tag))
+        .collect()
+}
