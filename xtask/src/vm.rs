@@ -24,7 +24,7 @@ use std::time::{Duration, Instant};
 /// The test binaries (integration test targets of `mediamem`) run in the
 /// guest. `devices` holds the tests that need the guest's devices; the
 /// others run there too, on a second kernel.
-const GUEST_TESTS: &[&str] = &["devices", "dmabuf", "fd", "shm"];
+const GUEST_TESTS: &[&str] = &["devices", "dmabuf", "fd", "phys", "shm"];
 
 /// virtme-ng version the recipe was measured with.
 const VIRTME_NG: &str = "virtme-ng==1.42";

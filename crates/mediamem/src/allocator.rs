@@ -107,6 +107,12 @@ pub trait AllocatorImpl: Any + Send + Sync + fmt::Debug {
         AllocatorFlags::empty()
     }
 
+    /// This allocator as a [`PhysMemoryAllocator`](crate::phys::PhysMemoryAllocator),
+    /// if it is one (GStreamer's interface check). Default: no.
+    fn as_phys(&self) -> Option<&dyn crate::phys::PhysMemoryAllocator> {
+        None
+    }
+
     /// Allocate `size` visible bytes with `params` (already validated). The
     /// default refuses: allocators such as the fd allocator need more than a
     /// size and offer their own constructors.
@@ -170,6 +176,11 @@ impl Allocator {
     /// Whether the implementation is a `T`.
     pub fn is<T: AllocatorImpl>(&self) -> bool {
         self.downcast_ref::<T>().is_some()
+    }
+
+    /// The implementation.
+    pub(crate) fn inner(&self) -> &dyn AllocatorImpl {
+        &*self.0
     }
 
     /// Whether two handles point at the same allocator.

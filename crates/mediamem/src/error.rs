@@ -214,6 +214,28 @@ pub enum Error {
         name: String,
     },
 
+    /// Memory that had to be physically contiguous is not.
+    #[error("memory is not physically contiguous: page {page} is at PFN {pfn:#x}, expected {expected:#x}")]
+    NotContiguous {
+        /// Index of the first 4 KiB page that breaks the run.
+        page: usize,
+        /// Its page frame number.
+        pfn: u64,
+        /// The frame number contiguity needed.
+        expected: u64,
+    },
+
+    /// A request is larger than what an allocator can provide in one piece.
+    #[error("{what}: {requested} bytes requested, at most {limit} possible")]
+    TooLarge {
+        /// What limits it.
+        what: &'static str,
+        /// Bytes requested.
+        requested: usize,
+        /// The limit.
+        limit: usize,
+    },
+
     /// A device or allocator is not available on this system.
     #[error("{what} is not available: {reason}")]
     NotAvailable {

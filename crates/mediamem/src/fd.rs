@@ -295,6 +295,7 @@ pub(crate) fn fd_backend(
         flags,
         maxsize,
         dmabuf: kind == FdKind::DmaBuf,
+        phys: None,
         state: Mutex::new(MapState {
             data: 0,
             prot: ProtFlags::empty(),
@@ -338,6 +339,8 @@ pub struct FdBackend {
     maxsize: usize,
     /// dma-buf: bracket CPU access with `DMA_BUF_IOCTL_SYNC`.
     dmabuf: bool,
+    /// Physical address of offset 0, for physically contiguous blocks.
+    phys: Option<u64>,
     state: Mutex<MapState>,
 }
 
@@ -348,6 +351,7 @@ impl fmt::Debug for FdBackend {
             .field("flags", &self.flags)
             .field("maxsize", &self.maxsize)
             .field("dmabuf", &self.dmabuf)
+            .field("phys", &self.phys.map(|a| format!("{a:#x}")))
             .finish()
     }
 }
@@ -367,6 +371,27 @@ impl FdBackend {
     /// `DMA_BUF_IOCTL_SYNC`).
     pub fn is_dmabuf(&self) -> bool {
         self.dmabuf
+    }
+
+    /// The physical address of the block's first byte, when the block is
+    /// physically contiguous and its address was resolved.
+    pub fn phys_addr(&self) -> Option<u64> {
+        self.phys
+    }
+
+    /// Record the physical address of the block (phys allocators only).
+    pub(crate) fn set_phys_addr(&mut self, addr: u64) {
+        self.phys = Some(addr);
+    }
+
+    /// Start of the current mapping, if mapped.
+    pub(crate) fn mapped_addr(&self) -> Option<usize> {
+        Some(self.lock_state().data).filter(|&d| d != 0)
+    }
+
+    /// Size of the block.
+    pub(crate) fn maxsize(&self) -> usize {
+        self.maxsize
     }
 
     /// Whether the block is mapped into this process right now.

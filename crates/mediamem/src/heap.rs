@@ -35,6 +35,26 @@ pub fn list_heaps() -> Vec<String> {
     names
 }
 
+/// `DMA_HEAP_IOCTL_ALLOC` of `len` bytes (`O_RDWR | O_CLOEXEC`).
+pub(crate) fn heap_alloc_fd(heap: std::os::fd::BorrowedFd<'_>, len: usize) -> Result<OwnedFd> {
+    let mut req = sys::DmaHeapAllocationData {
+        len: len as u64,
+        fd: 0,
+        fd_flags: (rustix::fs::OFlags::RDWR | rustix::fs::OFlags::CLOEXEC).bits(),
+        heap_flags: 0,
+    };
+    // SAFETY: DMA_HEAP_IOCTL_ALLOC takes a dma_heap_allocation_data (no
+    // pointers) and writes the new fd into it.
+    unsafe { sys::ioctl_rw::<{ sys::DMA_HEAP_IOCTL_ALLOC }, _>(heap, &mut req) }.map_err(|e| {
+        match e {
+            rustix::io::Errno::NOMEM => Error::OutOfMemory { size: len },
+            e => Error::os("DMA_HEAP_IOCTL_ALLOC", e),
+        }
+    })?;
+    // SAFETY: the kernel returned a new fd that nothing else owns.
+    Ok(unsafe { OwnedFd::from_raw_fd(req.fd as i32) })
+}
+
 /// The heap allocator implementation for one heap.
 #[derive(Debug)]
 pub struct DmaHeapAllocatorImpl {
@@ -49,21 +69,7 @@ impl AllocatorImpl for DmaHeapAllocatorImpl {
 
     fn alloc(&self, size: usize, params: &AllocationParams) -> Result<MemoryParts> {
         let maxsize = page_rounded_maxsize(size, params)?;
-        let mut req = sys::DmaHeapAllocationData {
-            len: maxsize as u64,
-            fd: 0,
-            fd_flags: (rustix::fs::OFlags::RDWR | rustix::fs::OFlags::CLOEXEC).bits(),
-            heap_flags: 0,
-        };
-        // SAFETY: DMA_HEAP_IOCTL_ALLOC takes a dma_heap_allocation_data (no
-        // pointers) and writes the new fd into it.
-        unsafe { sys::ioctl_rw::<{ sys::DMA_HEAP_IOCTL_ALLOC }, _>(self.device.as_fd(), &mut req) }
-            .map_err(|e| match e {
-                rustix::io::Errno::NOMEM => Error::OutOfMemory { size: maxsize },
-                e => Error::os("DMA_HEAP_IOCTL_ALLOC", e),
-            })?;
-        // SAFETY: the kernel returned a new fd that nothing else owns.
-        let fd = unsafe { OwnedFd::from_raw_fd(req.fd as i32) };
+        let fd = heap_alloc_fd(self.device.as_fd(), maxsize)?;
         new_dmabuf_parts(fd, maxsize, size, params)
     }
 }

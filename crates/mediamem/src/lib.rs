@@ -46,6 +46,7 @@ pub mod error;
 pub mod fd;
 pub mod heap;
 pub mod memory;
+pub mod phys;
 pub mod probe;
 pub mod shm;
 mod sys;
@@ -65,6 +66,7 @@ pub use memory::{
     MemoryBackend, MemoryFlags, MemoryMap, MemoryParts, RawMap, Readable, Writable,
     DEFAULT_ALIGN_MASK,
 };
+pub use phys::{is_phys_memory, phys_memory_get_phys_addr, HugePageAllocator, PhysMemoryAllocator};
 pub use shm::ShmAllocator;
 pub use system::SystemAllocator;
 pub use udmabuf::UdmabufAllocator;

@@ -43,7 +43,67 @@ pub fn probe() -> Vec<ProbeRow> {
     rows.push(probe_udmabuf());
     rows.extend(probe_heaps());
     rows.extend(probe_drm());
+    rows.push(probe_hugepage());
+    rows.push(probe_cma());
     rows
+}
+
+/// A physical-memory allocator's row: allocate, resolve the address.
+fn phys_row(
+    name: &str,
+    mem_type: &str,
+    dmabuf: bool,
+    info: String,
+    alloc: impl FnOnce() -> crate::Result<(Allocator, crate::Memory)>,
+) -> ProbeRow {
+    match alloc() {
+        Ok((a, m)) => ProbeRow {
+            name: name.to_owned(),
+            mem_type: a.mem_type().to_owned(),
+            available: true,
+            plain_alloc: true,
+            fd_backed: true,
+            dmabuf,
+            contiguous: true,
+            copies_to: copies_to(&a),
+            detail: format!(
+                "{info}; allocation at physical {:#x}",
+                crate::phys::phys_memory_get_phys_addr(&m).unwrap_or(0)
+            ),
+        },
+        Err(e) => ProbeRow {
+            contiguous: true,
+            ..unavailable(name, mem_type, dmabuf, format!("{info}; {e}"))
+        },
+    }
+}
+
+fn probe_hugepage() -> ProbeRow {
+    use crate::phys::{free_huge_pages, huge_page_size, HugePageAllocator, ALLOCATOR_HUGEPAGE};
+    let info = match (huge_page_size(), free_huge_pages()) {
+        (Some(size), Some(free)) => format!("huge page {} KiB, {free} free", size / 1024),
+        _ => "no hugetlb".to_owned(),
+    };
+    phys_row(ALLOCATOR_HUGEPAGE, ALLOCATOR_HUGEPAGE, false, info, || {
+        let a = HugePageAllocator::new()?;
+        let m = a.alloc(4096, None)?;
+        Ok((a.allocator().clone(), m))
+    })
+}
+
+fn probe_cma() -> ProbeRow {
+    use crate::phys::{CmaHeapAllocator, CMA_MEMORY_TYPE};
+    phys_row(
+        CMA_MEMORY_TYPE,
+        CMA_MEMORY_TYPE,
+        true,
+        "CMA dma-heap".into(),
+        || {
+            let a = CmaHeapAllocator::new()?;
+            let m = a.alloc(1 << 20, None)?;
+            Ok(((*a).clone(), m))
+        },
+    )
 }
 
 /// A row for an allocator kind that is missing here.
@@ -356,5 +416,14 @@ mod tests {
         }
         assert!(rows.iter().any(|r| r.name.starts_with("dmaheap")));
         assert!(rows.iter().any(|r| r.name.starts_with("DRMDumbMemory")));
+        let huge = rows.iter().find(|r| r.name == "hugepage").unwrap();
+        assert!(huge.contiguous && huge.fd_backed);
+        assert!(
+            huge.detail.contains("huge page") || huge.detail.contains("hugetlb"),
+            "{}",
+            huge.detail
+        );
+        let cma = rows.iter().find(|r| r.name == "cma").unwrap();
+        assert!(cma.contiguous && cma.dmabuf);
     }
 }

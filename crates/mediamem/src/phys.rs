@@ -1,0 +1,432 @@
+//! Physically contiguous memory: the [`PhysMemoryAllocator`] trait
+//! (GStreamer's `GstPhysMemoryAllocator` interface), the seed functions
+//! [`is_phys_memory`] and [`phys_memory_get_phys_addr`], and two real
+//! implementations, which GStreamer does not ship:
+//!
+//! * [`HugePageAllocator`]: one huge page (2 MiB on x86-64) per memory from
+//!   an `MFD_HUGETLB` memfd, so the memory is also fd memory that other
+//!   processes can map; locked in memory; its address resolved from
+//!   `/proc/self/pagemap`, as DPDK resolves IOVAs.
+//! * [`CmaHeapAllocator`]: the CMA dma-heap (`linux,cma`, or `reserved` when
+//!   the area comes from `cma=` on the kernel command line), when the kernel
+//!   has one; the address is resolved the same way from a mapping.
+//!
+//! Addresses are never guessed: a block whose pages are not consecutive is
+//! [`Error::NotContiguous`], and a process that may not read page frame
+//! numbers (they read as 0 without `CAP_SYS_ADMIN`) gets
+//! [`Error::NotAvailable`], never a 0 presented as an address.
+
+use std::os::fd::{AsFd, OwnedFd};
+
+use rustix::fs::{MemfdFlags, OFlags};
+
+use crate::allocator::{AllocationParams, Allocator, AllocatorFlags, AllocatorImpl};
+use crate::error::{Error, Result};
+use crate::fd::{fd_backend, FdBackend, FdHandle, FdKind, FdMemoryFlags};
+use crate::memory::{
+    MapFlags, Memory, MemoryBackend, MemoryFlags, MemoryParts, DEFAULT_ALIGN_MASK,
+};
+
+/// An allocator that knows the physical address of its memories.
+pub trait PhysMemoryAllocator: AllocatorImpl {
+    /// The physical address of the first byte of the block of `mem` (a
+    /// memory of this allocator), or `None` when it is not known.
+    fn block_phys_addr(&self, mem: &Memory) -> Option<u64>;
+}
+
+/// Whether `mem` comes from a physical-memory allocator
+/// (`gst_is_phys_memory`).
+pub fn is_phys_memory(mem: &Memory) -> bool {
+    mem.allocator().as_phys_impl().is_some()
+}
+
+/// The physical address of the first visible byte of `mem`
+/// (`gst_phys_memory_get_phys_addr`): the block's address plus the memory's
+/// offset, so a share's address is its root's block address plus the
+/// share's offset. `None` (GStreamer's 0) when unknown.
+pub fn phys_memory_get_phys_addr(mem: &Memory) -> Option<u64> {
+    let phys = mem.allocator().as_phys_impl()?;
+    let block = phys.block_phys_addr(mem.root())?;
+    block.checked_add(mem.offset() as u64)
+}
+
+impl Allocator {
+    fn as_phys_impl(&self) -> Option<&dyn PhysMemoryAllocator> {
+        self.inner().as_phys()
+    }
+}
+
+/// The page size and huge page size of this machine.
+fn page_size() -> usize {
+    rustix::param::page_size()
+}
+
+/// The default huge page size from `/proc/meminfo` (`Hugepagesize`).
+pub fn huge_page_size() -> Option<usize> {
+    meminfo_kib("Hugepagesize:").map(|k| k * 1024)
+}
+
+/// Huge pages free right now (`HugePages_Free`).
+pub fn free_huge_pages() -> Option<usize> {
+    meminfo_kib("HugePages_Free:")
+}
+
+fn meminfo_kib(key: &str) -> Option<usize> {
+    std::fs::read_to_string("/proc/meminfo")
+        .ok()?
+        .lines()
+        .find(|l| l.starts_with(key))?
+        .split_whitespace()
+        .nth(1)?
+        .parse()
+        .ok()
+}
+
+/// The page frame numbers of the `len` bytes mapped at `addr`, from
+/// `/proc/self/pagemap`; the pages must be resident (touch them first).
+pub fn page_frames(addr: usize, len: usize) -> Result<Vec<u64>> {
+    let page = page_size();
+    let first = addr / page;
+    let count = (addr + len).div_ceil(page) - first;
+    let pagemap = rustix::fs::open(
+        "/proc/self/pagemap",
+        OFlags::RDONLY | OFlags::CLOEXEC,
+        rustix::fs::Mode::empty(),
+    )
+    .map_err(|e| Error::NotAvailable {
+        what: "/proc/self/pagemap".into(),
+        reason: e.to_string(),
+    })?;
+    let mut raw = vec![0u8; count * 8];
+    let mut done = 0;
+    while done < raw.len() {
+        let n = rustix::io::pread(&pagemap, &mut raw[done..], (first * 8 + done) as u64)
+            .map_err(|e| Error::os("pread(/proc/self/pagemap)", e))?;
+        if n == 0 {
+            return Err(Error::NotAvailable {
+                what: "/proc/self/pagemap".into(),
+                reason: "short read".into(),
+            });
+        }
+        done += n;
+    }
+    raw.chunks_exact(8)
+        .enumerate()
+        .map(|(i, c)| {
+            let entry = u64::from_le_bytes(c.try_into().expect("8 bytes"));
+            let present = entry >> 63 & 1 == 1;
+            let pfn = entry & ((1 << 55) - 1);
+            if !present {
+                return Err(Error::NotAvailable {
+                    what: "physical address".into(),
+                    reason: format!("page {i} of the block is not resident"),
+                });
+            }
+            if pfn == 0 {
+                return Err(Error::NotAvailable {
+                    what: "physical address".into(),
+                    reason: "this process may not read page frame numbers from \
+                             /proc/self/pagemap (they read as 0 without CAP_SYS_ADMIN)"
+                        .into(),
+                });
+            }
+            Ok(pfn)
+        })
+        .collect()
+}
+
+/// The physical address of `len` bytes mapped at `addr`, if every page is
+/// resident and the frames are consecutive.
+pub fn contiguous_phys_addr(addr: usize, len: usize) -> Result<u64> {
+    let frames = page_frames(addr, len)?;
+    let first = *frames.first().ok_or(Error::SizeOverflow {
+        what: "empty range has no address",
+    })?;
+    for (i, &pfn) in frames.iter().enumerate() {
+        let expected = first + i as u64;
+        if pfn != expected {
+            return Err(Error::NotContiguous {
+                page: i,
+                pfn,
+                expected,
+            });
+        }
+    }
+    Ok(first * page_size() as u64 + (addr % page_size()) as u64)
+}
+
+/// Map a fresh fd backend read-write (kept mapped), lock it, touch every
+/// page, and record its physical address.
+fn pin_and_resolve(mut backend: FdBackend) -> Result<FdBackend> {
+    let maxsize = backend.maxsize();
+    let base = backend.map(maxsize, MapFlags::READWRITE)?;
+    backend.unmap(MapFlags::READWRITE);
+    let addr = backend
+        .mapped_addr()
+        .expect("KEEP_MAPPED keeps the mapping");
+    // SAFETY: our own kept mapping of `maxsize` bytes.
+    unsafe { rustix::mm::mlock(addr as *mut _, maxsize) }.map_err(|e| Error::NotAvailable {
+        what: "locking contiguous memory in RAM".into(),
+        reason: format!("mlock: {e} (RLIMIT_MEMLOCK?)"),
+    })?;
+    // Fault every page in (mlock does, but be explicit for PFN reads).
+    for off in (0..maxsize).step_by(page_size()) {
+        // SAFETY: inside the mapping; volatile so the read is not elided.
+        unsafe { std::ptr::read_volatile(base.as_ptr().add(off)) };
+    }
+    let phys = contiguous_phys_addr(addr, maxsize)?;
+    backend.set_phys_addr(phys);
+    Ok(backend)
+}
+
+/// Name of the huge page allocator.
+pub const ALLOCATOR_HUGEPAGE: &str = "hugepage";
+
+/// The huge page allocator implementation: memory type `"hugepage"`,
+/// `NO_COPY` (copies go to system memory, not to another scarce huge page).
+#[derive(Debug)]
+pub struct HugePageAllocatorImpl {
+    huge_page: usize,
+}
+
+impl AllocatorImpl for HugePageAllocatorImpl {
+    fn mem_type(&self) -> &str {
+        ALLOCATOR_HUGEPAGE
+    }
+
+    fn flags(&self) -> AllocatorFlags {
+        AllocatorFlags::NO_COPY
+    }
+
+    fn as_phys(&self) -> Option<&dyn PhysMemoryAllocator> {
+        Some(self)
+    }
+
+    fn alloc(&self, size: usize, params: &AllocationParams) -> Result<MemoryParts> {
+        let align = params.align | DEFAULT_ALIGN_MASK;
+        if align >= self.huge_page {
+            return Err(Error::InvalidAlign { align });
+        }
+        let needed = size
+            .checked_add(params.prefix)
+            .and_then(|n| n.checked_add(params.padding))
+            .ok_or(Error::SizeOverflow {
+                what: "size + prefix + padding",
+            })?;
+        if needed > self.huge_page {
+            return Err(Error::TooLarge {
+                what: "physically contiguous memory from one huge page",
+                requested: needed,
+                limit: self.huge_page,
+            });
+        }
+        if free_huge_pages() == Some(0) {
+            return Err(no_huge_pages());
+        }
+        let memfd = rustix::fs::memfd_create(
+            "mediamem-hugepage",
+            MemfdFlags::CLOEXEC | MemfdFlags::ALLOW_SEALING | MemfdFlags::HUGETLB,
+        )
+        .map_err(|e| Error::NotAvailable {
+            what: "hugetlb memfd".into(),
+            reason: format!("memfd_create(MFD_HUGETLB): {e}"),
+        })?;
+        rustix::fs::ftruncate(&memfd, self.huge_page as u64).map_err(|e| match e {
+            rustix::io::Errno::NOMEM | rustix::io::Errno::NOSPC => no_huge_pages(),
+            e => Error::os("ftruncate(hugetlb memfd)", e),
+        })?;
+        let _ = rustix::fs::fcntl_add_seals(
+            &memfd,
+            rustix::fs::SealFlags::SHRINK | rustix::fs::SealFlags::GROW,
+        );
+        let backend = fd_backend(
+            FdHandle::Owned(memfd),
+            self.huge_page,
+            FdMemoryFlags::KEEP_MAPPED,
+            FdKind::Plain,
+        )?;
+        let backend = pin_and_resolve(backend).map_err(|e| match e {
+            Error::MapFailed { ref reason, .. } if reason.contains("Cannot allocate memory") => {
+                no_huge_pages()
+            }
+            e => e,
+        })?;
+        Ok(MemoryParts::new(Box::new(backend), self.huge_page)
+            .flags(params.flags | MemoryFlags::PHYSICALLY_CONTIGUOUS)
+            .align(align)
+            .region(params.prefix, size))
+    }
+}
+
+fn no_huge_pages() -> Error {
+    Error::NotAvailable {
+        what: "huge pages".into(),
+        reason: "none free: reserve some with `echo N > /proc/sys/vm/nr_hugepages` (as root)"
+            .into(),
+    }
+}
+
+impl PhysMemoryAllocator for HugePageAllocatorImpl {
+    fn block_phys_addr(&self, mem: &Memory) -> Option<u64> {
+        mem.backend::<FdBackend>()?.phys_addr()
+    }
+}
+
+/// Physically contiguous memory from huge pages.
+///
+/// ```no_run
+/// use mediamem::phys::{phys_memory_get_phys_addr, HugePageAllocator};
+/// let huge = HugePageAllocator::new()?;
+/// let mem = huge.alloc(1 << 20, None)?;
+/// let addr = phys_memory_get_phys_addr(&mem).expect("resolved at allocation");
+/// assert!(mediamem::is_fd_memory(&mem)); // shareable with other processes
+/// # let _ = addr;
+/// # Ok::<(), mediamem::Error>(())
+/// ```
+#[derive(Debug, Clone)]
+pub struct HugePageAllocator(Allocator);
+
+impl std::ops::Deref for HugePageAllocator {
+    type Target = Allocator;
+    fn deref(&self) -> &Allocator {
+        &self.0
+    }
+}
+
+impl HugePageAllocator {
+    /// A huge page allocator for this machine's default huge page size.
+    ///
+    /// # Errors
+    /// [`Error::NotAvailable`] when the kernel has no hugetlb support.
+    pub fn new() -> Result<Self> {
+        let huge_page = huge_page_size().ok_or_else(|| Error::NotAvailable {
+            what: "huge pages".into(),
+            reason: "the kernel reports no Hugepagesize (no hugetlbfs)".into(),
+        })?;
+        Ok(HugePageAllocator(Allocator::new(HugePageAllocatorImpl {
+            huge_page,
+        })))
+    }
+
+    /// The allocator registered as `"hugepage"` (on first use).
+    pub fn get() -> Result<Allocator> {
+        if let Some(a) = Allocator::find(Some(ALLOCATOR_HUGEPAGE)) {
+            return Ok(a);
+        }
+        let a = HugePageAllocator::new()?;
+        Ok(Allocator::register_once(ALLOCATOR_HUGEPAGE, || a.0))
+    }
+
+    /// The largest memory it can make (one huge page).
+    pub fn max_size(&self) -> usize {
+        self.0
+            .downcast_ref::<HugePageAllocatorImpl>()
+            .expect("wraps HugePageAllocatorImpl")
+            .huge_page
+    }
+
+    /// The generic allocator handle.
+    pub fn allocator(&self) -> &Allocator {
+        &self.0
+    }
+}
+
+/// The CMA heap names, in the order they are tried (libcamera's order).
+pub const CMA_HEAPS: &[&str] = &["linux,cma", "reserved"];
+
+/// Memory type of CMA heap memory.
+pub const CMA_MEMORY_TYPE: &str = "cma";
+
+/// The CMA heap allocator implementation.
+#[derive(Debug)]
+pub struct CmaHeapAllocatorImpl {
+    name: String,
+    device: OwnedFd,
+}
+
+impl AllocatorImpl for CmaHeapAllocatorImpl {
+    fn mem_type(&self) -> &str {
+        CMA_MEMORY_TYPE
+    }
+
+    fn as_phys(&self) -> Option<&dyn PhysMemoryAllocator> {
+        Some(self)
+    }
+
+    fn alloc(&self, size: usize, params: &AllocationParams) -> Result<MemoryParts> {
+        let maxsize = crate::udmabuf::page_rounded_maxsize(size, params)?;
+        let fd = crate::heap::heap_alloc_fd(self.device.as_fd(), maxsize)?;
+        let backend = fd_backend(
+            FdHandle::Owned(fd),
+            maxsize,
+            FdMemoryFlags::KEEP_MAPPED,
+            FdKind::DmaBuf,
+        )?;
+        let backend = pin_and_resolve(backend)?;
+        Ok(MemoryParts::new(Box::new(backend), maxsize)
+            .flags(params.flags | MemoryFlags::PHYSICALLY_CONTIGUOUS)
+            .align(params.align)
+            .region(params.prefix, size))
+    }
+}
+
+impl PhysMemoryAllocator for CmaHeapAllocatorImpl {
+    fn block_phys_addr(&self, mem: &Memory) -> Option<u64> {
+        mem.backend::<FdBackend>()?.phys_addr()
+    }
+}
+
+/// Physically contiguous dma-bufs from the CMA heap.
+#[derive(Debug, Clone)]
+pub struct CmaHeapAllocator(Allocator);
+
+impl std::ops::Deref for CmaHeapAllocator {
+    type Target = Allocator;
+    fn deref(&self) -> &Allocator {
+        &self.0
+    }
+}
+
+impl CmaHeapAllocator {
+    /// Open the first CMA heap present ([`CMA_HEAPS`]).
+    ///
+    /// # Errors
+    /// [`Error::NotAvailable`] naming the heaps tried and the heaps present.
+    pub fn new() -> Result<Self> {
+        let mut tried = Vec::new();
+        for name in CMA_HEAPS {
+            let path = format!("{}/{name}", crate::heap::DMA_HEAP_DIR);
+            match crate::udmabuf::open_device(&path, "CMA heap") {
+                Ok(device) => {
+                    return Ok(CmaHeapAllocator(Allocator::new(CmaHeapAllocatorImpl {
+                        name: (*name).to_owned(),
+                        device,
+                    })))
+                }
+                Err(e) => tried.push(e.to_string()),
+            }
+        }
+        let present = crate::heap::list_heaps();
+        Err(Error::NotAvailable {
+            what: "a CMA dma-heap".into(),
+            reason: format!(
+                "tried {}; heaps here: {}",
+                tried.join("; "),
+                if present.is_empty() {
+                    "none".into()
+                } else {
+                    present.join(", ")
+                }
+            ),
+        })
+    }
+
+    /// The heap's name (`linux,cma` or `reserved`).
+    pub fn name(&self) -> &str {
+        &self
+            .0
+            .downcast_ref::<CmaHeapAllocatorImpl>()
+            .expect("wraps CmaHeapAllocatorImpl")
+            .name
+    }
+}
