@@ -236,6 +236,21 @@ pub enum Error {
         limit: usize,
     },
 
+    /// Every memory of a pool is out.
+    #[error("pool exhausted: all {max} memories are in use")]
+    PoolExhausted {
+        /// The pool's bound.
+        max: usize,
+    },
+
+    /// A message of the IPC protocol was malformed or unexpected.
+    #[error("IPC protocol error: {0}")]
+    Protocol(String),
+
+    /// A received fd was refused by the receiver's policy.
+    #[error("refused received memory: {0}")]
+    Refused(String),
+
     /// A device or allocator is not available on this system.
     #[error("{what} is not available: {reason}")]
     NotAvailable {

@@ -47,6 +47,7 @@ pub mod fd;
 pub mod heap;
 pub mod memory;
 pub mod phys;
+pub mod pool;
 pub mod probe;
 pub mod shm;
 mod sys;

@@ -1,0 +1,339 @@
+//! [`MemoryPool`]: a bounded pool of equal-sized memories from any
+//! allocator, recycled when released, locally or by an IPC peer.
+//!
+//! A [`PooledMemory`] derefs to its [`Memory`]. Dropping it returns the
+//! memory to the pool when nothing else holds it (no clone, no share, no
+//! map), with its region reset; a memory still held elsewhere is let go
+//! and the pool may allocate a replacement. The pool never holds more than
+//! `max` memories at once: when they are all out, [`MemoryPool::acquire`]
+//! is [`Error::PoolExhausted`] and [`MemoryPool::acquire_timeout`] waits.
+//!
+//! ```
+//! use mediamem::{pool::MemoryPool, Allocator};
+//! let pool = MemoryPool::new(Allocator::system(), 4096, None, 1, 2)?;
+//! let a = pool.acquire()?;
+//! let b = pool.acquire()?;
+//! assert!(pool.acquire().is_err()); // both out
+//! let first = a.map_readable()?.as_ptr();
+//! drop(a);
+//! let c = pool.acquire()?; // the same memory again
+//! assert_eq!(c.map_readable()?.as_ptr(), first);
+//! # drop((b, c));
+//! # Ok::<(), mediamem::Error>(())
+//! ```
+
+use std::fmt;
+use std::sync::{Arc, Condvar, Mutex, MutexGuard, PoisonError};
+use std::time::{Duration, Instant};
+
+use crate::allocator::{AllocationParams, Allocator};
+use crate::error::{Error, Result};
+use crate::memory::Memory;
+
+struct State {
+    free: Vec<Memory>,
+    /// Memories the pool owns: free ones plus those out.
+    live: usize,
+}
+
+struct PoolInner {
+    allocator: Allocator,
+    size: usize,
+    params: AllocationParams,
+    max: usize,
+    state: Mutex<State>,
+    returned: Condvar,
+}
+
+impl PoolInner {
+    fn lock(&self) -> MutexGuard<'_, State> {
+        self.state.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    fn alloc(&self) -> Result<Memory> {
+        self.allocator.alloc(self.size, Some(&self.params))
+    }
+}
+
+/// A bounded pool of memories of one size from one allocator.
+#[derive(Clone)]
+pub struct MemoryPool {
+    inner: Arc<PoolInner>,
+}
+
+impl fmt::Debug for MemoryPool {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let st = self.inner.lock();
+        f.debug_struct("MemoryPool")
+            .field("mem_type", &self.inner.allocator.mem_type())
+            .field("size", &self.inner.size)
+            .field("free", &st.free.len())
+            .field("live", &st.live)
+            .field("max", &self.inner.max)
+            .finish()
+    }
+}
+
+impl MemoryPool {
+    /// A pool of `size`-byte memories from `allocator` (with `params`),
+    /// `min` of them allocated now, at most `max` at any time.
+    ///
+    /// # Errors
+    /// [`Error::OutOfRange`] when `min > max` or `max == 0`, and any error
+    /// of the first `min` allocations.
+    pub fn new(
+        allocator: Allocator,
+        size: usize,
+        params: Option<&AllocationParams>,
+        min: usize,
+        max: usize,
+    ) -> Result<Self> {
+        if max == 0 || min > max {
+            return Err(Error::OutOfRange {
+                start: min,
+                end: max,
+                bound: max,
+                what: "pool min..max",
+            });
+        }
+        let inner = Arc::new(PoolInner {
+            allocator,
+            size,
+            params: params.copied().unwrap_or_default(),
+            max,
+            state: Mutex::new(State {
+                free: Vec::with_capacity(max),
+                live: 0,
+            }),
+            returned: Condvar::new(),
+        });
+        {
+            let mut st = inner.lock();
+            for _ in 0..min {
+                st.free.push(inner.alloc()?);
+                st.live += 1;
+            }
+        }
+        Ok(MemoryPool { inner })
+    }
+
+    /// The size of each memory.
+    pub fn size(&self) -> usize {
+        self.inner.size
+    }
+
+    /// The most memories the pool holds at once.
+    pub fn max(&self) -> usize {
+        self.inner.max
+    }
+
+    /// Memories ready to be acquired without allocating.
+    pub fn free_count(&self) -> usize {
+        self.inner.lock().free.len()
+    }
+
+    /// Memories currently out of the pool.
+    pub fn outstanding(&self) -> usize {
+        let st = self.inner.lock();
+        st.live - st.free.len()
+    }
+
+    /// Take a memory: a free one, or a new one while fewer than `max` exist.
+    ///
+    /// # Errors
+    /// [`Error::PoolExhausted`] when all `max` are out.
+    pub fn acquire(&self) -> Result<PooledMemory> {
+        let mut st = self.inner.lock();
+        self.try_take(&mut st)?.ok_or(Error::PoolExhausted {
+            max: self.inner.max,
+        })
+    }
+
+    /// Take a memory, waiting up to `timeout` for one to come back.
+    pub fn acquire_timeout(&self, timeout: Duration) -> Result<PooledMemory> {
+        let deadline = Instant::now() + timeout;
+        let mut st = self.inner.lock();
+        loop {
+            if let Some(m) = self.try_take(&mut st)? {
+                return Ok(m);
+            }
+            let now = Instant::now();
+            if now >= deadline {
+                return Err(Error::PoolExhausted {
+                    max: self.inner.max,
+                });
+            }
+            st = self
+                .inner
+                .returned
+                .wait_timeout(st, deadline - now)
+                .unwrap_or_else(PoisonError::into_inner)
+                .0;
+        }
+    }
+
+    fn try_take(&self, st: &mut MutexGuard<'_, State>) -> Result<Option<PooledMemory>> {
+        let memory = match st.free.pop() {
+            Some(m) => m,
+            None if st.live < self.inner.max => {
+                // Allocate with the slot counted, so a concurrent acquire
+                // cannot pass `max`; give the slot back on failure.
+                st.live += 1;
+                match self.inner.alloc() {
+                    Ok(m) => m,
+                    Err(e) => {
+                        st.live -= 1;
+                        return Err(e);
+                    }
+                }
+            }
+            None => return Ok(None),
+        };
+        Ok(Some(PooledMemory {
+            memory: Some(memory),
+            pool: self.inner.clone(),
+        }))
+    }
+}
+
+/// A memory out of a [`MemoryPool`]; goes back when dropped.
+pub struct PooledMemory {
+    memory: Option<Memory>,
+    pool: Arc<PoolInner>,
+}
+
+impl PooledMemory {
+    /// The memory.
+    pub fn memory(&self) -> &Memory {
+        self.memory.as_ref().expect("present until drop")
+    }
+
+    /// Keep the memory and take it out of the pool for good (the pool may
+    /// allocate a replacement).
+    pub fn detach(mut self) -> Memory {
+        let m = self.memory.take().expect("present until drop");
+        self.pool.lock().live -= 1;
+        self.pool.returned.notify_one();
+        m
+    }
+}
+
+impl std::ops::Deref for PooledMemory {
+    type Target = Memory;
+    fn deref(&self) -> &Memory {
+        self.memory()
+    }
+}
+
+impl AsRef<Memory> for PooledMemory {
+    fn as_ref(&self) -> &Memory {
+        self.memory()
+    }
+}
+
+impl fmt::Debug for PooledMemory {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_tuple("PooledMemory").field(&self.memory).finish()
+    }
+}
+
+impl Drop for PooledMemory {
+    fn drop(&mut self) {
+        let Some(memory) = self.memory.take() else {
+            return;
+        };
+        let pool = &self.pool;
+        // Reusable only when nothing else can see it: no clone, no share
+        // (each holds a reference), no map.
+        let reusable = memory.ref_count() == 1
+            && memory.lock_state() == 0
+            && memory
+                .resize_maxsize(pool.params.prefix..pool.params.prefix + pool.size)
+                .is_ok();
+        let mut st = pool.lock();
+        if reusable {
+            st.free.push(memory);
+        } else {
+            st.live -= 1;
+            drop(st);
+            drop(memory);
+        }
+        pool.returned.notify_one();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn bounded_and_recycled() {
+        let pool = MemoryPool::new(Allocator::system(), 64, None, 0, 2).unwrap();
+        let a = pool.acquire().unwrap();
+        let b = pool.acquire().unwrap();
+        assert_eq!(pool.outstanding(), 2);
+        assert!(matches!(
+            pool.acquire(),
+            Err(Error::PoolExhausted { max: 2 })
+        ));
+        let pa = a.map_readable().unwrap().as_ptr();
+        drop(a);
+        assert_eq!(pool.free_count(), 1);
+        let c = pool.acquire().unwrap();
+        assert_eq!(c.map_readable().unwrap().as_ptr(), pa);
+        drop((b, c));
+        assert_eq!(pool.outstanding(), 0);
+    }
+
+    #[test]
+    fn held_memories_are_not_reused() {
+        let pool = MemoryPool::new(Allocator::system(), 64, None, 1, 1).unwrap();
+        let a = pool.acquire().unwrap();
+        let keep = a.share(..8).unwrap();
+        drop(a); // a share still sees it: let go, not recycled
+        assert_eq!(pool.free_count(), 0);
+        assert_eq!(pool.outstanding(), 0);
+        let b = pool.acquire().unwrap(); // a replacement
+        assert!(!b.ptr_eq(keep.parent().unwrap()));
+    }
+
+    #[test]
+    fn resized_memories_come_back_whole() {
+        let p = AllocationParams::new(crate::MemoryFlags::empty(), 0, 16, 0);
+        let pool = MemoryPool::new(Allocator::system(), 100, Some(&p), 1, 1).unwrap();
+        let a = pool.acquire().unwrap();
+        a.resize(10..20).unwrap();
+        drop(a);
+        let b = pool.acquire().unwrap();
+        assert_eq!((b.offset(), b.size()), (16, 100));
+    }
+
+    #[test]
+    fn acquire_timeout_waits_for_a_release() {
+        let pool = MemoryPool::new(Allocator::system(), 64, None, 1, 1).unwrap();
+        let a = pool.acquire().unwrap();
+        let p2 = pool.clone();
+        let t = std::thread::spawn(move || {
+            p2.acquire_timeout(Duration::from_secs(30))
+                .map(|m| m.size())
+        });
+        std::thread::sleep(Duration::from_millis(50));
+        drop(a);
+        assert_eq!(t.join().unwrap().unwrap(), 64);
+        assert!(matches!(
+            pool.acquire_timeout(Duration::from_millis(1)).map(|_| ()),
+            Ok(()) | Err(Error::PoolExhausted { .. })
+        ));
+    }
+
+    #[test]
+    fn bad_bounds_and_detach() {
+        assert!(MemoryPool::new(Allocator::system(), 1, None, 3, 2).is_err());
+        assert!(MemoryPool::new(Allocator::system(), 1, None, 0, 0).is_err());
+        let pool = MemoryPool::new(Allocator::system(), 8, None, 1, 1).unwrap();
+        let m = pool.acquire().unwrap().detach();
+        assert_eq!(pool.outstanding(), 0);
+        assert!(pool.acquire().is_ok());
+        drop(m);
+    }
+}
