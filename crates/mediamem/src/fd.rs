@@ -296,6 +296,7 @@ pub(crate) fn fd_backend(
         maxsize,
         dmabuf: kind == FdKind::DmaBuf,
         phys: None,
+        _on_free: None,
         state: Mutex::new(MapState {
             data: 0,
             prot: ProtFlags::empty(),
@@ -341,6 +342,8 @@ pub struct FdBackend {
     dmabuf: bool,
     /// Physical address of offset 0, for physically contiguous blocks.
     phys: Option<u64>,
+    /// Dropped with the block (the IPC receiver's release notice).
+    _on_free: Option<Box<dyn std::any::Any + Send + Sync>>,
     state: Mutex<MapState>,
 }
 
@@ -382,6 +385,11 @@ impl FdBackend {
     /// Record the physical address of the block (phys allocators only).
     pub(crate) fn set_phys_addr(&mut self, addr: u64) {
         self.phys = Some(addr);
+    }
+
+    /// Keep `guard` until the block is freed (after every share is gone).
+    pub(crate) fn set_on_free(&mut self, guard: Box<dyn std::any::Any + Send + Sync>) {
+        self._on_free = Some(guard);
     }
 
     /// Start of the current mapping, if mapped.

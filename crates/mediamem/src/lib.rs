@@ -45,6 +45,7 @@ pub mod drm;
 pub mod error;
 pub mod fd;
 pub mod heap;
+pub mod ipc;
 pub mod memory;
 pub mod phys;
 pub mod pool;

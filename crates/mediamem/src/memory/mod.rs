@@ -828,6 +828,12 @@ impl fmt::Debug for Memory {
     }
 }
 
+impl AsRef<Memory> for Memory {
+    fn as_ref(&self) -> &Memory {
+        self
+    }
+}
+
 /// A held lock from [`Memory::lock`]; released on drop.
 #[derive(Debug)]
 #[must_use = "the lock is released when the guard is dropped"]
