@@ -26,6 +26,9 @@ use std::time::{Duration, Instant};
 /// others run there too, on a second kernel.
 const GUEST_TESTS: &[&str] = &["devices", "dmabuf", "fd", "phys", "shm"];
 
+/// Memory sources the demo streams from in the guest.
+const DEMO_SOURCES: &[&str] = &["udmabuf", "heap", "drm"];
+
 /// virtme-ng version the recipe was measured with.
 const VIRTME_NG: &str = "virtme-ng==1.42";
 
@@ -371,6 +374,13 @@ pub fn vm_test() -> Res<()> {
         "{} probe > {r}/probe.log 2>&1; echo $? > {r}/probe.rc\n",
         shell_quote(&cli)
     ));
+    for source in DEMO_SOURCES {
+        script.push_str(&format!(
+            "{} demo --allocator {source} --frames 60 --width 640 --height 480 --quiet \
+             > {r}/demo-{source}.log 2>&1; echo $? > {r}/demo-{source}.rc\n",
+            shell_quote(&cli)
+        ));
+    }
     script.push_str(&format!("echo done > {r}/done\n"));
     let script_path = vm.join("guest.sh");
     fs::write(&script_path, script).map_err(|e| e.to_string())?;
@@ -465,6 +475,21 @@ pub fn vm_test() -> Res<()> {
             problems.push(format!(
                 "{}: exit {:?}, {} passed of {} that must run, {} failed\n{}",
                 o.name, o.rc, o.passed, o.expected, o.failed, o.log
+            ));
+        }
+    }
+    for source in DEMO_SOURCES {
+        let log =
+            fs::read_to_string(results.join(format!("demo-{source}.log"))).unwrap_or_default();
+        let rc = fs::read_to_string(results.join(format!("demo-{source}.rc"))).unwrap_or_default();
+        let verified = log.matches("every checksum verified").count();
+        println!(
+            "vm-test: demo on {source} memory: exit {}, {verified} of 2 runs verified every frame",
+            rc.trim()
+        );
+        if rc.trim() != "0" || verified != 2 {
+            problems.push(format!(
+                "mediamem demo --allocator {source} failed in the guest:\n{log}"
             ));
         }
     }

@@ -2,6 +2,8 @@
 
 use std::process::ExitCode;
 
+mod demo;
+
 use clap::{Parser, Subcommand};
 use mediamem::probe::{probe, ProbeRow};
 
@@ -24,6 +26,19 @@ enum Command {
         #[arg(long)]
         json: bool,
     },
+    /// Stream video frames zero-copy to a consumer process, then by copy,
+    /// verify every frame's checksum, and compare.
+    Demo(demo::DemoArgs),
+    /// The consumer process of `demo` (started by it).
+    #[command(hide = true)]
+    DemoConsumer {
+        /// The inherited socket.
+        #[arg(long)]
+        fd: i32,
+        /// zero-copy or copy.
+        #[arg(long)]
+        mode: String,
+    },
 }
 
 fn main() -> ExitCode {
@@ -37,6 +52,18 @@ fn main() -> ExitCode {
                 print!("{}", probe_table(&rows));
             }
             ExitCode::SUCCESS
+        }
+        Command::Demo(args) => report(demo::demo(&args)),
+        Command::DemoConsumer { fd, mode } => report(demo::consumer(fd, &mode)),
+    }
+}
+
+fn report(result: Result<(), String>) -> ExitCode {
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("mediamem: {e}");
+            ExitCode::FAILURE
         }
     }
 }

@@ -36,10 +36,14 @@ struct State {
     live: usize,
 }
 
+/// Makes the pool's memories.
+type Factory = Box<dyn Fn() -> Result<Memory> + Send + Sync>;
+
 struct PoolInner {
-    allocator: Allocator,
-    size: usize,
-    params: AllocationParams,
+    factory: Factory,
+    mem_type: String,
+    /// The visible region every memory is reset to when it comes back.
+    region: Mutex<Option<(usize, usize)>>,
     max: usize,
     state: Mutex<State>,
     returned: Condvar,
@@ -51,7 +55,14 @@ impl PoolInner {
     }
 
     fn alloc(&self) -> Result<Memory> {
-        self.allocator.alloc(self.size, Some(&self.params))
+        let m = (self.factory)()?;
+        let mut region = self.region.lock().unwrap_or_else(PoisonError::into_inner);
+        region.get_or_insert((m.offset(), m.size()));
+        Ok(m)
+    }
+
+    fn region(&self) -> Option<(usize, usize)> {
+        *self.region.lock().unwrap_or_else(PoisonError::into_inner)
     }
 }
 
@@ -65,8 +76,8 @@ impl fmt::Debug for MemoryPool {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         let st = self.inner.lock();
         f.debug_struct("MemoryPool")
-            .field("mem_type", &self.inner.allocator.mem_type())
-            .field("size", &self.inner.size)
+            .field("mem_type", &self.inner.mem_type)
+            .field("region", &self.inner.region())
             .field("free", &st.free.len())
             .field("live", &st.live)
             .field("max", &self.inner.max)
@@ -88,6 +99,36 @@ impl MemoryPool {
         min: usize,
         max: usize,
     ) -> Result<Self> {
+        let params = params.copied().unwrap_or_default();
+        let mem_type = allocator.mem_type().to_owned();
+        Self::build(
+            mem_type,
+            min,
+            max,
+            Box::new(move || allocator.alloc(size, Some(&params))),
+        )
+    }
+
+    /// A pool whose memories `make` creates (for allocators without a
+    /// plain `alloc`, e.g. DRM dumb buffers exported as dma-bufs). Every
+    /// memory should have the same size; each comes back with the region
+    /// of the first one.
+    ///
+    /// ```
+    /// use mediamem::{pool::MemoryPool, ShmAllocator};
+    /// let pool = MemoryPool::from_fn(0, 3, || ShmAllocator::get().alloc(1 << 16, None))?;
+    /// assert_eq!(pool.acquire()?.size(), 1 << 16);
+    /// # Ok::<(), mediamem::Error>(())
+    /// ```
+    pub fn from_fn(
+        min: usize,
+        max: usize,
+        make: impl Fn() -> Result<Memory> + Send + Sync + 'static,
+    ) -> Result<Self> {
+        Self::build("custom".into(), min, max, Box::new(make))
+    }
+
+    fn build(mem_type: String, min: usize, max: usize, factory: Factory) -> Result<Self> {
         if max == 0 || min > max {
             return Err(Error::OutOfRange {
                 start: min,
@@ -97,9 +138,9 @@ impl MemoryPool {
             });
         }
         let inner = Arc::new(PoolInner {
-            allocator,
-            size,
-            params: params.copied().unwrap_or_default(),
+            factory,
+            mem_type,
+            region: Mutex::new(None),
             max,
             state: Mutex::new(State {
                 free: Vec::with_capacity(max),
@@ -117,9 +158,9 @@ impl MemoryPool {
         Ok(MemoryPool { inner })
     }
 
-    /// The size of each memory.
-    pub fn size(&self) -> usize {
-        self.inner.size
+    /// The size of each memory, once one was made.
+    pub fn size(&self) -> Option<usize> {
+        self.inner.region().map(|r| r.1)
     }
 
     /// The most memories the pool holds at once.
@@ -247,9 +288,9 @@ impl Drop for PooledMemory {
         // (each holds a reference), no map.
         let reusable = memory.ref_count() == 1
             && memory.lock_state() == 0
-            && memory
-                .resize_maxsize(pool.params.prefix..pool.params.prefix + pool.size)
-                .is_ok();
+            && pool
+                .region()
+                .is_some_and(|(offset, size)| memory.resize_maxsize(offset..offset + size).is_ok());
         let mut st = pool.lock();
         if reusable {
             st.free.push(memory);

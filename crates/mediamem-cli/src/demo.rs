@@ -1,0 +1,399 @@
+//! `mediamem demo`: stream video frames from a producer process to a
+//! consumer process, zero-copy (fds of pool memory, released back), then
+//! the same frames copied through the socket, and compare.
+//!
+//! The producer (this process) fills every frame with a pattern that
+//! depends on the frame number and computes a checksum while filling. The
+//! consumer (a child process, `mediamem demo-consumer`) recomputes the
+//! checksum of every frame it gets and exits non-zero at the first
+//! mismatch. Time runs from the first frame to the consumer's exit.
+
+use std::io::{IsTerminal, Read, Write};
+use std::os::fd::{AsRawFd, FromRawFd};
+use std::os::unix::net::UnixStream;
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+use mediamem::drm::{find_device, fourcc, DrmDumbAllocator};
+use mediamem::heap::DmaHeapAllocator;
+use mediamem::ipc::{ReceivePolicy, Receiver, Sender};
+use mediamem::pool::MemoryPool;
+use mediamem::{drm_dumb_memory_export_dmabuf, Error, ShmAllocator, UdmabufAllocator};
+
+/// Where the frames come from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum Source {
+    /// Sealed memfd shared memory.
+    Shm,
+    /// udmabuf dma-bufs (/dev/udmabuf).
+    Udmabuf,
+    /// The system dma-heap (/dev/dma_heap/system).
+    Heap,
+    /// DRM dumb buffers (first card with dumb buffers), exported as dma-bufs.
+    Drm,
+}
+
+/// Settings of one run.
+#[derive(Debug, Clone, clap::Args)]
+pub struct DemoArgs {
+    /// Frame width in pixels.
+    #[arg(long, default_value_t = 1920)]
+    pub width: u32,
+    /// Frame height in pixels.
+    #[arg(long, default_value_t = 1080)]
+    pub height: u32,
+    /// Number of frames.
+    #[arg(long, default_value_t = 600)]
+    pub frames: u64,
+    /// Where frame memory comes from.
+    #[arg(long, value_enum, default_value_t = Source::Shm)]
+    pub allocator: Source,
+    /// Frames in the pool (in flight at most).
+    #[arg(long, default_value_t = 4)]
+    pub pool: usize,
+    /// Skip the copy run.
+    #[arg(long)]
+    pub zero_copy_only: bool,
+    /// No progress bar.
+    #[arg(long)]
+    pub quiet: bool,
+}
+
+/// NV12: a full-resolution Y plane and a half-height interleaved UV plane.
+pub fn nv12_size(width: u32, height: u32) -> usize {
+    let (w, h) = (width as usize, height as usize);
+    w * h + w.div_ceil(2) * 2 * h.div_ceil(2)
+}
+
+/// Fill `buf` with frame `n`'s pattern and return its checksum.
+pub fn fill(buf: &mut [u8], n: u64) -> u64 {
+    let mut sum = 0u64;
+    let mut words = buf.chunks_exact_mut(8);
+    for (i, w) in (&mut words).enumerate() {
+        let v = (n << 40) ^ (i as u64).wrapping_mul(0x9E37_79B9_7F4A_7C15);
+        w.copy_from_slice(&v.to_le_bytes());
+        sum = sum.rotate_left(5) ^ v;
+    }
+    for (i, b) in words.into_remainder().iter_mut().enumerate() {
+        *b = (n as u8).wrapping_add(i as u8);
+    }
+    checksum_tail(sum, buf)
+}
+
+/// The checksum of a frame.
+pub fn checksum(buf: &[u8]) -> u64 {
+    let mut sum = 0u64;
+    let words = buf.chunks_exact(8);
+    for w in words {
+        sum = sum.rotate_left(5) ^ u64::from_le_bytes(w.try_into().expect("8 bytes"));
+    }
+    checksum_tail(sum, buf)
+}
+
+fn checksum_tail(mut sum: u64, buf: &[u8]) -> u64 {
+    for &b in &buf[buf.len() / 8 * 8..] {
+        sum = sum.rotate_left(5) ^ u64::from(b);
+    }
+    sum ^ buf.len() as u64
+}
+
+fn pool_for(args: &DemoArgs, size: usize) -> mediamem::Result<MemoryPool> {
+    match args.allocator {
+        Source::Shm => MemoryPool::new(ShmAllocator::get(), size, None, args.pool, args.pool),
+        Source::Udmabuf => {
+            MemoryPool::new(UdmabufAllocator::get()?, size, None, args.pool, args.pool)
+        }
+        Source::Heap => MemoryPool::new(
+            DmaHeapAllocator::get("system")?,
+            size,
+            None,
+            args.pool,
+            args.pool,
+        ),
+        Source::Drm => {
+            let card = mediamem::drm::list_devices()
+                .into_iter()
+                .find(|d| d.dumb)
+                .map(|d| d.path)
+                .or_else(|| find_device("bochs-drm"))
+                .ok_or_else(|| Error::NotAvailable {
+                    what: "DRM dumb buffers".into(),
+                    reason: "no DRM card with dumb buffers".into(),
+                })?;
+            let dumb = DrmDumbAllocator::new_with_device_path(card)?;
+            let (w, h) = (args.width, args.height);
+            MemoryPool::from_fn(args.pool, args.pool, move || {
+                let (m, _pitch) = dumb.alloc(fourcc(*b"NV12"), w, h)?;
+                let exported = drm_dumb_memory_export_dmabuf(&m)?;
+                exported.resize(..size)?;
+                Ok(exported)
+            })
+        }
+    }
+}
+
+/// A progress bar on stderr.
+struct Progress {
+    total: u64,
+    shown: u64,
+    quiet: bool,
+    label: &'static str,
+}
+
+impl Progress {
+    /// Drawn only on a terminal, unless `--quiet`.
+    fn new(args: &DemoArgs, label: &'static str) -> Self {
+        Progress {
+            total: args.frames,
+            shown: 0,
+            quiet: args.quiet || !std::io::stderr().is_terminal(),
+            label,
+        }
+    }
+
+    fn update(&mut self, done: u64, bytes: usize, started: Instant) {
+        if self.quiet || (done != self.total && done < self.shown + self.total / 50 + 1) {
+            return;
+        }
+        self.shown = done;
+        let width = 30;
+        let filled = (done * width / self.total.max(1)) as usize;
+        let secs = started.elapsed().as_secs_f64().max(1e-9);
+        eprint!(
+            "\r{:<10} [{}{}] {done}/{} frames  {:.2} GB/s ",
+            self.label,
+            "#".repeat(filled),
+            " ".repeat(width as usize - filled),
+            self.total,
+            done as f64 * bytes as f64 / secs / 1e9
+        );
+        if done == self.total {
+            eprintln!();
+        }
+        let _ = std::io::stderr().flush();
+    }
+}
+
+/// Start the consumer on one end of a socket pair.
+fn spawn_consumer(mode: &str, theirs: &UnixStream) -> std::io::Result<std::process::Child> {
+    rustix::io::fcntl_setfd(theirs, rustix::io::FdFlags::empty())?;
+    Command::new(std::env::current_exe()?)
+        .args([
+            "demo-consumer",
+            "--fd",
+            &theirs.as_raw_fd().to_string(),
+            "--mode",
+            mode,
+        ])
+        .stdout(Stdio::piped())
+        .spawn()
+}
+
+/// What one run measured.
+struct RunResult {
+    frames: u64,
+    elapsed: Duration,
+}
+
+fn finish(child: std::process::Child, frames: u64, started: Instant) -> Result<RunResult, String> {
+    let out = child.wait_with_output().map_err(|e| e.to_string())?;
+    let elapsed = started.elapsed();
+    let text = String::from_utf8_lossy(&out.stdout);
+    if !out.status.success() {
+        return Err(format!("the consumer failed: {text}"));
+    }
+    let verified: u64 = text
+        .split_whitespace()
+        .nth(1)
+        .and_then(|n| n.parse().ok())
+        .unwrap_or(0);
+    if verified != frames {
+        return Err(format!(
+            "the consumer verified {verified} of {frames} frames"
+        ));
+    }
+    Ok(RunResult { frames, elapsed })
+}
+
+fn run_zero_copy(args: &DemoArgs, size: usize) -> Result<RunResult, String> {
+    let pool = pool_for(args, size).map_err(|e| format!("{:?} allocator: {e}", args.allocator))?;
+    let (ours, theirs) = UnixStream::pair().map_err(|e| e.to_string())?;
+    let child = spawn_consumer("zero-copy", &theirs).map_err(|e| e.to_string())?;
+    drop(theirs);
+    let started = Instant::now();
+    let produced = (|| -> mediamem::Result<()> {
+        let mut tx = Sender::new(ours);
+        let mut progress = Progress::new(args, "zero-copy");
+        for n in 0..args.frames {
+            let frame = loop {
+                match pool.acquire() {
+                    Ok(f) => break f,
+                    Err(Error::PoolExhausted { .. }) => {
+                        if tx.wait_release()?.is_none() {
+                            return Err(Error::Protocol("the consumer went away".into()));
+                        }
+                    }
+                    Err(e) => return Err(e),
+                }
+            };
+            let sum = fill(&mut frame.map_writable()?, n);
+            let mut meta = [0u8; 16];
+            meta[..8].copy_from_slice(&n.to_le_bytes());
+            meta[8..].copy_from_slice(&sum.to_le_bytes());
+            tx.send_frame(vec![frame], &meta)?;
+            tx.poll_releases()?;
+            progress.update(n + 1, size, started);
+        }
+        tx.send_eos()?;
+        while tx.in_flight() > 0 && tx.wait_release()?.is_some() {}
+        Ok(())
+    })();
+    let result = finish(child, args.frames, started);
+    produced.map_err(|e| e.to_string())?;
+    result
+}
+
+fn run_copy(args: &DemoArgs, size: usize) -> Result<RunResult, String> {
+    let (mut ours, theirs) = UnixStream::pair().map_err(|e| e.to_string())?;
+    let child = spawn_consumer("copy", &theirs).map_err(|e| e.to_string())?;
+    drop(theirs);
+    let mut buf = vec![0u8; size];
+    let started = Instant::now();
+    let produced = (|| -> std::io::Result<()> {
+        let mut progress = Progress::new(args, "copy");
+        for n in 0..args.frames {
+            let sum = fill(&mut buf, n);
+            let mut head = [0u8; 24];
+            head[..8].copy_from_slice(&n.to_le_bytes());
+            head[8..16].copy_from_slice(&sum.to_le_bytes());
+            head[16..].copy_from_slice(&(size as u64).to_le_bytes());
+            ours.write_all(&head)?;
+            ours.write_all(&buf)?;
+            progress.update(n + 1, size, started);
+        }
+        ours.shutdown(std::net::Shutdown::Write)
+    })();
+    let result = finish(child, args.frames, started);
+    produced.map_err(|e| e.to_string())?;
+    result
+}
+
+fn rate(r: &RunResult, size: usize) -> (f64, f64) {
+    let secs = r.elapsed.as_secs_f64().max(1e-9);
+    (
+        r.frames as f64 / secs,
+        r.frames as f64 * size as f64 / secs / 1e9,
+    )
+}
+
+/// The main job.
+pub fn demo(args: &DemoArgs) -> Result<(), String> {
+    if args.width == 0 || args.height == 0 || args.frames == 0 || args.pool == 0 {
+        return Err("width, height, frames and pool must be positive".into());
+    }
+    let size = nv12_size(args.width, args.height);
+    println!(
+        "mediamem demo: {} frames of {}x{} NV12 ({:.1} MB each), {:?} memory, pool of {}",
+        args.frames,
+        args.width,
+        args.height,
+        size as f64 / 1e6,
+        args.allocator,
+        args.pool
+    );
+    let zc = run_zero_copy(args, size)?;
+    let (fps, gbs) = rate(&zc, size);
+    println!(
+        "zero-copy (fd passing):  {} frames in {:.2} s: {fps:.0} frames/s, {gbs:.2} GB/s, every checksum verified",
+        zc.frames,
+        zc.elapsed.as_secs_f64()
+    );
+    if !args.zero_copy_only {
+        let cp = run_copy(args, size)?;
+        let (cfps, cgbs) = rate(&cp, size);
+        println!(
+            "copy through the socket: {} frames in {:.2} s: {cfps:.0} frames/s, {cgbs:.2} GB/s, every checksum verified",
+            cp.frames,
+            cp.elapsed.as_secs_f64()
+        );
+        println!("zero-copy speed-up: {:.2}x", fps / cfps);
+    }
+    Ok(())
+}
+
+/// The consumer side: verify every frame; print `verified N`.
+pub fn consumer(fd: i32, mode: &str) -> Result<(), String> {
+    // SAFETY: the producer passed this inherited fd number for us to own.
+    let sock = unsafe { UnixStream::from_raw_fd(fd) };
+    let mut verified = 0u64;
+    match mode {
+        "zero-copy" => {
+            let mut rx = Receiver::new(sock, ReceivePolicy::default());
+            while let Some(frame) = rx.recv().map_err(|e| e.to_string())? {
+                let n = u64::from_le_bytes(frame.meta[..8].try_into().map_err(|_| "short meta")?);
+                let sum =
+                    u64::from_le_bytes(frame.meta[8..16].try_into().map_err(|_| "short meta")?);
+                let map = frame.memories[0]
+                    .map_readable()
+                    .map_err(|e| e.to_string())?;
+                if n != verified || checksum(&map) != sum {
+                    return Err(format!("frame {n}: checksum mismatch"));
+                }
+                verified += 1;
+            }
+        }
+        "copy" => {
+            let mut sock = sock;
+            let mut buf = Vec::new();
+            let mut head = [0u8; 24];
+            loop {
+                match sock.read_exact(&mut head) {
+                    Ok(()) => {}
+                    Err(e) if e.kind() == std::io::ErrorKind::UnexpectedEof => break,
+                    Err(e) => return Err(e.to_string()),
+                }
+                let n = u64::from_le_bytes(head[..8].try_into().expect("8"));
+                let sum = u64::from_le_bytes(head[8..16].try_into().expect("8"));
+                let len = u64::from_le_bytes(head[16..].try_into().expect("8")) as usize;
+                if len > 1 << 30 {
+                    return Err(format!("frame of {len} bytes"));
+                }
+                buf.resize(len, 0);
+                sock.read_exact(&mut buf).map_err(|e| e.to_string())?;
+                if n != verified || checksum(&buf) != sum {
+                    return Err(format!("frame {n}: checksum mismatch"));
+                }
+                verified += 1;
+            }
+        }
+        other => return Err(format!("unknown mode {other}")),
+    }
+    println!("verified {verified}");
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn fill_and_checksum_agree() {
+        for len in [0usize, 1, 7, 8, 9, 4096, 3_110_400] {
+            let mut buf = vec![0u8; len];
+            let sum = fill(&mut buf, 42);
+            assert_eq!(checksum(&buf), sum, "len {len}");
+            if len > 16 {
+                buf[len / 2] ^= 1;
+                assert_ne!(checksum(&buf), sum, "a flipped bit changes the sum");
+            }
+        }
+        let (mut a, mut b) = (vec![0u8; 64], vec![0u8; 64]);
+        assert_ne!(fill(&mut a, 1), fill(&mut b, 2), "frames differ");
+    }
+
+    #[test]
+    fn nv12_sizes() {
+        assert_eq!(nv12_size(1920, 1080), 3_110_400);
+        assert_eq!(nv12_size(3, 3), 9 + 4 * 2);
+    }
+}
