@@ -341,6 +341,29 @@ fn parse_outcome(name: &str, expected: usize, results: &Path) -> Outcome {
     }
 }
 
+/// What the guest's `mediamem probe` table must show: udmabuf, the system
+/// heap and a bochs dumb-buffer card, each available.
+fn probe_problems(probe: &str) -> Vec<String> {
+    let available =
+        |l: &str, name_words: usize| l.split_whitespace().nth(name_words + 1) == Some("yes");
+    let checks: [(&str, &str, usize); 3] = [
+        ("udmabuf", "udmabuf ", 1),
+        ("the system heap", "dmaheap:system ", 1),
+        ("a bochs-drm dumb-buffer card", "DRMDumbMemory ", 2),
+    ];
+    checks
+        .iter()
+        .filter(|(_, prefix, words)| {
+            !probe.lines().any(|l| {
+                l.starts_with(prefix)
+                    && available(l, *words)
+                    && (!prefix.starts_with("DRM") || l.contains("bochs-drm"))
+            })
+        })
+        .map(|(what, _, _)| format!("the guest's probe does not show {what} as available"))
+        .collect()
+}
+
 pub fn vm_test() -> Res<()> {
     let root = workspace_root();
     let vm = root.join("target/vm");
@@ -446,10 +469,8 @@ pub fn vm_test() -> Res<()> {
         return Err(format!("loading bochs/vgem failed in the guest: {setup}"));
     }
     println!("vm-test: mediamem probe in the guest:");
-    for line in fs::read_to_string(results.join("probe.log"))
-        .unwrap_or_default()
-        .lines()
-    {
+    let probe = fs::read_to_string(results.join("probe.log")).unwrap_or_default();
+    for line in probe.lines() {
         println!("    {line}");
     }
 
@@ -500,6 +521,9 @@ pub fn vm_test() -> Res<()> {
             probe_rc.trim()
         ));
     }
+    for problem in probe_problems(&probe) {
+        problems.push(problem);
+    }
     // Every test that had to run and did not pass counts as failed,
     // whether it failed or never ran (a crashed binary).
     let must_run: usize = expected.values().sum();
@@ -509,5 +533,54 @@ pub fn vm_test() -> Res<()> {
         Ok(())
     } else {
         Err(problems.join("\n"))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const GOOD: &str = "\
+allocator                     mem_type       available  alloc
+udmabuf                       udmabuf        yes        yes
+dmaheap:system                dmaheap        yes        yes
+DRMDumbMemory /dev/dri/card0  DRMDumbMemory  yes        no     driver bochs-drm
+DRMDumbMemory /dev/dri/card1  DRMDumbMemory  no         no     driver vgem
+";
+
+    #[test]
+    fn probe_check_accepts_a_good_guest() {
+        assert!(
+            probe_problems(GOOD).is_empty(),
+            "{:?}",
+            probe_problems(GOOD)
+        );
+    }
+
+    #[test]
+    fn probe_check_catches_missing_devices() {
+        let no_udmabuf = GOOD.replace("udmabuf        yes", "udmabuf        no ");
+        assert_eq!(probe_problems(&no_udmabuf).len(), 1);
+        let vgem_only = GOOD.replace(
+            "yes        no     driver bochs-drm",
+            "no         no     driver bochs-drm",
+        );
+        assert_eq!(probe_problems(&vgem_only).len(), 1);
+        assert_eq!(probe_problems("").len(), 3);
+    }
+
+    #[test]
+    fn outcome_counts_from_libtest_lines() {
+        let dir = std::env::temp_dir().join(format!("xtask-outcome-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        std::fs::write(
+            dir.join("t.log"),
+            "test a ... ok\ntest result: FAILED. 3 passed; 1 failed; 2 ignored; 0 measured\n",
+        )
+        .unwrap();
+        std::fs::write(dir.join("t.rc"), "101\n").unwrap();
+        let o = parse_outcome("t", 6, &dir);
+        assert_eq!((o.passed, o.failed, o.rc), (3, 1, Some(101)));
+        std::fs::remove_dir_all(&dir).unwrap();
     }
 }
