@@ -5,8 +5,11 @@
 //!   conformance, integration, doc tests).
 //! * `test --host-only`: the same without the QEMU guest.
 //! * `vm-test`: the device tests on a real kernel under QEMU (see `vm.rs`).
+//! * `bench [--report-only]`: the benchmarks against GStreamer and the
+//!   syscall floor; writes `bench/results.md` and `bench/results.png`.
 //! * `lint`: formatting and clippy only.
 
+mod bench;
 mod vm;
 
 use std::process::{Command, ExitCode};
@@ -50,7 +53,7 @@ fn test(host_only: bool) -> bool {
 }
 
 fn usage() -> ExitCode {
-    eprintln!("usage: cargo xtask <test [--host-only] | vm-test | lint>");
+    eprintln!("usage: cargo xtask <test [--host-only] | vm-test | bench [--report-only] | lint>");
     ExitCode::from(2)
 }
 
@@ -62,6 +65,18 @@ fn main() -> ExitCode {
         (Some("test"), Some("--host-only")) => test(true),
         (Some("vm-test"), None) => vm_test(),
         (Some("lint"), None) => lint(),
+        (Some("bench"), flag) if flag.is_none() || flag == Some("--report-only") => {
+            let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+                .parent()
+                .expect("xtask lives in the workspace");
+            match bench::bench(root, flag.is_some()) {
+                Ok(()) => true,
+                Err(e) => {
+                    eprintln!("bench: {e}");
+                    false
+                }
+            }
+        }
         _ => return usage(),
     };
     if ok {

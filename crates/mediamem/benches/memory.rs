@@ -1,46 +1,270 @@
-//! Core memory operations on system memory.
+//! mediamem against GStreamer (through gstreamer-rs, feature
+//! `compare-gstreamer`) and against the raw-syscall floor.
 //!
-//! `cargo bench -p mediamem --bench memory`
+//! `cargo xtask bench` installs GStreamer's dev packages, runs this with the
+//! feature on, and writes `bench/results.md` and `bench/results.png`.
+//! Without the feature: `cargo bench -p mediamem --bench memory`.
 
 use std::hint::black_box;
+use std::io::{IoSlice, IoSliceMut};
+use std::mem::MaybeUninit;
+use std::os::fd::{AsFd, OwnedFd};
+use std::os::unix::net::UnixStream;
 
-use criterion::{criterion_group, criterion_main, BenchmarkId, Criterion};
-use mediamem::{Allocator, MapFlags, Memory};
+use criterion::{criterion_group, criterion_main, Criterion};
+use mediamem::ipc::{ReceivePolicy, Receiver, Sender};
+use mediamem::pool::MemoryPool;
+use mediamem::{Allocator, MapFlags, Memory, ShmAllocator};
+use rustix::fs::MemfdFlags;
+use rustix::mm::{MapFlags as MmapFlags, ProtFlags};
 
-fn alloc_free(c: &mut Criterion) {
+const SIZES: &[(usize, &str)] = &[
+    (64, "64B"),
+    (4096, "4KiB"),
+    (65536, "64KiB"),
+    (1 << 20, "1MiB"),
+    (8 << 20, "8MiB"),
+];
+
+#[cfg(feature = "compare-gstreamer")]
+mod gst_side {
+    pub use gstreamer as gst;
+    pub use gstreamer_allocators as gsta;
+    pub fn init() {
+        gst::init().expect("GStreamer initialises");
+    }
+}
+
+/// memfd_create + ftruncate + mmap + munmap + close: what any fd allocation
+/// must do at least.
+fn floor_memfd(size: usize) {
+    let fd = rustix::fs::memfd_create("floor", MemfdFlags::CLOEXEC).unwrap();
+    rustix::fs::ftruncate(&fd, size as u64).unwrap();
+    // SAFETY: a fresh shared mapping of our own memfd, unmapped right away.
+    unsafe {
+        let p = rustix::mm::mmap(
+            std::ptr::null_mut(),
+            size,
+            ProtFlags::READ | ProtFlags::WRITE,
+            MmapFlags::SHARED,
+            &fd,
+            0,
+        )
+        .unwrap();
+        black_box(p);
+        rustix::mm::munmap(p, size).unwrap();
+    }
+    drop(fd);
+}
+
+fn alloc_map_free(c: &mut Criterion) {
+    #[cfg(feature = "compare-gstreamer")]
+    let gst_fd = {
+        gst_side::init();
+        gst_side::gsta::FdAllocator::new()
+    };
     let sys = Allocator::system();
-    let mut g = c.benchmark_group("sysmem_alloc_map_free");
-    for size in [64usize, 4096, 1 << 20] {
-        g.bench_with_input(BenchmarkId::from_parameter(size), &size, |b, &size| {
+    let shm = ShmAllocator::get();
+    for &(size, name) in SIZES {
+        let mut g = c.benchmark_group(format!("alloc_map_free_{name}"));
+        g.bench_function("mediamem sysmem", |b| {
             b.iter(|| {
-                let m = sys.alloc(size, None).unwrap();
-                black_box(m.map_writable().unwrap().as_ptr());
+                black_box(
+                    sys.alloc(size, None)
+                        .unwrap()
+                        .map_writable()
+                        .unwrap()
+                        .as_ptr(),
+                )
             })
+        });
+        #[cfg(feature = "compare-gstreamer")]
+        g.bench_function("gstreamer sysmem", |b| {
+            b.iter(|| {
+                let mut m = gst_side::gst::Memory::with_size(size);
+                black_box(m.get_mut().unwrap().map_writable().unwrap().as_ptr());
+            })
+        });
+        g.bench_function("mediamem shm", |b| {
+            b.iter(|| {
+                black_box(
+                    shm.alloc(size, None)
+                        .unwrap()
+                        .map_writable()
+                        .unwrap()
+                        .as_ptr(),
+                )
+            })
+        });
+        #[cfg(feature = "compare-gstreamer")]
+        g.bench_function("gstreamer fd (memfd)", |b| {
+            use gst_side::gsta::prelude::*;
+            use std::os::fd::IntoRawFd;
+            b.iter(|| {
+                let fd = rustix::fs::memfd_create("gst", MemfdFlags::CLOEXEC).unwrap();
+                rustix::fs::ftruncate(&fd, size as u64).unwrap();
+                // SAFETY: the memory takes ownership of the fd.
+                let mut m = unsafe {
+                    gst_fd
+                        .alloc_fd(fd.into_raw_fd(), size, gst_side::gsta::FdMemoryFlags::NONE)
+                        .unwrap()
+                };
+                black_box(m.get_mut().unwrap().map_writable().unwrap().as_ptr());
+            })
+        });
+        g.bench_function("syscall floor (memfd)", |b| b.iter(|| floor_memfd(size)));
+        g.finish();
+    }
+}
+
+fn map_unmap(c: &mut Criterion) {
+    let mut g = c.benchmark_group("map_unmap");
+    let m = Memory::with_size(4096).unwrap();
+    g.bench_function("mediamem sysmem map_readable", |b| {
+        b.iter(|| black_box(m.map_readable().unwrap().as_ptr()))
+    });
+    g.bench_function("mediamem sysmem map_raw", |b| {
+        b.iter(|| black_box(m.map_raw(MapFlags::READ).unwrap().as_ptr()))
+    });
+    let shm = ShmAllocator::get().alloc(4096, None).unwrap();
+    g.bench_function("mediamem shm map_readable", |b| {
+        b.iter(|| black_box(shm.map_readable().unwrap().as_ptr()))
+    });
+    #[cfg(feature = "compare-gstreamer")]
+    {
+        gst_side::init();
+        let gm = gst_side::gst::Memory::with_size(4096);
+        g.bench_function("gstreamer sysmem map_readable", |b| {
+            b.iter(|| black_box(gm.map_readable().unwrap().as_ptr()))
+        });
+        use gst_side::gsta::prelude::*;
+        use std::os::fd::IntoRawFd;
+        let fd = rustix::fs::memfd_create("gst", MemfdFlags::CLOEXEC).unwrap();
+        rustix::fs::ftruncate(&fd, 4096).unwrap();
+        // SAFETY: the memory takes ownership of the fd.
+        let gfd = unsafe {
+            gst_side::gsta::FdAllocator::new()
+                .alloc_fd(
+                    fd.into_raw_fd(),
+                    4096,
+                    gst_side::gsta::FdMemoryFlags::KEEP_MAPPED,
+                )
+                .unwrap()
+        };
+        g.bench_function("gstreamer fd keep-mapped map_readable", |b| {
+            b.iter(|| black_box(gfd.map_readable().unwrap().as_ptr()))
         });
     }
     g.finish();
 }
 
-fn map_unmap(c: &mut Criterion) {
-    let m = Memory::with_size(4096).unwrap();
-    c.bench_function("map_readable_unmap", |b| {
-        b.iter(|| black_box(m.map_readable().unwrap().as_ptr()))
-    });
-    c.bench_function("map_writable_unmap", |b| {
-        b.iter(|| black_box(m.map_writable().unwrap().as_ptr()))
-    });
-    c.bench_function("map_raw_read_unmap", |b| {
-        b.iter(|| black_box(m.map_raw(MapFlags::READ).unwrap().as_ptr()))
-    });
-}
-
 fn share_copy(c: &mut Criterion) {
-    let m = Memory::with_size(4096).unwrap();
-    c.bench_function("share_drop", |b| {
+    let m = Memory::with_size(1 << 20).unwrap();
+    let mut g = c.benchmark_group("share_drop");
+    g.bench_function("mediamem", |b| {
         b.iter(|| black_box(m.share(100..200).unwrap()))
     });
-    c.bench_function("copy_4KiB", |b| b.iter(|| black_box(m.copy().unwrap())));
+    #[cfg(feature = "compare-gstreamer")]
+    let gm = {
+        gst_side::init();
+        gst_side::gst::Memory::with_size(1 << 20)
+    };
+    #[cfg(feature = "compare-gstreamer")]
+    g.bench_function("gstreamer", |b| b.iter(|| black_box(gm.share(100..200))));
+    g.finish();
+    for (len, name) in [(4096usize, "4KiB"), (1 << 20, "1MiB")] {
+        let mut g = c.benchmark_group(format!("copy_{name}"));
+        g.bench_function("mediamem", |b| {
+            b.iter(|| black_box(m.copy_range(..len).unwrap()))
+        });
+        #[cfg(feature = "compare-gstreamer")]
+        g.bench_function("gstreamer", |b| b.iter(|| black_box(gm.copy_range(..len))));
+        g.finish();
+    }
 }
 
-criterion_group!(benches, alloc_free, map_unmap, share_copy);
+fn pool(c: &mut Criterion) {
+    let mut g = c.benchmark_group("pool_acquire_release");
+    let pool = MemoryPool::new(Allocator::system(), 4096, None, 4, 4).unwrap();
+    g.bench_function("mediamem", |b| {
+        b.iter(|| black_box(pool.acquire().unwrap()))
+    });
+    #[cfg(feature = "compare-gstreamer")]
+    {
+        use gst_side::gst::prelude::*;
+        gst_side::init();
+        let gpool = gst_side::gst::BufferPool::new();
+        let mut config = gpool.config();
+        config.set_params(None, 4096, 4, 4);
+        gpool.set_config(config).unwrap();
+        gpool.set_active(true).unwrap();
+        g.bench_function("gstreamer BufferPool", |b| {
+            b.iter(|| black_box(gpool.acquire_buffer(None).unwrap()))
+        });
+        g.finish();
+        gpool.set_active(false).unwrap();
+        return;
+    }
+    #[allow(unreachable_code)]
+    g.finish();
+}
+
+/// One fd out and an 8-byte release back, with the raw calls only.
+fn floor_round_trip(tx: &UnixStream, rx: &UnixStream, fd: &OwnedFd) {
+    let mut space = [MaybeUninit::uninit(); rustix::cmsg_space!(ScmRights(1))];
+    let mut control = rustix::net::SendAncillaryBuffer::new(&mut space);
+    let fds = [fd.as_fd()];
+    control.push(rustix::net::SendAncillaryMessage::ScmRights(&fds));
+    let head = [0u8; 48];
+    rustix::net::sendmsg(
+        tx,
+        &[IoSlice::new(&head)],
+        &mut control,
+        rustix::net::SendFlags::empty(),
+    )
+    .unwrap();
+    let mut rspace = [MaybeUninit::uninit(); rustix::cmsg_space!(ScmRights(1))];
+    let mut rcontrol = rustix::net::RecvAncillaryBuffer::new(&mut rspace);
+    let mut buf = [0u8; 48];
+    rustix::net::recvmsg(
+        rx,
+        &mut [IoSliceMut::new(&mut buf)],
+        &mut rcontrol,
+        rustix::net::RecvFlags::CMSG_CLOEXEC,
+    )
+    .unwrap();
+    for m in rcontrol.drain() {
+        if let rustix::net::RecvAncillaryMessage::ScmRights(r) = m {
+            r.for_each(drop);
+        }
+    }
+    rustix::io::write(rx, &[0u8; 24]).unwrap();
+    let mut back = [0u8; 24];
+    rustix::io::read(tx, &mut back).unwrap();
+}
+
+fn ipc(c: &mut Criterion) {
+    let mut g = c.benchmark_group("ipc_round_trip");
+    let (a, b) = UnixStream::pair().unwrap();
+    let mut tx = Sender::new(a);
+    let mut rx = Receiver::new(b, ReceivePolicy::default());
+    let frame = ShmAllocator::get().alloc(4096, None).unwrap();
+    g.bench_function("mediamem", |bench| {
+        bench.iter(|| {
+            tx.send_frame(vec![frame.clone()], b"").unwrap();
+            let f = rx.recv().unwrap().unwrap();
+            black_box(f.memories[0].map_readable().unwrap().as_ptr());
+            drop(f);
+            tx.wait_release().unwrap().unwrap();
+        })
+    });
+    let (x, y) = UnixStream::pair().unwrap();
+    let memfd = rustix::fs::memfd_create("floor", MemfdFlags::CLOEXEC).unwrap();
+    g.bench_function("syscall floor (sendmsg+recvmsg+release)", |bench| {
+        bench.iter(|| floor_round_trip(&x, &y, &memfd))
+    });
+    g.finish();
+}
+
+criterion_group!(benches, alloc_map_free, map_unmap, share_copy, pool, ipc);
 criterion_main!(benches);
