@@ -290,7 +290,18 @@ pub(crate) fn fd_backend(
             file_size,
         });
     }
-    Ok(FdBackend {
+    Ok(own_fd_backend(fd, maxsize, flags, kind))
+}
+
+/// The backend for a file mediamem itself just created with at least
+/// `maxsize` bytes (and sealed against shrinking), so no size check is due.
+pub(crate) fn own_fd_backend(
+    fd: FdHandle,
+    maxsize: usize,
+    flags: FdMemoryFlags,
+    kind: FdKind,
+) -> FdBackend {
+    FdBackend {
         fd,
         flags,
         maxsize,
@@ -302,7 +313,7 @@ pub(crate) fn fd_backend(
             prot: ProtFlags::empty(),
             count: 0,
         }),
-    })
+    }
 }
 
 /// How the backend holds its fd.

@@ -23,7 +23,7 @@
 //! ```
 
 use std::fmt;
-use std::sync::{Arc, Condvar, Mutex, MutexGuard, PoisonError};
+use std::sync::{Arc, Condvar, Mutex, MutexGuard, OnceLock, PoisonError};
 use std::time::{Duration, Instant};
 
 use crate::allocator::{AllocationParams, Allocator};
@@ -34,6 +34,9 @@ struct State {
     free: Vec<Memory>,
     /// Memories the pool owns: free ones plus those out.
     live: usize,
+    /// Threads waiting in `acquire_timeout` (a notify without waiters
+    /// would still cost a futex syscall).
+    waiters: usize,
 }
 
 /// Makes the pool's memories.
@@ -42,8 +45,9 @@ type Factory = Box<dyn Fn() -> Result<Memory> + Send + Sync>;
 struct PoolInner {
     factory: Factory,
     mem_type: String,
-    /// The visible region every memory is reset to when it comes back.
-    region: Mutex<Option<(usize, usize)>>,
+    /// The visible region every memory is reset to when it comes back
+    /// (the first memory's).
+    region: OnceLock<(usize, usize)>,
     max: usize,
     state: Mutex<State>,
     returned: Condvar,
@@ -56,13 +60,12 @@ impl PoolInner {
 
     fn alloc(&self) -> Result<Memory> {
         let m = (self.factory)()?;
-        let mut region = self.region.lock().unwrap_or_else(PoisonError::into_inner);
-        region.get_or_insert((m.offset(), m.size()));
+        let _ = self.region.set((m.offset(), m.size()));
         Ok(m)
     }
 
     fn region(&self) -> Option<(usize, usize)> {
-        *self.region.lock().unwrap_or_else(PoisonError::into_inner)
+        self.region.get().copied()
     }
 }
 
@@ -140,11 +143,12 @@ impl MemoryPool {
         let inner = Arc::new(PoolInner {
             factory,
             mem_type,
-            region: Mutex::new(None),
+            region: OnceLock::new(),
             max,
             state: Mutex::new(State {
                 free: Vec::with_capacity(max),
                 live: 0,
+                waiters: 0,
             }),
             returned: Condvar::new(),
         });
@@ -204,12 +208,14 @@ impl MemoryPool {
                     max: self.inner.max,
                 });
             }
+            st.waiters += 1;
             st = self
                 .inner
                 .returned
                 .wait_timeout(st, deadline - now)
                 .unwrap_or_else(PoisonError::into_inner)
                 .0;
+            st.waiters -= 1;
         }
     }
 
@@ -253,8 +259,11 @@ impl PooledMemory {
     /// allocate a replacement).
     pub fn detach(mut self) -> Memory {
         let m = self.memory.take().expect("present until drop");
-        self.pool.lock().live -= 1;
-        self.pool.returned.notify_one();
+        let mut st = self.pool.lock();
+        st.live -= 1;
+        if st.waiters > 0 {
+            self.pool.returned.notify_one();
+        }
         m
     }
 }
@@ -288,18 +297,21 @@ impl Drop for PooledMemory {
         // (each holds a reference), no map.
         let reusable = memory.ref_count() == 1
             && memory.lock_state() == 0
-            && pool
-                .region()
-                .is_some_and(|(offset, size)| memory.resize_maxsize(offset..offset + size).is_ok());
+            && pool.region().is_some_and(|(offset, size)| {
+                let (now_size, now_offset, _) = memory.sizes();
+                (now_offset, now_size) == (offset, size)
+                    || memory.resize_maxsize(offset..offset + size).is_ok()
+            });
         let mut st = pool.lock();
         if reusable {
             st.free.push(memory);
         } else {
             st.live -= 1;
-            drop(st);
-            drop(memory);
         }
-        pool.returned.notify_one();
+        if st.waiters > 0 {
+            pool.returned.notify_one();
+        }
+        drop(st);
     }
 }
 

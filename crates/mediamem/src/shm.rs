@@ -18,7 +18,7 @@ use rustix::fs::{MemfdFlags, SealFlags};
 
 use crate::allocator::{AllocationParams, Allocator, AllocatorFlags, AllocatorImpl};
 use crate::error::{Error, Result};
-use crate::fd::{fd_backend, FdHandle, FdKind, FdMemoryFlags};
+use crate::fd::{own_fd_backend, FdHandle, FdKind, FdMemoryFlags};
 use crate::memory::{MapFlags, MemoryBackend, MemoryParts, DEFAULT_ALIGN_MASK};
 
 /// Name (and memory type) of the shm allocator.
@@ -91,12 +91,13 @@ impl AllocatorImpl for ShmAllocatorImpl {
             op: "fcntl(F_ADD_SEALS)",
             source: e.into(),
         })?;
-        let backend = fd_backend(
+        // Just created, sized and sealed by us: no size check needed.
+        let backend = own_fd_backend(
             FdHandle::Owned(fd),
             maxsize,
             FdMemoryFlags::KEEP_MAPPED,
             FdKind::Plain,
-        )?;
+        );
         // Map read-write once: KEEP_MAPPED keeps this mapping for every later
         // map, so none of them needs an mprotect.
         let base = backend.map(maxsize, MapFlags::READWRITE)?;

@@ -120,6 +120,33 @@ impl SysBlock {
         })
     }
 
+    /// A block holding a copy of `src` followed by zeroed slack up to
+    /// `len` (>= `src.len()`), start aligned to `align + 1`. Every byte is
+    /// written before the block is used, so nothing is zeroed twice.
+    fn copied(src: &[u8], len: usize, align: usize) -> Result<SysBlock> {
+        let layout =
+            Layout::from_size_align(len.max(1), align.saturating_add(1).max(1)).map_err(|_| {
+                Error::SizeOverflow {
+                    what: "block layout (size beyond isize::MAX or alignment too large)",
+                }
+            })?;
+        debug_assert!(src.len() <= len);
+        // SAFETY: the layout has a non-zero size.
+        let ptr = unsafe { std::alloc::alloc(layout) };
+        let ptr = NonNull::new(ptr).ok_or(Error::OutOfMemory { size: len })?;
+        // SAFETY: `ptr` is valid for `len` bytes and does not overlap `src`;
+        // after these two writes all `len` bytes are initialised.
+        unsafe {
+            std::ptr::copy_nonoverlapping(src.as_ptr(), ptr.as_ptr(), src.len());
+            std::ptr::write_bytes(ptr.as_ptr().add(src.len()), 0, len - src.len());
+        }
+        Ok(SysBlock {
+            ptr,
+            len,
+            storage: Storage::Heap(layout),
+        })
+    }
+
     /// Adopt `owner`, whose bytes are `owner_bytes(&mut owner)`.
     fn wrap<T: Send + 'static>(owner: T, bytes: impl FnOnce(&mut T) -> (*mut u8, usize)) -> Self {
         let raw: *mut T = Box::into_raw(Box::new(owner));
@@ -157,6 +184,12 @@ unsafe impl MemoryBackend for SysBlock {
         Ok(self.ptr)
     }
 
+    fn static_ptr(&self) -> Option<NonNull<u8>> {
+        // Heap blocks are always there; wrapped read-only data is never
+        // written because READONLY memory refuses WRITE maps.
+        Some(self.ptr)
+    }
+
     fn is_span(&self, first: (usize, usize), second: (usize, usize)) -> bool {
         regions_adjacent(first, second)
     }
@@ -164,6 +197,23 @@ unsafe impl MemoryBackend for SysBlock {
     fn copy(&self, memory: &Memory, offset: usize, size: usize) -> Option<Result<Memory>> {
         Some(memory.copy_unmapped(self.ptr, offset, size))
     }
+}
+
+/// A new system memory holding a copy of `src`, sized as `alloc(src.len())`
+/// with align mask `align` would be (GStreamer's sysmem copy), without
+/// zeroing bytes that are copied over anyway.
+pub(crate) fn copy_into_sysmem(src: &[u8], align: usize) -> Result<Memory> {
+    let align = align | DEFAULT_ALIGN_MASK;
+    let maxsize = src.len().checked_add(align).ok_or(Error::SizeOverflow {
+        what: "copy size + align",
+    })?;
+    let block = SysBlock::copied(src, maxsize, align)?;
+    Memory::from_parts(
+        &Allocator::system(),
+        MemoryParts::new(Box::new(block), maxsize)
+            .align(align)
+            .region(0, src.len()),
+    )
 }
 
 impl Memory {

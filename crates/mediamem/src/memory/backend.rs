@@ -22,13 +22,24 @@ use crate::error::Result;
 /// A successful [`map`](MemoryBackend::map) must return a pointer to at least
 /// `maxsize` initialised bytes that stay valid for reads (and for writes
 /// when `flags` contains WRITE) until the matching
-/// [`unmap`](MemoryBackend::unmap). mediamem builds `&[u8]` and `&mut [u8]`
-/// from that pointer.
+/// [`unmap`](MemoryBackend::unmap), and a
+/// [`static_ptr`](MemoryBackend::static_ptr) must stay valid for reads of
+/// `maxsize` initialised bytes (and writes, unless the memory is READONLY)
+/// while the backend lives. mediamem
+/// builds `&[u8]` and `&mut [u8]` from these pointers.
 pub unsafe trait MemoryBackend: Any + Send + Sync + fmt::Debug {
     /// Make the whole block (`maxsize` bytes from offset 0) accessible and
     /// return its start. Called after the lock word accepted the map, once
     /// per map (nested maps included).
     fn map(&self, maxsize: usize, flags: MapFlags) -> Result<NonNull<u8>>;
+
+    /// The block's address if it is always accessible there for the
+    /// backend's whole life (heap memory): readable, and writable unless the
+    /// memory is READONLY (which refuses every WRITE map). Map and unmap then
+    /// never call the backend. Default: `None`.
+    fn static_ptr(&self) -> Option<NonNull<u8>> {
+        None
+    }
 
     /// Undo one successful [`map`](MemoryBackend::map) with the same flags.
     fn unmap(&self, flags: MapFlags) {

@@ -8,6 +8,12 @@
 //! | 8..16  | number of held maps, in steps of [`LOCK_ONE`] |
 //! | 16..32 | share count (exclusive locks), in steps of [`SHARE_ONE`] |
 //!
+//! The GStreamer word is the low half of a 64-bit atomic. The high half is
+//! mediamem's byte-borrow count for the block (on roots only): any number
+//! of readers, or one writer bit, for the slice-giving map guards. Keeping
+//! both in one word lets a root's map take its lock and its borrow with a
+//! single compare-and-swap, and its unmap release both with another.
+//!
 //! Two deliberate departures from GStreamer, both fixes of real bugs:
 //!
 //! * **Stale mode bits.** GStreamer clears the mode bits only when the last
@@ -19,9 +25,10 @@
 //!   16-bit share count, so the 256th nested map silently becomes a share.
 //!   Here a full counter is an error ([`Error::TooManyLocks`]).
 
-use std::sync::atomic::{AtomicU32, Ordering};
+use std::sync::atomic::{AtomicU64, Ordering};
 
 use super::flags::LockFlags;
+use super::region::Borrow;
 use crate::error::{Access, Error, Result};
 
 /// One map lock.
@@ -39,15 +46,132 @@ fn is_shared(state: u32) -> bool {
     state >= 2 * SHARE_ONE
 }
 
-/// The lock word of one memory.
+/// The writer bit of the borrow half.
+const WRITER: u32 = 1 << 31;
+
+/// The borrow half after taking `kind`, or why not.
+#[inline]
+fn next_borrowed(borrows: u32, kind: Borrow) -> Result<u32> {
+    match kind {
+        Borrow::None => Ok(borrows),
+        Borrow::Shared if borrows & WRITER != 0 => Err(Error::Aliased {
+            held: "a writable mapping",
+        }),
+        Borrow::Shared if borrows == WRITER - 1 => Err(Error::TooManyLocks {
+            what: "readable mappings",
+        }),
+        Borrow::Shared => Ok(borrows + 1),
+        Borrow::Exclusive if borrows == 0 => Ok(WRITER),
+        Borrow::Exclusive if borrows & WRITER != 0 => Err(Error::Aliased {
+            held: "a writable mapping",
+        }),
+        Borrow::Exclusive => Err(Error::Aliased {
+            held: "readable mappings",
+        }),
+    }
+}
+
+/// The borrow half after releasing `kind`.
+#[inline]
+fn next_released(borrows: u32, kind: Borrow) -> u32 {
+    match kind {
+        Borrow::None => borrows,
+        Borrow::Shared => borrows.wrapping_sub(1),
+        Borrow::Exclusive => 0,
+    }
+}
+
+#[inline]
+fn split(word: u64) -> (u32, u32) {
+    (word as u32, (word >> 32) as u32)
+}
+
+#[inline]
+fn join(lock: u32, borrows: u32) -> u64 {
+    u64::from(lock) | u64::from(borrows) << 32
+}
+
+/// The lock word of one memory (and, on roots, the borrows of its block).
 #[derive(Debug, Default)]
-pub(crate) struct LockWord(AtomicU32);
+pub(crate) struct LockWord(AtomicU64);
 
 impl LockWord {
-    /// The raw state.
+    /// The raw GStreamer state.
     #[inline]
     pub(crate) fn get(&self) -> u32 {
-        self.0.load(Ordering::Acquire)
+        self.0.load(Ordering::Acquire) as u32
+    }
+
+    /// Apply `f` to the (lock, borrows) halves with a CAS loop.
+    #[inline]
+    fn update(&self, f: impl Fn(u32, u32) -> Result<(u32, u32)>, order: Ordering) -> Result<()> {
+        let mut word = self.0.load(Ordering::Relaxed);
+        loop {
+            let (lock, borrows) = split(word);
+            let (l, b) = f(lock, borrows)?;
+            match self
+                .0
+                .compare_exchange_weak(word, join(l, b), order, Ordering::Relaxed)
+            {
+                Ok(_) => return Ok(()),
+                Err(actual) => word = actual,
+            }
+        }
+    }
+
+    /// Take a lock and a borrow of this word's block in one step (a root
+    /// mapping itself).
+    #[inline]
+    pub(crate) fn lock_borrow(&self, flags: LockFlags, readonly: bool, kind: Borrow) -> Result<()> {
+        let flags = flags.bits();
+        if readonly && flags & WRITE != 0 {
+            return Err(Error::ReadOnly);
+        }
+        self.update(
+            |lock, borrows| Ok((next_locked(lock, flags)?, next_borrowed(borrows, kind)?)),
+            Ordering::Acquire,
+        )
+    }
+
+    /// Undo [`lock_borrow`](LockWord::lock_borrow).
+    #[inline]
+    pub(crate) fn unlock_release(&self, flags: LockFlags, kind: Borrow) -> Result<()> {
+        let flags = flags.bits();
+        self.update(
+            |lock, borrows| Ok((next_unlocked(lock, flags)?, next_released(borrows, kind))),
+            Ordering::Release,
+        )
+    }
+
+    /// Take only a borrow of this (root's) block.
+    #[inline]
+    pub(crate) fn borrow(&self, kind: Borrow) -> Result<()> {
+        if kind == Borrow::None {
+            return Ok(());
+        }
+        self.update(
+            |lock, borrows| Ok((lock, next_borrowed(borrows, kind)?)),
+            Ordering::Acquire,
+        )
+    }
+
+    /// Release only a borrow.
+    #[inline]
+    pub(crate) fn release(&self, kind: Borrow) {
+        if kind == Borrow::None {
+            return;
+        }
+        let done = self.update(
+            |lock, borrows| Ok((lock, next_released(borrows, kind))),
+            Ordering::Release,
+        );
+        debug_assert!(done.is_ok());
+    }
+
+    /// Whether no slice of the block is alive.
+    #[cfg(test)]
+    pub(crate) fn borrows_free(&self) -> bool {
+        split(self.0.load(Ordering::Acquire)).1 == 0
     }
 
     /// The share count (number of exclusive holders).
@@ -65,41 +189,17 @@ impl LockWord {
 
     /// Take a lock. `readonly` is the memory's READONLY flag.
     pub(crate) fn lock(&self, flags: LockFlags, readonly: bool) -> Result<()> {
-        let flags = flags.bits();
-        if readonly && flags & WRITE != 0 {
-            return Err(Error::ReadOnly);
-        }
-        let mut state = self.0.load(Ordering::Relaxed);
-        loop {
-            let new = next_locked(state, flags)?;
-            match self
-                .0
-                .compare_exchange_weak(state, new, Ordering::Acquire, Ordering::Relaxed)
-            {
-                Ok(_) => return Ok(()),
-                Err(actual) => state = actual,
-            }
-        }
+        self.lock_borrow(flags, readonly, Borrow::None)
     }
 
     /// Release a lock taken with the same flags.
     pub(crate) fn unlock(&self, flags: LockFlags) -> Result<()> {
-        let flags = flags.bits();
-        let mut state = self.0.load(Ordering::Relaxed);
-        loop {
-            let new = next_unlocked(state, flags)?;
-            match self
-                .0
-                .compare_exchange_weak(state, new, Ordering::Release, Ordering::Relaxed)
-            {
-                Ok(_) => return Ok(()),
-                Err(actual) => state = actual,
-            }
-        }
+        self.unlock_release(flags, Borrow::None)
     }
 }
 
 /// The state after a successful `lock(flags)` from `state`, or why it fails.
+#[inline]
 fn next_locked(state: u32, flags: u32) -> Result<u32> {
     let mut access = flags & ACCESS_MASK;
     let mut new = state;
@@ -135,6 +235,7 @@ fn next_locked(state: u32, flags: u32) -> Result<u32> {
 }
 
 /// The state after `unlock(flags)` from `state`, or why it does not match.
+#[inline]
 fn next_unlocked(state: u32, flags: u32) -> Result<u32> {
     let mut access = flags & ACCESS_MASK;
     let mut new = state;
@@ -242,11 +343,52 @@ mod tests {
 
     #[test]
     fn share_counter_overflow_is_refused() {
-        let l = LockWord(AtomicU32::new(0xffff << 16));
+        let l = LockWord(AtomicU64::new(0xffff << 16));
         assert!(matches!(
             l.lock(X, false),
             Err(Error::TooManyLocks { what: "shares" })
         ));
+    }
+
+    #[test]
+    fn borrow_rules() {
+        let l = LockWord::default();
+        l.borrow(Borrow::Shared).unwrap();
+        l.borrow(Borrow::Shared).unwrap();
+        assert!(matches!(
+            l.borrow(Borrow::Exclusive),
+            Err(Error::Aliased {
+                held: "readable mappings"
+            })
+        ));
+        l.release(Borrow::Shared);
+        l.release(Borrow::Shared);
+        l.borrow(Borrow::Exclusive).unwrap();
+        assert!(l.borrow(Borrow::Shared).is_err());
+        assert!(l.borrow(Borrow::Exclusive).is_err());
+        l.borrow(Borrow::None).unwrap();
+        l.release(Borrow::Exclusive);
+        assert!(l.borrows_free());
+        assert_eq!(l.get(), 0, "borrows never touch the GStreamer word");
+    }
+
+    #[test]
+    fn lock_and_borrow_are_one_step() {
+        let l = LockWord::default();
+        l.lock_borrow(W, false, Borrow::Exclusive).unwrap();
+        assert_eq!(l.get(), 0x102);
+        // A second WRITE passes the lock word but not the borrow: nothing
+        // changes.
+        assert!(matches!(
+            l.lock_borrow(W, false, Borrow::Exclusive),
+            Err(Error::Aliased { .. })
+        ));
+        assert_eq!(l.get(), 0x102);
+        // A refused lock takes no borrow either.
+        assert!(l.lock_borrow(R, false, Borrow::Shared).is_err());
+        l.unlock_release(W, Borrow::Exclusive).unwrap();
+        assert_eq!(l.get(), 0);
+        assert!(l.borrows_free());
     }
 
     #[test]

@@ -99,6 +99,7 @@ unsafe impl<M: MapMode> Send for MemoryMap<'_, M> {}
 unsafe impl<M: MapMode> Sync for MemoryMap<'_, M> {}
 
 impl<'a, M: MapMode> MemoryMap<'a, M> {
+    #[inline]
     pub(crate) fn new(memory: &'a Memory, mapping: Mapping) -> Self {
         MemoryMap {
             memory,
@@ -184,6 +185,7 @@ impl<M: MapMode> fmt::Debug for MemoryMap<'_, M> {
 }
 
 impl<M: MapMode> Drop for MemoryMap<'_, M> {
+    #[inline]
     fn drop(&mut self) {
         self.memory.unmap(&self.mapping);
     }

@@ -63,6 +63,7 @@ mod region;
 
 use std::fmt;
 use std::ops::{Bound, RangeBounds};
+use std::ptr::NonNull;
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::Arc;
 
@@ -76,7 +77,7 @@ use crate::allocator::{check_align_mask, AllocationParams, Allocator, AllocatorF
 use crate::error::{Error, Result};
 use lock::LockWord;
 use map::Mapping;
-use region::{Borrow, BorrowTracker, Region};
+use region::{Borrow, Region};
 
 /// The alignment mask every allocation gets at least (`gst_memory_alignment`
 /// with GStreamer's default `memory-alignment=malloc`): 8 bytes.
@@ -121,7 +122,9 @@ struct Inner {
 enum Origin {
     Root {
         backend: Box<dyn MemoryBackend>,
-        borrows: BorrowTracker,
+        /// The block's address when the backend says it never needs a map
+        /// (system memory): map and unmap then skip the backend. 0 if not.
+        static_base: usize,
     },
     Share {
         root: Memory,
@@ -201,8 +204,11 @@ impl Memory {
             inner: Arc::new(Inner {
                 allocator: allocator.clone(),
                 origin: Origin::Root {
+                    static_base: parts
+                        .backend
+                        .static_ptr()
+                        .map_or(0, |p| p.as_ptr() as usize),
                     backend: parts.backend,
-                    borrows: BorrowTracker::default(),
                 },
                 maxsize: parts.maxsize,
                 align: parts.align,
@@ -233,6 +239,7 @@ impl Memory {
     }
 
     /// The parent (always the root) of a share; `None` for a root.
+    #[inline]
     pub fn parent(&self) -> Option<&Memory> {
         match &self.inner.origin {
             Origin::Root { .. } => None,
@@ -241,6 +248,7 @@ impl Memory {
     }
 
     /// The root: the parent of a share, or `self`.
+    #[inline]
     pub fn root(&self) -> &Memory {
         self.parent().unwrap_or(self)
     }
@@ -272,11 +280,13 @@ impl Memory {
     }
 
     /// The memory flags (with [`MemoryFlags::LOCKABLE`] always set).
+    #[inline]
     pub fn flags(&self) -> MemoryFlags {
         MemoryFlags::from_bits_retain(self.inner.flags.load(Ordering::Acquire))
     }
 
     /// Whether this memory is flagged READONLY (every share is).
+    #[inline]
     pub fn is_readonly(&self) -> bool {
         self.flags().contains(MemoryFlags::READONLY)
     }
@@ -316,15 +326,51 @@ impl Memory {
         any.downcast_ref::<T>()
     }
 
-    fn root_parts(&self) -> (&dyn MemoryBackend, &BorrowTracker) {
+    /// The root's backend and static block address (0 when it has none).
+    #[inline]
+    fn root_parts(&self) -> (&dyn MemoryBackend, usize) {
         match &self.root().inner.origin {
-            Origin::Root { backend, borrows } => (&**backend, borrows),
+            Origin::Root {
+                backend,
+                static_base,
+            } => (&**backend, *static_base),
             Origin::Share { .. } => unreachable!("shares always point at a root"),
         }
     }
 
     pub(crate) fn root_backend(&self) -> &dyn MemoryBackend {
         self.root_parts().0
+    }
+
+    /// Take the lock for `flags` on this memory and the byte borrow on its
+    /// block: one CAS for a root (both live in its word), two for a share.
+    #[inline]
+    fn lock_for_map(&self, flags: LockFlags, borrow: Borrow) -> Result<()> {
+        let readonly = self.is_readonly();
+        match &self.inner.origin {
+            Origin::Root { .. } => self.inner.lock.lock_borrow(flags, readonly, borrow),
+            Origin::Share { root } => {
+                self.inner.lock.lock(flags, readonly)?;
+                if let Err(e) = root.inner.lock.borrow(borrow) {
+                    self.unlock_map(flags, Borrow::None);
+                    return Err(e);
+                }
+                Ok(())
+            }
+        }
+    }
+
+    /// Undo [`lock_for_map`](Memory::lock_for_map).
+    #[inline]
+    fn unlock_map(&self, flags: LockFlags, borrow: Borrow) {
+        let released = match &self.inner.origin {
+            Origin::Root { .. } => self.inner.lock.unlock_release(flags, borrow),
+            Origin::Share { root } => {
+                root.inner.lock.release(borrow);
+                self.inner.lock.unlock(flags)
+            }
+        };
+        debug_assert!(released.is_ok(), "unbalanced unmap");
     }
 
     fn clear_flags(&self, flags: MemoryFlags) {
@@ -360,6 +406,7 @@ impl Memory {
     // Mapping
     // ----------------------------------------------------------------
 
+    #[inline]
     fn map_with(&self, flags: MapFlags, borrow: Borrow) -> Result<Mapping> {
         if flags.contains(MapFlags::from_bits_retain(LockFlags::EXCLUSIVE.bits())) {
             return Err(Error::InvalidMapFlags {
@@ -374,25 +421,24 @@ impl Memory {
                 why: "neither READ nor WRITE",
             });
         }
-        self.inner.lock.lock(lock_flags, self.is_readonly())?;
-        let (backend, borrows) = self.root_parts();
-        if let Err(e) = borrows.acquire(borrow) {
-            self.unlock_map(lock_flags);
-            return Err(e);
-        }
-        let base = match backend.map(self.inner.maxsize, flags) {
-            Ok(base) => base,
-            Err(e) => {
-                // A backend map failure is an ordinary result: no log above
-                // debug (GStreamer's test_no_error_and_no_warning_on_map_failure).
-                log::debug!(
-                    "map of {} memory failed: {e}",
-                    self.inner.allocator.mem_type()
-                );
-                borrows.release(borrow);
-                self.unlock_map(lock_flags);
-                return Err(e);
-            }
+        self.lock_for_map(lock_flags, borrow)?;
+        let (backend, static_base) = self.root_parts();
+        let base = match NonNull::new(static_base as *mut u8) {
+            Some(base) => base,
+            None => match backend.map(self.inner.maxsize, flags) {
+                Ok(base) => base,
+                Err(e) => {
+                    // A backend map failure is an ordinary result: no log
+                    // above debug (GStreamer's
+                    // test_no_error_and_no_warning_on_map_failure).
+                    log::debug!(
+                        "map of {} memory failed: {e}",
+                        self.inner.allocator.mem_type()
+                    );
+                    self.unlock_map(lock_flags, borrow);
+                    return Err(e);
+                }
+            },
         };
         let (offset, size) = self.inner.region.get();
         Ok(Mapping {
@@ -407,16 +453,13 @@ impl Memory {
     }
 
     /// Undo `map_with`. Called exactly once per mapping by the guards.
+    #[inline]
     fn unmap(&self, mapping: &Mapping) {
-        let (backend, borrows) = self.root_parts();
-        backend.unmap(mapping.flags);
-        borrows.release(mapping.borrow);
-        self.unlock_map(mapping.flags.lock_flags());
-    }
-
-    fn unlock_map(&self, flags: LockFlags) {
-        let released = self.inner.lock.unlock(flags);
-        debug_assert!(released.is_ok(), "unbalanced unmap");
+        let (backend, static_base) = self.root_parts();
+        if static_base == 0 {
+            backend.unmap(mapping.flags);
+        }
+        self.unlock_map(mapping.flags.lock_flags(), mapping.borrow);
     }
 
     /// Map for reading: a guard that derefs to the visible bytes.
@@ -424,6 +467,7 @@ impl Memory {
     /// # Errors
     /// When the lock word refuses READ (the memory is mapped WRITE-only),
     /// when a writable guard holds the bytes, or when the backend cannot map.
+    #[inline]
     pub fn map_readable(&self) -> Result<MemoryMap<'_, Readable>> {
         Ok(MemoryMap::new(
             self,
@@ -438,6 +482,7 @@ impl Memory {
     /// [`Error::Shared`] when the memory has two or more holders,
     /// [`Error::LockConflict`] when it is mapped READ-only, [`Error::Aliased`]
     /// when any other guard holds the bytes.
+    #[inline]
     pub fn map_writable(&self) -> Result<MemoryMap<'_, Writable>> {
         Ok(MemoryMap::new(
             self,
@@ -460,6 +505,7 @@ impl Memory {
     /// maps nest, a root can be mapped WRITE while its share is mapped READ.
     /// The guard hands out raw pointers, never slices; dereferencing them is
     /// `unsafe` and the caller must rule out data races with other mappings.
+    #[inline]
     pub fn map_raw(&self, flags: MapFlags) -> Result<RawMap<'_>> {
         Ok(RawMap::new(self, self.map_with(flags, Borrow::None)?))
     }
@@ -635,25 +681,30 @@ impl Memory {
         let redirect = own
             .flags()
             .intersects(AllocatorFlags::CUSTOM_ALLOC | AllocatorFlags::NO_COPY);
-        let copy = if redirect {
-            Allocator::default_allocator().alloc(size, Some(&params))?
+        let target = if redirect {
+            Allocator::default_allocator()
         } else {
-            match own.alloc(size, Some(&params)) {
-                Err(Error::Unsupported { .. }) => {
-                    Allocator::default_allocator().alloc(size, Some(&params))?
-                }
-                other => other?,
-            }
+            own.clone()
         };
-        {
-            let mut dst = copy.map_writable()?;
-            // SAFETY: `src` holds a shared borrow of the source block, so no
-            // `&mut` to it exists; `offset + size <= maxsize` was checked by
-            // the caller and the mapping covers the whole block; `dst` is a
-            // distinct block.
-            let bytes = unsafe { src.block_slice(offset, size) };
-            dst.copy_from_slice(bytes);
+        // SAFETY: `src` holds a shared borrow of the source block, so no
+        // `&mut` to it exists; `offset + size <= maxsize` was checked by the
+        // caller and the mapping covers the whole block.
+        let bytes = unsafe { src.block_slice(offset, size) };
+        if target.is::<crate::system::SystemAllocator>() {
+            return crate::system::copy_into_sysmem(bytes, self.inner.align);
         }
+        let copy = match target.alloc(size, Some(&params)) {
+            Err(Error::Unsupported { .. }) if !redirect => {
+                // No plain alloc (an import-only allocator): the default.
+                let default = Allocator::default_allocator();
+                if default.is::<crate::system::SystemAllocator>() {
+                    return crate::system::copy_into_sysmem(bytes, self.inner.align);
+                }
+                default.alloc(size, Some(&params))?
+            }
+            other => other?,
+        };
+        copy.map_writable()?.copy_from_slice(bytes);
         Ok(copy)
     }
 
@@ -667,28 +718,15 @@ impl Memory {
         offset: usize,
         size: usize,
     ) -> Result<Memory> {
-        let (_, borrows) = self.root_parts();
-        borrows.acquire(Borrow::Shared)?;
-        let params = AllocationParams {
-            align: self.inner.align,
-            ..AllocationParams::default()
-        };
-        let result = Allocator::system()
-            .alloc(size, Some(&params))
-            .and_then(|copy| {
-                {
-                    let mut dst = copy.map_writable()?;
-                    // SAFETY: the backend guarantees `base` points at `maxsize`
-                    // initialised bytes for the life of the block; the caller
-                    // checked `offset + size <= maxsize`; the shared borrow taken
-                    // above excludes a live `&mut` into the block.
-                    let src =
-                        unsafe { std::slice::from_raw_parts(base.as_ptr().add(offset), size) };
-                    dst.copy_from_slice(src);
-                }
-                Ok(copy)
-            });
-        borrows.release(Borrow::Shared);
+        let root_lock = &self.root().inner.lock;
+        root_lock.borrow(Borrow::Shared)?;
+        // SAFETY: the backend guarantees `base` points at `maxsize`
+        // initialised bytes for the life of the block; the caller checked
+        // `offset + size <= maxsize`; the shared borrow taken above
+        // excludes a live `&mut` into the block until it is released below.
+        let src = unsafe { std::slice::from_raw_parts(base.as_ptr().add(offset), size) };
+        let result = crate::system::copy_into_sysmem(src, self.inner.align);
+        root_lock.release(Borrow::Shared);
         result
     }
 
@@ -893,9 +931,14 @@ mod tests {
             let _r1 = m.map_readable().unwrap();
             let _r2 = m.map_readable().unwrap();
         }
-        assert!(m.root_parts().1.is_free());
+        assert!(m.inner.lock.borrows_free());
         drop(m.map_writable().unwrap());
-        assert!(m.root_parts().1.is_free());
+        assert!(m.inner.lock.borrows_free());
+        let s = m.share(..).unwrap();
+        drop(s.map_readable().unwrap());
+        assert!(m.inner.lock.borrows_free());
+        assert_eq!(m.lock_state(), 0x10000, "the share holds the root");
+        drop(s);
         assert_eq!(m.lock_state(), 0);
     }
 }

@@ -1,10 +1,12 @@
-//! Small lock-free cells used by [`Memory`](super::Memory): the visible
-//! region (offset, size), kept consistent with a sequence lock, and the
-//! byte-borrow tracker that keeps the slice-giving map guards sound.
+//! The visible region (offset, size) of a [`Memory`](super::Memory), kept
+//! consistent with a sequence lock, and the kinds of byte borrow a map
+//! takes (tracked in the lock word).
 
 use std::sync::atomic::{fence, AtomicU32, AtomicUsize, Ordering};
 
-use crate::error::{Error, Result};
+#[cfg(test)]
+use crate::error::Error;
+use crate::error::Result;
 
 /// `(offset, size)` of a memory, readable without locks and updated
 /// atomically as a pair.
@@ -116,81 +118,6 @@ impl Borrow {
     }
 }
 
-const WRITER: usize = 1 << (usize::BITS - 1);
-
-/// Readers/writer tracking over the whole block of a root memory (and all
-/// its shares, which see the same bytes).
-///
-/// GStreamer's lock word lets two WRITE maps nest, lets a parent be mapped
-/// WRITE while its share is mapped READ, and ignores the reference count.
-/// That is fine for C pointers but would hand out aliasing `&mut [u8]` in
-/// Rust. This tracker is the extra rule that makes the slice guards sound: any
-/// number of shared borrows, or one exclusive borrow, per block.
-#[derive(Debug, Default)]
-pub(crate) struct BorrowTracker(AtomicUsize);
-
-impl BorrowTracker {
-    pub(crate) fn acquire(&self, kind: Borrow) -> Result<()> {
-        match kind {
-            Borrow::None => Ok(()),
-            Borrow::Shared => {
-                let mut cur = self.0.load(Ordering::Relaxed);
-                loop {
-                    if cur & WRITER != 0 {
-                        return Err(Error::Aliased {
-                            held: "a writable mapping",
-                        });
-                    }
-                    if cur == WRITER - 1 {
-                        return Err(Error::TooManyLocks {
-                            what: "readable mappings",
-                        });
-                    }
-                    match self.0.compare_exchange_weak(
-                        cur,
-                        cur + 1,
-                        Ordering::Acquire,
-                        Ordering::Relaxed,
-                    ) {
-                        Ok(_) => return Ok(()),
-                        Err(actual) => cur = actual,
-                    }
-                }
-            }
-            Borrow::Exclusive => {
-                match self
-                    .0
-                    .compare_exchange(0, WRITER, Ordering::Acquire, Ordering::Relaxed)
-                {
-                    Ok(_) => Ok(()),
-                    Err(cur) if cur & WRITER != 0 => Err(Error::Aliased {
-                        held: "a writable mapping",
-                    }),
-                    Err(_) => Err(Error::Aliased {
-                        held: "readable mappings",
-                    }),
-                }
-            }
-        }
-    }
-
-    pub(crate) fn release(&self, kind: Borrow) {
-        match kind {
-            Borrow::None => {}
-            Borrow::Shared => {
-                self.0.fetch_sub(1, Ordering::Release);
-            }
-            Borrow::Exclusive => self.0.store(0, Ordering::Release),
-        }
-    }
-
-    /// Whether no slice of the block is alive.
-    #[cfg(test)]
-    pub(crate) fn is_free(&self) -> bool {
-        self.0.load(Ordering::Acquire) == 0
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -248,26 +175,5 @@ mod tests {
             updates.load(Ordering::Relaxed) >= 10_000,
             "writers never ran"
         );
-    }
-
-    #[test]
-    fn borrow_rules() {
-        let b = BorrowTracker::default();
-        b.acquire(Borrow::Shared).unwrap();
-        b.acquire(Borrow::Shared).unwrap();
-        assert!(matches!(
-            b.acquire(Borrow::Exclusive),
-            Err(Error::Aliased {
-                held: "readable mappings"
-            })
-        ));
-        b.release(Borrow::Shared);
-        b.release(Borrow::Shared);
-        b.acquire(Borrow::Exclusive).unwrap();
-        assert!(b.acquire(Borrow::Shared).is_err());
-        assert!(b.acquire(Borrow::Exclusive).is_err());
-        b.acquire(Borrow::None).unwrap();
-        b.release(Borrow::Exclusive);
-        assert!(b.is_free());
     }
 }
