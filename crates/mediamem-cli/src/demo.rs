@@ -14,7 +14,7 @@ use std::os::unix::net::UnixStream;
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-use mediamem::drm::{find_device, fourcc, DrmDumbAllocator};
+use mediamem::drm::{fourcc, DrmDumbAllocator};
 use mediamem::heap::DmaHeapAllocator;
 use mediamem::ipc::{ReceivePolicy, Receiver, Sender};
 use mediamem::pool::MemoryPool;
@@ -115,7 +115,6 @@ fn pool_for(args: &DemoArgs, size: usize) -> mediamem::Result<MemoryPool> {
                 .into_iter()
                 .find(|d| d.dumb)
                 .map(|d| d.path)
-                .or_else(|| find_device("bochs-drm"))
                 .ok_or_else(|| Error::NotAvailable {
                     what: "DRM dumb buffers".into(),
                     reason: "no DRM card with dumb buffers".into(),
