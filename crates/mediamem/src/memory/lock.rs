@@ -143,6 +143,23 @@ impl LockWord {
         )
     }
 
+    /// `gst_memory_share` on a root, in one step: two temporary exclusive
+    /// locks (checked as GStreamer checks them), the new share's exclusive
+    /// hold on this same word, and the release of the two temporaries. The
+    /// net effect is one more share; the failures are those of the steps.
+    #[inline]
+    pub(crate) fn share_hold(&self) -> Result<()> {
+        self.update(
+            |lock, borrows| {
+                let first = next_locked(lock, EXCLUSIVE)?;
+                let second = next_locked(first, EXCLUSIVE)?;
+                let held = next_locked(second, EXCLUSIVE)?;
+                Ok((held - 2 * SHARE_ONE, borrows))
+            },
+            Ordering::AcqRel,
+        )
+    }
+
     /// Take only a borrow of this (root's) block.
     #[inline]
     pub(crate) fn borrow(&self, kind: Borrow) -> Result<()> {
@@ -348,6 +365,27 @@ mod tests {
             l.lock(X, false),
             Err(Error::TooManyLocks { what: "shares" })
         ));
+    }
+
+    #[test]
+    fn share_hold_matches_the_sequence() {
+        // Fresh: one more share.
+        let l = LockWord::default();
+        l.share_hold().unwrap();
+        assert_eq!(l.get(), 0x10000);
+        l.share_hold().unwrap();
+        assert_eq!(l.get(), 0x20000);
+        // Mapped for writing: the second temporary lock fails, as in
+        // GStreamer, and nothing changes.
+        let l = LockWord::default();
+        l.lock(W, false).unwrap();
+        assert!(matches!(l.share_hold(), Err(Error::Shared { .. })));
+        assert_eq!(l.get(), 0x102);
+        // Mapped for reading: fine.
+        let l = LockWord::default();
+        l.lock(R, false).unwrap();
+        l.share_hold().unwrap();
+        assert_eq!(l.get(), 0x10101);
     }
 
     #[test]

@@ -110,7 +110,6 @@ pub struct Memory {
 }
 
 struct Inner {
-    allocator: Allocator,
     origin: Origin,
     maxsize: usize,
     align: usize,
@@ -121,6 +120,8 @@ struct Inner {
 
 enum Origin {
     Root {
+        /// Shares reach their allocator through the root.
+        allocator: Allocator,
         backend: Box<dyn MemoryBackend>,
         /// The block's address when the backend says it never needs a map
         /// (system memory): map and unmap then skip the backend. 0 if not.
@@ -202,8 +203,8 @@ impl Memory {
         }
         Ok(Memory {
             inner: Arc::new(Inner {
-                allocator: allocator.clone(),
                 origin: Origin::Root {
+                    allocator: allocator.clone(),
                     static_base: parts
                         .backend
                         .static_ptr()
@@ -235,7 +236,10 @@ impl Memory {
 
     /// The allocator that made this memory (shares keep their root's).
     pub fn allocator(&self) -> &Allocator {
-        &self.inner.allocator
+        match &self.root().inner.origin {
+            Origin::Root { allocator, .. } => allocator,
+            Origin::Share { .. } => unreachable!("shares always point at a root"),
+        }
     }
 
     /// The parent (always the root) of a share; `None` for a root.
@@ -293,7 +297,7 @@ impl Memory {
 
     /// Whether the allocator's memory type is `mem_type` (`gst_memory_is_type`).
     pub fn is_type(&self, mem_type: &str) -> bool {
-        self.inner.allocator.mem_type() == mem_type
+        self.allocator().mem_type() == mem_type
     }
 
     /// The number of handles to this memory (shares hold one on their root).
@@ -333,6 +337,7 @@ impl Memory {
             Origin::Root {
                 backend,
                 static_base,
+                ..
             } => (&**backend, *static_base),
             Origin::Share { .. } => unreachable!("shares always point at a root"),
         }
@@ -431,10 +436,7 @@ impl Memory {
                     // A backend map failure is an ordinary result: no log
                     // above debug (GStreamer's
                     // test_no_error_and_no_warning_on_map_failure).
-                    log::debug!(
-                        "map of {} memory failed: {e}",
-                        self.inner.allocator.mem_type()
-                    );
+                    log::debug!("map of {} memory failed: {e}", self.allocator().mem_type());
                     self.unlock_map(lock_flags, borrow);
                     return Err(e);
                 }
@@ -595,19 +597,11 @@ impl Memory {
         let root = self.root();
         if !root.root_backend().can_share() {
             return Err(Error::Unsupported {
-                mem_type: self.inner.allocator.mem_type().to_owned(),
+                mem_type: self.allocator().mem_type().to_owned(),
                 operation: "share",
             });
         }
-        // Two exclusive locks, as gst_memory_share: the second one is what
-        // fails while the memory is mapped for writing.
-        let x = LockFlags::EXCLUSIVE;
-        self.inner.lock.lock(x, false)?;
-        if let Err(e) = self.inner.lock.lock(x, false) {
-            self.unlock_exclusive();
-            return Err(e);
-        }
-        let made = root.inner.lock.lock(x, false).map(|()| {
+        let made = |root: &Memory| {
             let (root_offset, root_size) = root.inner.region.get();
             let mut flags = root.flags() | MemoryFlags::READONLY;
             if offset > root_offset {
@@ -618,7 +612,6 @@ impl Memory {
             }
             Memory {
                 inner: Arc::new(Inner {
-                    allocator: self.inner.allocator.clone(),
                     origin: Origin::Share { root: root.clone() },
                     maxsize: self.inner.maxsize,
                     align: self.inner.align,
@@ -627,10 +620,28 @@ impl Memory {
                     region: Region::new(offset, size),
                 }),
             }
-        });
+        };
+        if self.parent().is_none() {
+            // Sharing a root: gst_memory_share's two temporary exclusive
+            // locks, the share's hold on its parent and the two unlocks all
+            // land on this one word; take the net hold in one step, with the
+            // same checks in the same order.
+            self.inner.lock.share_hold()?;
+            return Ok(made(root));
+        }
+        // A share of a share: two exclusive locks on it, as
+        // gst_memory_share (the second is what fails while it is mapped for
+        // writing), then the hold on the root.
+        let x = LockFlags::EXCLUSIVE;
+        self.inner.lock.lock(x, false)?;
+        if let Err(e) = self.inner.lock.lock(x, false) {
+            self.unlock_exclusive();
+            return Err(e);
+        }
+        let result = root.inner.lock.lock(x, false).map(|()| made(root));
         self.unlock_exclusive();
         self.unlock_exclusive();
-        made
+        result
     }
 
     fn unlock_exclusive(&self) {
@@ -673,7 +684,7 @@ impl Memory {
         // Generic copy (GStreamer's fallback copy).
         let src = self.map_with(MapFlags::READ, Borrow::Shared)?;
         let src = RawMap::new(self, src);
-        let own = &self.inner.allocator;
+        let own = self.allocator();
         let params = AllocationParams {
             align: self.inner.align,
             ..AllocationParams::default()
@@ -835,7 +846,7 @@ impl Memory {
     /// # Ok::<(), mediamem::Error>(())
     /// ```
     pub fn is_span(&self, other: &Memory) -> Option<usize> {
-        if !self.inner.allocator.ptr_eq(&other.inner.allocator) {
+        if !self.allocator().ptr_eq(other.allocator()) {
             return None;
         }
         let (p1, p2) = (self.parent()?, other.parent()?);
@@ -854,7 +865,7 @@ impl fmt::Debug for Memory {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         let (size, offset, maxsize) = self.sizes();
         f.debug_struct("Memory")
-            .field("mem_type", &self.inner.allocator.mem_type())
+            .field("mem_type", &self.allocator().mem_type())
             .field("offset", &offset)
             .field("size", &size)
             .field("maxsize", &maxsize)
