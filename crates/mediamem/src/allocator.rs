@@ -260,20 +260,15 @@ impl Allocator {
     }
 }
 
-/// A typed handle for an allocator kind: a newtype over [`Allocator`] that
-/// derefs to it, with `new()` (a fresh instance of `$imp`), `Default` and
-/// `allocator()`.
+/// A typed handle for an allocator kind: a newtype over [`Allocator`]
+/// that derefs to it, with `allocator()` and a private `imp()` giving the
+/// implementation. With `, new` it also gets `new()` (a fresh `$imp`
+/// from `Default`) and `Default`.
 macro_rules! allocator_handle {
     ($(#[$meta:meta])* $name:ident => $imp:ty) => {
         $(#[$meta])*
         #[derive(Debug, Clone)]
         pub struct $name($crate::Allocator);
-
-        impl Default for $name {
-            fn default() -> Self {
-                Self::new()
-            }
-        }
 
         impl std::ops::Deref for $name {
             type Target = $crate::Allocator;
@@ -283,14 +278,33 @@ macro_rules! allocator_handle {
         }
 
         impl $name {
-            /// A new allocator of this kind (GStreamer's `*_allocator_new`).
-            pub fn new() -> Self {
-                $name($crate::Allocator::new(<$imp>::default()))
-            }
-
             /// The generic allocator handle.
             pub fn allocator(&self) -> &$crate::Allocator {
                 &self.0
+            }
+
+            /// The implementation this handle was made with.
+            #[allow(dead_code)]
+            fn imp(&self) -> &$imp {
+                self.0
+                    .downcast_ref::<$imp>()
+                    .expect(concat!(stringify!($name), " always wraps its own implementation"))
+            }
+        }
+    };
+    ($(#[$meta:meta])* $name:ident => $imp:ty, new) => {
+        $crate::allocator::allocator_handle! { $(#[$meta])* $name => $imp }
+
+        impl Default for $name {
+            fn default() -> Self {
+                Self::new()
+            }
+        }
+
+        impl $name {
+            /// A new allocator of this kind (GStreamer's `*_allocator_new`).
+            pub fn new() -> Self {
+                $name($crate::Allocator::new(<$imp>::default()))
             }
         }
     };

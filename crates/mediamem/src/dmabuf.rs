@@ -40,7 +40,7 @@ impl AllocatorImpl for DmaBufAllocatorImpl {
 
 crate::allocator::allocator_handle! {
     /// Wraps dma-buf fds as [`Memory`] (`GstDmaBufAllocator`).
-    DmaBufAllocator => DmaBufAllocatorImpl
+    DmaBufAllocator => DmaBufAllocatorImpl, new
 }
 
 impl DmaBufAllocator {

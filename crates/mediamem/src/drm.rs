@@ -280,28 +280,22 @@ impl AllocatorImpl for DrmDumbAllocatorImpl {
     }
 }
 
-/// Allocates DRM dumb buffers as [`Memory`] (`GstDRMDumbAllocator`).
-///
-/// ```no_run
-/// use mediamem::drm::{fourcc, DrmDumbAllocator};
-/// let dumb = DrmDumbAllocator::new_with_device_path("/dev/dri/card0")?;
-/// let (mem, pitch) = dumb.alloc(fourcc(*b"XR24"), 640, 480)?;
-/// assert!(pitch >= 640 * 4);
-/// mem.map_writable()?.fill(0xff);
-/// if dumb.has_prime_export() {
-///     let dmabuf = mediamem::drm_dumb_memory_export_dmabuf(&mem)?;
-///     assert!(mediamem::is_dmabuf_memory(&dmabuf));
-/// }
-/// # Ok::<(), mediamem::Error>(())
-/// ```
-#[derive(Debug, Clone)]
-pub struct DrmDumbAllocator(Allocator);
-
-impl std::ops::Deref for DrmDumbAllocator {
-    type Target = Allocator;
-    fn deref(&self) -> &Allocator {
-        &self.0
-    }
+crate::allocator::allocator_handle! {
+    /// Allocates DRM dumb buffers as [`Memory`] (`GstDRMDumbAllocator`).
+    ///
+    /// ```no_run
+    /// use mediamem::drm::{fourcc, DrmDumbAllocator};
+    /// let dumb = DrmDumbAllocator::new_with_device_path("/dev/dri/card0")?;
+    /// let (mem, pitch) = dumb.alloc(fourcc(*b"XR24"), 640, 480)?;
+    /// assert!(pitch >= 640 * 4);
+    /// mem.map_writable()?.fill(0xff);
+    /// if dumb.has_prime_export() {
+    ///     let dmabuf = mediamem::drm_dumb_memory_export_dmabuf(&mem)?;
+    ///     assert!(mediamem::is_dmabuf_memory(&dmabuf));
+    /// }
+    /// # Ok::<(), mediamem::Error>(())
+    /// ```
+    DrmDumbAllocator => DrmDumbAllocatorImpl
 }
 
 impl DrmDumbAllocator {
@@ -342,17 +336,6 @@ impl DrmDumbAllocator {
             device: Arc::new(device),
             dmabuf: DmaBufAllocator::new(),
         })))
-    }
-
-    fn imp(&self) -> &DrmDumbAllocatorImpl {
-        self.0
-            .downcast_ref::<DrmDumbAllocatorImpl>()
-            .expect("a DrmDumbAllocator wraps a DrmDumbAllocatorImpl")
-    }
-
-    /// The generic allocator handle.
-    pub fn allocator(&self) -> &Allocator {
-        &self.0
     }
 
     /// Whether dumb buffers can be exported as dma-bufs

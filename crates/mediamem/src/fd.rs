@@ -87,7 +87,7 @@ crate::allocator::allocator_handle! {
     /// # }
     /// # Ok::<(), mediamem::Error>(())
     /// ```
-    FdAllocator => FdAllocatorImpl
+    FdAllocator => FdAllocatorImpl, new
 }
 
 impl FdAllocator {

@@ -74,23 +74,17 @@ impl AllocatorImpl for DmaHeapAllocatorImpl {
     }
 }
 
-/// Allocates dma-bufs from one DMA-BUF heap.
-///
-/// ```no_run
-/// use mediamem::heap::DmaHeapAllocator;
-/// let heap = DmaHeapAllocator::new("system")?;
-/// let mem = heap.alloc(1 << 20, None)?;
-/// assert!(mediamem::is_dmabuf_memory(&mem));
-/// # Ok::<(), mediamem::Error>(())
-/// ```
-#[derive(Debug, Clone)]
-pub struct DmaHeapAllocator(Allocator);
-
-impl std::ops::Deref for DmaHeapAllocator {
-    type Target = Allocator;
-    fn deref(&self) -> &Allocator {
-        &self.0
-    }
+crate::allocator::allocator_handle! {
+    /// Allocates dma-bufs from one DMA-BUF heap.
+    ///
+    /// ```no_run
+    /// use mediamem::heap::DmaHeapAllocator;
+    /// let heap = DmaHeapAllocator::new("system")?;
+    /// let mem = heap.alloc(1 << 20, None)?;
+    /// assert!(mediamem::is_dmabuf_memory(&mem));
+    /// # Ok::<(), mediamem::Error>(())
+    /// ```
+    DmaHeapAllocator => DmaHeapAllocatorImpl
 }
 
 impl DmaHeapAllocator {
@@ -143,15 +137,6 @@ impl DmaHeapAllocator {
 
     /// The heap's name.
     pub fn name(&self) -> &str {
-        &self
-            .0
-            .downcast_ref::<DmaHeapAllocatorImpl>()
-            .expect("a DmaHeapAllocator wraps a DmaHeapAllocatorImpl")
-            .name
-    }
-
-    /// The generic allocator handle.
-    pub fn allocator(&self) -> &Allocator {
-        &self.0
+        &self.imp().name
     }
 }

@@ -272,25 +272,19 @@ impl PhysMemoryAllocator for HugePageAllocatorImpl {
     }
 }
 
-/// Physically contiguous memory from huge pages.
-///
-/// ```no_run
-/// use mediamem::phys::{phys_memory_get_phys_addr, HugePageAllocator};
-/// let huge = HugePageAllocator::new()?;
-/// let mem = huge.alloc(1 << 20, None)?;
-/// let addr = phys_memory_get_phys_addr(&mem).expect("resolved at allocation");
-/// assert!(mediamem::is_fd_memory(&mem)); // shareable with other processes
-/// # let _ = addr;
-/// # Ok::<(), mediamem::Error>(())
-/// ```
-#[derive(Debug, Clone)]
-pub struct HugePageAllocator(Allocator);
-
-impl std::ops::Deref for HugePageAllocator {
-    type Target = Allocator;
-    fn deref(&self) -> &Allocator {
-        &self.0
-    }
+crate::allocator::allocator_handle! {
+    /// Physically contiguous memory from huge pages.
+    ///
+    /// ```no_run
+    /// use mediamem::phys::{phys_memory_get_phys_addr, HugePageAllocator};
+    /// let huge = HugePageAllocator::new()?;
+    /// let mem = huge.alloc(1 << 20, None)?;
+    /// let addr = phys_memory_get_phys_addr(&mem).expect("resolved at allocation");
+    /// assert!(mediamem::is_fd_memory(&mem)); // shareable with other processes
+    /// # let _ = addr;
+    /// # Ok::<(), mediamem::Error>(())
+    /// ```
+    HugePageAllocator => HugePageAllocatorImpl
 }
 
 impl HugePageAllocator {
@@ -319,15 +313,7 @@ impl HugePageAllocator {
 
     /// The largest memory it can make (one huge page).
     pub fn max_size(&self) -> usize {
-        self.0
-            .downcast_ref::<HugePageAllocatorImpl>()
-            .expect("wraps HugePageAllocatorImpl")
-            .huge_page
-    }
-
-    /// The generic allocator handle.
-    pub fn allocator(&self) -> &Allocator {
-        &self.0
+        self.imp().huge_page
     }
 }
 
@@ -376,15 +362,9 @@ impl PhysMemoryAllocator for CmaHeapAllocatorImpl {
     }
 }
 
-/// Physically contiguous dma-bufs from the CMA heap.
-#[derive(Debug, Clone)]
-pub struct CmaHeapAllocator(Allocator);
-
-impl std::ops::Deref for CmaHeapAllocator {
-    type Target = Allocator;
-    fn deref(&self) -> &Allocator {
-        &self.0
-    }
+crate::allocator::allocator_handle! {
+    /// Physically contiguous dma-bufs from the CMA heap.
+    CmaHeapAllocator => CmaHeapAllocatorImpl
 }
 
 impl CmaHeapAllocator {
@@ -423,10 +403,6 @@ impl CmaHeapAllocator {
 
     /// The heap's name (`linux,cma` or `reserved`).
     pub fn name(&self) -> &str {
-        &self
-            .0
-            .downcast_ref::<CmaHeapAllocatorImpl>()
-            .expect("wraps CmaHeapAllocatorImpl")
-            .name
+        &self.imp().name
     }
 }

@@ -101,7 +101,7 @@ fn probe_cma() -> ProbeRow {
         || {
             let a = CmaHeapAllocator::new()?;
             let m = a.alloc(1 << 20, None)?;
-            Ok(((*a).clone(), m))
+            Ok((a.allocator().clone(), m))
         },
     )
 }
