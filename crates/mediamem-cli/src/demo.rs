@@ -224,7 +224,7 @@ fn run_zero_copy(args: &DemoArgs, size: usize) -> Result<RunResult, String> {
         let mut tx = Sender::new(ours);
         let mut progress = Progress::new(args, "zero-copy");
         for n in 0..args.frames {
-            let frame = loop {
+            let mut frame = loop {
                 match pool.acquire() {
                     Ok(f) => break f,
                     Err(Error::PoolExhausted { .. }) => {
@@ -235,7 +235,7 @@ fn run_zero_copy(args: &DemoArgs, size: usize) -> Result<RunResult, String> {
                     Err(e) => return Err(e),
                 }
             };
-            let sum = fill(&mut frame.map_writable()?, n);
+            let sum = fill(&mut frame.map_mut()?, n);
             let mut meta = [0u8; 16];
             meta[..8].copy_from_slice(&n.to_le_bytes());
             meta[8..].copy_from_slice(&sum.to_le_bytes());

@@ -123,6 +123,22 @@ fn map_unmap(c: &mut Criterion) {
     g.bench_function("mediamem sysmem map_readable", |b| {
         b.iter(|| black_box(m.map_readable().unwrap().as_ptr()))
     });
+    let mut owned = Memory::with_size(4096).unwrap();
+    g.bench_function("mediamem sysmem map_mut", |b| {
+        b.iter(|| black_box(owned.map_mut().unwrap().as_mut_ptr()))
+    });
+    // What any implementation of GStreamer's lock word pays on a shared
+    // handle: one compare-and-swap to lock, one to unlock.
+    let word = std::sync::atomic::AtomicU64::new(0);
+    g.bench_function("lock-word floor (2 CAS)", |b| {
+        use std::sync::atomic::Ordering::{Acquire, Relaxed, Release};
+        b.iter(|| {
+            let v = word.load(Relaxed);
+            let _ = black_box(word.compare_exchange_weak(v, v + 0x101, Acquire, Relaxed));
+            let v = word.load(Relaxed);
+            let _ = black_box(word.compare_exchange_weak(v, v - 0x101, Release, Relaxed));
+        })
+    });
     g.bench_function("mediamem sysmem map_raw", |b| {
         b.iter(|| black_box(m.map_raw(MapFlags::READ).unwrap().as_ptr()))
     });
@@ -136,6 +152,11 @@ fn map_unmap(c: &mut Criterion) {
         let gm = gst_side::gst::Memory::with_size(4096);
         g.bench_function("gstreamer sysmem map_readable", |b| {
             b.iter(|| black_box(gm.map_readable().unwrap().as_ptr()))
+        });
+        let mut gw = gst_side::gst::Memory::with_size(4096);
+        let gw = gw.get_mut().expect("a fresh memory is writable");
+        g.bench_function("gstreamer sysmem map_writable", |b| {
+            b.iter(|| black_box(gw.map_writable().unwrap().as_mut_ptr()))
         });
         use gst_side::gsta::prelude::*;
         use std::os::fd::IntoRawFd;

@@ -683,9 +683,9 @@ fn copy_by_pread(fd: &OwnedFd, offset: usize, size: usize, maxsize: usize) -> Re
             file_size,
         });
     }
-    let copy = ShmAllocator::get().alloc(size, None)?;
+    let mut copy = ShmAllocator::get().alloc(size, None)?;
     {
-        let mut dst = copy.map_writable()?;
+        let mut dst = copy.map_mut()?;
         let mut done = 0;
         while done < size {
             match rustix::io::pread(fd, &mut dst[done..], (offset + done) as u64) {

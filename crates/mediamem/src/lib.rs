@@ -65,7 +65,7 @@ pub use fd::{fd_memory_get_fd, is_fd_memory, FdAllocator, FdMemoryFlags};
 pub use heap::DmaHeapAllocator;
 pub use memory::{
     Dynamic, IntoMappedError, LockFlags, LockGuard, MapFlags, MapMode, MappedMemory, Memory,
-    MemoryBackend, MemoryFlags, MemoryMap, MemoryParts, RawMap, Readable, Writable,
+    MemoryBackend, MemoryFlags, MemoryMap, MemoryMapMut, MemoryParts, RawMap, Readable, Writable,
     DEFAULT_ALIGN_MASK,
 };
 pub use phys::{is_phys_memory, phys_memory_get_phys_addr, HugePageAllocator, PhysMemoryAllocator};

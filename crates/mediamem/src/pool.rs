@@ -255,6 +255,22 @@ impl PooledMemory {
         self.memory.as_ref().expect("present until drop")
     }
 
+    /// Map the memory for writing through [`Memory::map_mut`]: a frame
+    /// fresh out of the pool is owned by this handle alone, so the map
+    /// takes no lock.
+    ///
+    /// ```
+    /// use mediamem::{pool::MemoryPool, Allocator};
+    /// let pool = MemoryPool::new(Allocator::system(), 64, None, 1, 1)?;
+    /// let mut frame = pool.acquire()?;
+    /// frame.map_mut()?.fill(0x80);
+    /// assert_eq!(frame.map_readable()?[63], 0x80);
+    /// # Ok::<(), mediamem::Error>(())
+    /// ```
+    pub fn map_mut(&mut self) -> Result<crate::memory::MemoryMapMut<'_>> {
+        self.memory.as_mut().expect("present until drop").map_mut()
+    }
+
     /// Keep the memory and take it out of the pool for good (the pool may
     /// allocate a replacement).
     pub fn detach(mut self) -> Memory {

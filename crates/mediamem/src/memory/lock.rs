@@ -102,6 +102,14 @@ impl LockWord {
         self.0.load(Ordering::Acquire) as u32
     }
 
+    /// Whether nothing holds the word: no lock, map or borrow. Relaxed: the
+    /// caller (`Memory::owns_block`) already synchronised with every other
+    /// handle through the reference count, and has the only one.
+    #[inline]
+    pub(crate) fn is_idle(&self) -> bool {
+        self.0.load(Ordering::Relaxed) == 0
+    }
+
     /// Apply `f` to the (lock, borrows) halves with a CAS loop.
     #[inline]
     fn update(&self, f: impl Fn(u32, u32) -> Result<(u32, u32)>, order: Ordering) -> Result<()> {

@@ -24,6 +24,9 @@ pub(crate) struct Mapping {
     pub(crate) maxsize: usize,
     pub(crate) flags: MapFlags,
     pub(crate) borrow: Borrow,
+    /// Whether the map holds the lock word (false only for `map_mut` of an
+    /// owned block).
+    pub(crate) locked: bool,
     /// The extra reference of [`MapFlags::REF_MEMORY`].
     pub(crate) _keep: Option<Memory>,
 }
@@ -39,8 +42,9 @@ impl Mapping {
     fn slice(&self) -> &[u8] {
         // SAFETY: the backend keeps the block's initialised bytes valid until
         // unmap (MemoryBackend contract), and every slice-giving guard holds
-        // at least a shared borrow of the block, so no `&mut` aliases them.
-        // (RawMap never calls this.)
+        // at least a shared borrow of the block, or (an unlocked `map_mut`)
+        // the only handle to it, mutably borrowed, so no `&mut` aliases
+        // them. (RawMap never calls this.)
         unsafe { std::slice::from_raw_parts(self.data(), self.size) }
     }
 
@@ -51,8 +55,9 @@ impl Mapping {
         }
         // SAFETY: a WRITE map made the bytes writable (MemoryBackend
         // contract); slice-giving WRITE maps hold the block's exclusive
-        // borrow, and `&mut self` makes this the only slice from this
-        // mapping.
+        // borrow, or (an unlocked `map_mut`) the only handle to the block,
+        // mutably borrowed, with no way to reach it from the guard; and
+        // `&mut self` makes this the only slice from this mapping.
         Some(unsafe { std::slice::from_raw_parts_mut(self.data(), self.size) })
     }
 }
@@ -185,6 +190,106 @@ impl<M: MapMode> fmt::Debug for MemoryMap<'_, M> {
 }
 
 impl<M: MapMode> Drop for MemoryMap<'_, M> {
+    #[inline]
+    fn drop(&mut self) {
+        self.memory.unmap(&self.mapping);
+    }
+}
+
+/// A writable mapping from [`Memory::map_mut`]; unmapped on drop.
+///
+/// Unlike [`MemoryMap`] it does not give the memory back out (no
+/// `memory()`): the map may hold no lock, and it relies on nobody reaching
+/// the memory while it lives.
+pub struct MemoryMapMut<'a> {
+    memory: &'a Memory,
+    mapping: Mapping,
+}
+
+// SAFETY: as for MemoryMap: `&[u8]` through `&self`, `&mut [u8]` through
+// `&mut self`; the unmap goes through `Memory`, which is Send + Sync.
+unsafe impl Send for MemoryMapMut<'_> {}
+// SAFETY: see Send.
+unsafe impl Sync for MemoryMapMut<'_> {}
+
+impl<'a> MemoryMapMut<'a> {
+    #[inline]
+    pub(crate) fn new(memory: &'a Memory, mapping: Mapping) -> Self {
+        MemoryMapMut { memory, mapping }
+    }
+
+    /// Number of visible bytes.
+    pub fn size(&self) -> usize {
+        self.mapping.size
+    }
+
+    /// `maxsize - offset` at map time.
+    pub fn maxsize(&self) -> usize {
+        self.mapping.maxsize - self.mapping.offset
+    }
+
+    /// Whether the map skipped the lock word (the handle owned the block).
+    pub fn is_lockless(&self) -> bool {
+        !self.mapping.locked
+    }
+
+    /// The visible bytes.
+    pub fn as_slice(&self) -> &[u8] {
+        self.mapping.slice()
+    }
+
+    /// The visible bytes, mutably.
+    pub fn as_mut_slice(&mut self) -> &mut [u8] {
+        self.mapping.slice_mut().expect("map_mut makes WRITE maps")
+    }
+
+    /// Start of the visible bytes.
+    pub fn as_ptr(&self) -> *const u8 {
+        self.mapping.data()
+    }
+
+    /// Start of the visible bytes, for writing.
+    pub fn as_mut_ptr(&mut self) -> *mut u8 {
+        self.mapping.data()
+    }
+}
+
+impl Deref for MemoryMapMut<'_> {
+    type Target = [u8];
+    fn deref(&self) -> &[u8] {
+        self.as_slice()
+    }
+}
+
+impl DerefMut for MemoryMapMut<'_> {
+    fn deref_mut(&mut self) -> &mut [u8] {
+        self.as_mut_slice()
+    }
+}
+
+impl AsRef<[u8]> for MemoryMapMut<'_> {
+    fn as_ref(&self) -> &[u8] {
+        self.as_slice()
+    }
+}
+
+impl AsMut<[u8]> for MemoryMapMut<'_> {
+    fn as_mut(&mut self) -> &mut [u8] {
+        self.as_mut_slice()
+    }
+}
+
+impl fmt::Debug for MemoryMapMut<'_> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("MemoryMapMut")
+            .field("size", &self.mapping.size)
+            .field("maxsize", &self.maxsize())
+            .field("lockless", &self.is_lockless())
+            .finish()
+    }
+}
+
+impl Drop for MemoryMapMut<'_> {
     #[inline]
     fn drop(&mut self) {
         self.memory.unmap(&self.mapping);

@@ -50,12 +50,22 @@
 //! writable guard ([`Error::Aliased`] otherwise). [`Memory::map_raw`] takes
 //! only the lock word, exactly as GStreamer, and hands out pointers.
 //!
+//! Ownership can also prove exclusivity outright: [`Memory::map_mut`] takes
+//! `&mut self`, and when that handle is the only one to a root memory with
+//! nothing held, no other map, share or lock can exist while its guard
+//! lives, so it maps without touching the lock word (no atomic
+//! read-modify-write; about 2.5 ns for a map and unmap, where any shared
+//! handle pays two compare-and-swaps, about 9.5 ns on the benchmark
+//! machine). That is the producer's case: fill a frame fresh from an
+//! allocator or a pool. With other handles it is the ordinary locked map.
+//!
 //! Bytes of fd-backed memory can also change underneath a mapping when the
 //! same file is written by another process or device; the slices are then
 //! views of memory that is shared outside Rust's knowledge, as with any
 //! `mmap` of a shared file.
 
 mod backend;
+mod counted;
 mod flags;
 mod lock;
 mod map;
@@ -65,16 +75,17 @@ use std::fmt;
 use std::ops::{Bound, RangeBounds};
 use std::ptr::NonNull;
 use std::sync::atomic::{AtomicU32, Ordering};
-use std::sync::Arc;
 
 pub use backend::{MemoryBackend, MemoryParts};
 pub use flags::{LockFlags, MapFlags, MemoryFlags};
 pub use map::{
-    Dynamic, IntoMappedError, MapMode, MappedMemory, MemoryMap, RawMap, Readable, Writable,
+    Dynamic, IntoMappedError, MapMode, MappedMemory, MemoryMap, MemoryMapMut, RawMap, Readable,
+    Writable,
 };
 
 use crate::allocator::{check_align_mask, AllocationParams, Allocator, AllocatorFlags};
 use crate::error::{Error, Result};
+use counted::Counted;
 use lock::LockWord;
 use map::Mapping;
 use region::{Borrow, Region};
@@ -106,7 +117,7 @@ pub const DEFAULT_ALIGN_MASK: usize = 7;
 /// ```
 #[derive(Clone)]
 pub struct Memory {
-    inner: Arc<Inner>,
+    inner: Counted<Inner>,
 }
 
 struct Inner {
@@ -202,7 +213,7 @@ impl Memory {
             });
         }
         Ok(Memory {
-            inner: Arc::new(Inner {
+            inner: Counted::new(Inner {
                 origin: Origin::Root {
                     allocator: allocator.clone(),
                     static_base: parts
@@ -302,12 +313,12 @@ impl Memory {
 
     /// The number of handles to this memory (shares hold one on their root).
     pub fn ref_count(&self) -> usize {
-        Arc::strong_count(&self.inner)
+        Counted::count(&self.inner)
     }
 
     /// Whether both handles are the same memory.
     pub fn ptr_eq(&self, other: &Memory) -> bool {
-        Arc::ptr_eq(&self.inner, &other.inner)
+        Counted::ptr_eq(&self.inner, &other.inner)
     }
 
     /// GStreamer's writability: the share count is at most one. The
@@ -349,7 +360,7 @@ impl Memory {
 
     /// Take the lock for `flags` on this memory and the byte borrow on its
     /// block: one CAS for a root (both live in its word), two for a share.
-    #[inline]
+    #[inline(always)]
     fn lock_for_map(&self, flags: LockFlags, borrow: Borrow) -> Result<()> {
         let readonly = self.is_readonly();
         match &self.inner.origin {
@@ -366,7 +377,7 @@ impl Memory {
     }
 
     /// Undo [`lock_for_map`](Memory::lock_for_map).
-    #[inline]
+    #[inline(always)]
     fn unlock_map(&self, flags: LockFlags, borrow: Borrow) {
         let released = match &self.inner.origin {
             Origin::Root { .. } => self.inner.lock.unlock_release(flags, borrow),
@@ -411,8 +422,27 @@ impl Memory {
     // Mapping
     // ----------------------------------------------------------------
 
+    /// Whether this handle alone reaches the block and nothing holds it:
+    /// the only handle of a root that is not read-only, with no lock, map or
+    /// borrow in its word. With `&mut self` that stays true for the borrow,
+    /// so a map then needs no lock word at all.
+    #[inline]
+    fn owns_block(&mut self) -> bool {
+        Counted::is_unique(&self.inner)
+            && matches!(self.inner.origin, Origin::Root { .. })
+            && self.inner.lock.is_idle()
+            && !self.is_readonly()
+    }
+
     #[inline]
     fn map_with(&self, flags: MapFlags, borrow: Borrow) -> Result<Mapping> {
+        self.map_locked(flags, borrow, true)
+    }
+
+    /// Map with `flags`; `locked == false` (only from `map_mut`, after
+    /// `owns_block`) skips the lock word.
+    #[inline(always)]
+    fn map_locked(&self, flags: MapFlags, borrow: Borrow, locked: bool) -> Result<Mapping> {
         if flags.contains(MapFlags::from_bits_retain(LockFlags::EXCLUSIVE.bits())) {
             return Err(Error::InvalidMapFlags {
                 flags: flags.bits(),
@@ -426,7 +456,9 @@ impl Memory {
                 why: "neither READ nor WRITE",
             });
         }
-        self.lock_for_map(lock_flags, borrow)?;
+        if locked {
+            self.lock_for_map(lock_flags, borrow)?;
+        }
         let (backend, static_base) = self.root_parts();
         let base = match NonNull::new(static_base as *mut u8) {
             Some(base) => base,
@@ -437,7 +469,9 @@ impl Memory {
                     // above debug (GStreamer's
                     // test_no_error_and_no_warning_on_map_failure).
                     log::debug!("map of {} memory failed: {e}", self.allocator().mem_type());
-                    self.unlock_map(lock_flags, borrow);
+                    if locked {
+                        self.unlock_map(lock_flags, borrow);
+                    }
                     return Err(e);
                 }
             },
@@ -450,18 +484,21 @@ impl Memory {
             maxsize: self.inner.maxsize,
             flags,
             borrow,
+            locked,
             _keep: flags.contains(MapFlags::REF_MEMORY).then(|| self.clone()),
         })
     }
 
     /// Undo `map_with`. Called exactly once per mapping by the guards.
-    #[inline]
+    #[inline(always)]
     fn unmap(&self, mapping: &Mapping) {
         let (backend, static_base) = self.root_parts();
         if static_base == 0 {
             backend.unmap(mapping.flags);
         }
-        self.unlock_map(mapping.flags.lock_flags(), mapping.borrow);
+        if mapping.locked {
+            self.unlock_map(mapping.flags.lock_flags(), mapping.borrow);
+        }
     }
 
     /// Map for reading: a guard that derefs to the visible bytes.
@@ -490,6 +527,38 @@ impl Memory {
             self,
             self.map_with(MapFlags::WRITE, Borrow::Exclusive)?,
         ))
+    }
+
+    /// Map for writing through a mutable handle: the fast path for a
+    /// producer filling a memory it owns (fresh from an allocator or a
+    /// pool).
+    ///
+    /// When this handle is the only reference to a root memory and nothing
+    /// holds it (no clone, share, lock or map), `&mut self` proves that no
+    /// other map can exist until the guard drops, so the map takes no lock
+    /// and costs no atomic read-modify-write. The guard does not hand the
+    /// memory out, so that stays true while it lives. Otherwise this is
+    /// exactly [`map_writable`](Memory::map_writable), with its errors.
+    ///
+    /// ```
+    /// use mediamem::Memory;
+    /// let mut mem = Memory::with_size(4)?;
+    /// mem.map_mut()?.copy_from_slice(b"abcd");
+    /// let other = mem.clone();
+    /// // Two handles now: the ordinary, locked path (which still allows it,
+    /// // as GStreamer does: writability ignores the reference count).
+    /// mem.map_mut()?[0] = b'A';
+    /// assert_eq!(&*other.map_readable()?, b"Abcd");
+    /// # Ok::<(), mediamem::Error>(())
+    /// ```
+    ///
+    /// # Errors
+    /// Those of [`map_writable`](Memory::map_writable).
+    #[inline]
+    pub fn map_mut(&mut self) -> Result<MemoryMapMut<'_>> {
+        let locked = !self.owns_block();
+        let mapping = self.map_locked(MapFlags::WRITE, Borrow::Exclusive, locked)?;
+        Ok(MemoryMapMut::new(self, mapping))
     }
 
     /// Map with explicit flags (`gst_memory_map`). With WRITE the guard
@@ -611,7 +680,7 @@ impl Memory {
                 flags.remove(MemoryFlags::ZERO_PADDED);
             }
             Memory {
-                inner: Arc::new(Inner {
+                inner: Counted::new(Inner {
                     origin: Origin::Share { root: root.clone() },
                     maxsize: self.inner.maxsize,
                     align: self.inner.align,
