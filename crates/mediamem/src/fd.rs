@@ -308,6 +308,7 @@ pub(crate) fn own_fd_backend(
         dmabuf: kind == FdKind::DmaBuf,
         phys: None,
         _on_free: None,
+        pinned: false,
         state: Mutex::new(MapState {
             data: 0,
             prot: ProtFlags::empty(),
@@ -355,6 +356,9 @@ pub struct FdBackend {
     phys: Option<u64>,
     /// Dropped with the block (the IPC receiver's release notice).
     _on_free: Option<Box<dyn std::any::Any + Send + Sync>>,
+    /// Mapped read-write for the backend's whole life (shm): maps never
+    /// reach the backend (see [`FdBackend::pin_mapped`]).
+    pinned: bool,
     state: Mutex<MapState>,
 }
 
@@ -418,7 +422,24 @@ impl FdBackend {
         self.lock_state().data != 0
     }
 
-    /// Maps currently held on the block.
+    /// Map the block read-write now and keep it mapped until the backend
+    /// drops, so every later map of the memory is the bare lock word (no
+    /// backend call, no mutex). For memory this process made and owns
+    /// outright (shm); never for dma-bufs, whose maps must be bracketed by
+    /// syncs.
+    pub(crate) fn pin_mapped(&mut self) -> Result<NonNull<u8>> {
+        debug_assert!(!self.dmabuf, "dma-buf maps need their syncs");
+        self.flags |= FdMemoryFlags::KEEP_MAPPED;
+        let base = self.map_fd(self.maxsize, MapFlags::READWRITE)?;
+        // KEEP_MAPPED: the mapping stays; only the count is given back.
+        self.unmap_fd();
+        self.pinned = true;
+        Ok(base)
+    }
+
+    /// Maps currently held on the block through the backend. A block mapped
+    /// for its whole life (shm memory) is never mapped through the backend
+    /// again, and reads 0 here.
     pub fn map_count(&self) -> usize {
         self.lock_state().count
     }
@@ -448,6 +469,18 @@ fn prot_for(flags: MapFlags) -> ProtFlags {
 // initialised), readable, and writable when WRITE was asked; it stays mapped
 // until the matching unmap (or, with KEEP_MAPPED, until drop).
 unsafe impl MemoryBackend for FdBackend {
+    fn static_ptr(&self) -> Option<NonNull<u8>> {
+        // Pinned: mapped read-write (and never mprotected: nothing maps it
+        // again) until drop.
+        if !self.pinned {
+            return None;
+        }
+        if self.maxsize == 0 {
+            return Some(NonNull::dangling());
+        }
+        NonNull::new(self.lock_state().data as *mut u8)
+    }
+
     fn map(&self, maxsize: usize, flags: MapFlags) -> Result<NonNull<u8>> {
         let ptr = self.map_fd(maxsize, flags)?;
         // dma-buf: sync only after a successful map, on every map (GStreamer

@@ -5,7 +5,8 @@
 //! shareable memory with GStreamer's semantics, without libgstreamer.
 //!
 //! * [`Memory`]: the handle. Map it with guards ([`Memory::map_readable`],
-//!   [`Memory::map_writable`]), make zero-copy views with
+//!   [`Memory::map_writable`], and [`Memory::map_mut`], lock-free on the
+//!   only handle), make zero-copy views with
 //!   [`Memory::share`], copy with [`Memory::copy_range`], trim with
 //!   [`Memory::resize`], merge adjacent views with [`Memory::is_span`].
 //! * [`Allocator`]: the allocator handle, with the process-wide registry

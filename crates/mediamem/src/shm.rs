@@ -19,7 +19,7 @@ use rustix::fs::{MemfdFlags, SealFlags};
 use crate::allocator::{AllocationParams, Allocator, AllocatorFlags, AllocatorImpl};
 use crate::error::{Error, Result};
 use crate::fd::{own_fd_backend, FdHandle, FdKind, FdMemoryFlags};
-use crate::memory::{MapFlags, MemoryBackend, MemoryParts, DEFAULT_ALIGN_MASK};
+use crate::memory::{MemoryParts, DEFAULT_ALIGN_MASK};
 
 /// Name (and memory type) of the shm allocator.
 pub const ALLOCATOR_SHM: &str = "shm";
@@ -92,16 +92,15 @@ impl AllocatorImpl for ShmAllocatorImpl {
             source: e.into(),
         })?;
         // Just created, sized and sealed by us: no size check needed.
-        let backend = own_fd_backend(
+        let mut backend = own_fd_backend(
             FdHandle::Owned(fd),
             maxsize,
             FdMemoryFlags::KEEP_MAPPED,
             FdKind::Plain,
         );
-        // Map read-write once: KEEP_MAPPED keeps this mapping for every later
-        // map, so none of them needs an mprotect.
-        let base = backend.map(maxsize, MapFlags::READWRITE)?;
-        backend.unmap(MapFlags::READWRITE);
+        // Map read-write once, for the memory's whole life (GStreamer keeps
+        // it mapped too): every later map is then only the lock word.
+        let base = backend.pin_mapped()?;
         // mmap is page-aligned; only masks beyond a page need an offset.
         let aoffset = (align + 1 - (base.as_ptr() as usize & align)) & align;
         // The new memfd is zero-filled, so ZERO_PREFIXED / ZERO_PADDED hold.

@@ -179,3 +179,46 @@ fn no_fd_or_mapping_leaks_over_many_cycles() -> Result<()> {
     });
     Ok(())
 }
+
+#[test]
+fn mapped_read_write_once_for_its_whole_life() -> Result<()> {
+    use mediamem::fd::FdBackend;
+    let mem = ShmAllocator::get().alloc(3 * page(), None)?;
+    let backend = mem.backend::<FdBackend>().expect("shm is fd memory");
+    assert!(backend.is_mapped(), "mapped at allocation");
+    let first = mem.map_readable()?.as_ptr();
+    assert_eq!(perms_at(first as usize), "rw-s");
+    {
+        // Read and write maps, nested through a share, all see one mapping
+        // and never reach the backend (no mmap, no mprotect, no count).
+        let share = mem.share(..)?;
+        let read = share.map_readable()?;
+        assert_eq!(read.as_ptr(), first);
+        assert_eq!(backend.map_count(), 0);
+        assert_eq!(perms_at(first as usize), "rw-s", "no mprotect for READ");
+    }
+    mem.map_writable()?.fill(0x5a);
+    assert_eq!(mem.map_readable()?.as_ptr(), first);
+    // The bytes are in the memfd (the mapping is MAP_SHARED).
+    let mut peer = std::fs::File::from(mem.try_clone_fd()?);
+    let mut bytes = vec![0u8; mem.size()];
+    peer.read_exact(&mut bytes).expect("read the memfd");
+    assert!(bytes.iter().all(|&b| b == 0x5a));
+    Ok(())
+}
+
+/// The permissions of the mapping that holds `addr`, from /proc/self/maps.
+fn perms_at(addr: usize) -> String {
+    let maps = std::fs::read_to_string("/proc/self/maps").expect("procfs");
+    for line in maps.lines() {
+        let mut fields = line.split_whitespace();
+        let (range, perms) = (fields.next().unwrap(), fields.next().unwrap());
+        let (lo, hi) = range.split_once('-').unwrap();
+        let lo = usize::from_str_radix(lo, 16).unwrap();
+        let hi = usize::from_str_radix(hi, 16).unwrap();
+        if (lo..hi).contains(&addr) {
+            return perms.to_owned();
+        }
+    }
+    panic!("{addr:#x} is not mapped");
+}

@@ -73,6 +73,28 @@ struct Headline {
     theirs: f64,
 }
 
+/// Extra headline rows: group prefix, label, mediamem entry, reference.
+const SECOND_ROWS: &[(&str, &str, &str, &str)] = &[
+    (
+        "alloc_map_free",
+        "shm",
+        "mediamem shm",
+        "syscall floor (memfd)",
+    ),
+    (
+        "map_unmap",
+        "owned, write",
+        "mediamem sysmem map_mut",
+        "gstreamer sysmem map_writable",
+    ),
+    (
+        "map_unmap",
+        "floor",
+        "mediamem sysmem map_readable",
+        "lock-word floor (2 CAS)",
+    ),
+];
+
 /// mediamem's main entry of each group against GStreamer's main entry, or
 /// the syscall floor where GStreamer has no counterpart.
 fn headline(groups: &Groups<'_>) -> Vec<Headline> {
@@ -108,16 +130,20 @@ fn headline(groups: &Groups<'_>) -> Vec<Headline> {
             reference: reference.function.clone(),
             theirs: reference.mean_ns,
         });
-        // Fd allocation is also judged against the floor.
-        if g.starts_with("alloc_map_free") {
-            if let (Some(shm), Some(floor)) =
-                (find(&["mediamem shm"], "\u{0}"), find(&[], "syscall floor"))
-            {
+        // Second rows: fd allocation against the floor, and the write map
+        // of an owned memory against GStreamer's (gstreamer-rs also needs
+        // `&mut` for it).
+        for (prefix, label, ours, theirs) in SECOND_ROWS {
+            if !g.starts_with(prefix) {
+                continue;
+            }
+            let exact = |name: &str| ps.iter().find(|p| p.function == name).copied();
+            if let (Some(o), Some(t)) = (exact(ours), exact(theirs)) {
                 rows.push(Headline {
-                    group: format!("{g} (shm)"),
-                    ours: shm.mean_ns,
-                    reference: floor.function.clone(),
-                    theirs: floor.mean_ns,
+                    group: format!("{g} ({label})"),
+                    ours: o.mean_ns,
+                    reference: t.function.clone(),
+                    theirs: t.mean_ns,
                 });
             }
         }
