@@ -231,7 +231,10 @@ fn pool(c: &mut Criterion) {
 }
 
 /// One fd out and an 8-byte release back, with the raw calls only.
-fn floor_round_trip(tx: &UnixStream, rx: &UnixStream, fd: &OwnedFd) {
+/// The round trip floor; with `checks`, also what a receiver that trusts
+/// nothing must do with the fd before reading it: check the seals and the
+/// size, map it, unmap it.
+fn floor_round_trip(tx: &UnixStream, rx: &UnixStream, fd: &OwnedFd, checks: bool) {
     let mut space = [MaybeUninit::uninit(); rustix::cmsg_space!(ScmRights(1))];
     let mut control = rustix::net::SendAncillaryBuffer::new(&mut space);
     let fds = [fd.as_fd()];
@@ -256,7 +259,29 @@ fn floor_round_trip(tx: &UnixStream, rx: &UnixStream, fd: &OwnedFd) {
     .unwrap();
     for m in rcontrol.drain() {
         if let rustix::net::RecvAncillaryMessage::ScmRights(r) = m {
-            r.for_each(drop);
+            r.for_each(|fd| {
+                if checks {
+                    let seals = rustix::fs::fcntl_get_seals(&fd).unwrap();
+                    let size = rustix::fs::fstat(&fd).unwrap().st_size as usize;
+                    black_box((seals, size));
+                    // SAFETY: a fresh read-only mapping of the received
+                    // memfd (4096 bytes, sealed), unmapped right away.
+                    unsafe {
+                        let p = rustix::mm::mmap(
+                            std::ptr::null_mut(),
+                            4096,
+                            ProtFlags::READ,
+                            MmapFlags::SHARED,
+                            &fd,
+                            0,
+                        )
+                        .unwrap();
+                        black_box(p);
+                        rustix::mm::munmap(p, 4096).unwrap();
+                    }
+                }
+                drop(fd)
+            });
         }
     }
     rustix::io::write(rx, &[0u8; 24]).unwrap();
@@ -281,8 +306,12 @@ fn ipc(c: &mut Criterion) {
     });
     let (x, y) = UnixStream::pair().unwrap();
     let memfd = rustix::fs::memfd_create("floor", MemfdFlags::CLOEXEC).unwrap();
+    rustix::fs::ftruncate(&memfd, 4096).unwrap();
     g.bench_function("syscall floor (sendmsg+recvmsg+release)", |bench| {
-        bench.iter(|| floor_round_trip(&x, &y, &memfd))
+        bench.iter(|| floor_round_trip(&x, &y, &memfd, false))
+    });
+    g.bench_function("syscall floor + seals, fstat, mmap, munmap", |bench| {
+        bench.iter(|| floor_round_trip(&x, &y, &memfd, true))
     });
     g.finish();
 }

@@ -193,6 +193,13 @@ impl Allocator {
         SYSTEM.clone()
     }
 
+    /// The system allocator without taking a reference (for the crate's
+    /// own hot paths, which only need to borrow it).
+    #[inline]
+    pub(crate) fn system_ref() -> &'static Allocator {
+        &SYSTEM
+    }
+
     /// Look an allocator up by name; `None` gives the default allocator
     /// (`gst_allocator_find`).
     ///

@@ -56,7 +56,7 @@ impl AllocatorImpl for SystemAllocator {
             .and_then(|n| n.checked_add(align))
             .ok_or(overflow)?;
         let block = SysBlock::zeroed(maxsize, align)?;
-        Ok(MemoryParts::new(Box::new(block), maxsize)
+        Ok(MemoryParts::system(block, maxsize)
             .flags(params.flags)
             .align(align)
             .region(params.prefix, size))
@@ -209,8 +209,8 @@ pub(crate) fn copy_into_sysmem(src: &[u8], align: usize) -> Result<Memory> {
     })?;
     let block = SysBlock::copied(src, maxsize, align)?;
     Memory::from_parts(
-        &Allocator::system(),
-        MemoryParts::new(Box::new(block), maxsize)
+        Allocator::system_ref(),
+        MemoryParts::system(block, maxsize)
             .align(align)
             .region(0, src.len()),
     )
@@ -234,8 +234,8 @@ impl Memory {
         });
         let len = block.len;
         Memory::from_parts(
-            &Allocator::system(),
-            MemoryParts::new(Box::new(block), len).flags(MemoryFlags::READONLY),
+            Allocator::system_ref(),
+            MemoryParts::system(block, len).flags(MemoryFlags::READONLY),
         )
         .expect("a whole-slice region always fits")
     }
@@ -266,8 +266,8 @@ impl Memory {
         let len = block.len;
         let (start, end) = crate::memory::resolve_range(range, len, "wrapped bytes")?;
         Memory::from_parts(
-            &Allocator::system(),
-            MemoryParts::new(Box::new(block), len)
+            Allocator::system_ref(),
+            MemoryParts::system(block, len)
                 .flags(flags)
                 .region(start, end - start),
         )

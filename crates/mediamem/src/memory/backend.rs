@@ -69,12 +69,37 @@ pub unsafe trait MemoryBackend: Any + Send + Sync + fmt::Debug {
     }
 }
 
+/// Where a root keeps its backend: system blocks inline (one heap
+/// allocation less for every system memory and every copy), any other kind
+/// behind a box.
+pub(crate) enum BackendSlot {
+    System(crate::system::SysBlock),
+    Boxed(Box<dyn MemoryBackend>),
+}
+
+impl BackendSlot {
+    /// The backend.
+    #[inline]
+    pub(crate) fn get(&self) -> &dyn MemoryBackend {
+        match self {
+            BackendSlot::System(block) => block,
+            BackendSlot::Boxed(backend) => &**backend,
+        }
+    }
+}
+
+impl fmt::Debug for BackendSlot {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        self.get().fmt(f)
+    }
+}
+
 /// Everything needed to make a root [`Memory`]: what an
 /// [`AllocatorImpl::alloc`](crate::AllocatorImpl::alloc) returns and what
 /// [`Memory::from_parts`] takes.
 #[derive(Debug)]
 pub struct MemoryParts {
-    pub(crate) backend: Box<dyn MemoryBackend>,
+    pub(crate) backend: BackendSlot,
     pub(crate) flags: MemoryFlags,
     pub(crate) maxsize: usize,
     pub(crate) align: usize,
@@ -85,6 +110,15 @@ pub struct MemoryParts {
 impl MemoryParts {
     /// A block of `maxsize` bytes, all visible, no flags, align mask 0.
     pub fn new(backend: Box<dyn MemoryBackend>, maxsize: usize) -> Self {
+        Self::with_slot(BackendSlot::Boxed(backend), maxsize)
+    }
+
+    /// A system block of `maxsize` bytes, kept inline in the memory.
+    pub(crate) fn system(block: crate::system::SysBlock, maxsize: usize) -> Self {
+        Self::with_slot(BackendSlot::System(block), maxsize)
+    }
+
+    fn with_slot(backend: BackendSlot, maxsize: usize) -> Self {
         MemoryParts {
             backend,
             flags: MemoryFlags::empty(),

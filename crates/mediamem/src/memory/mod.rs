@@ -76,6 +76,7 @@ use std::ops::{Bound, RangeBounds};
 use std::ptr::NonNull;
 use std::sync::atomic::{AtomicU32, Ordering};
 
+use backend::BackendSlot;
 pub use backend::{MemoryBackend, MemoryParts};
 pub use flags::{LockFlags, MapFlags, MemoryFlags};
 pub use map::{
@@ -133,7 +134,7 @@ enum Origin {
     Root {
         /// Shares reach their allocator through the root.
         allocator: Allocator,
-        backend: Box<dyn MemoryBackend>,
+        backend: BackendSlot,
         /// The block's address when the backend says it never needs a map
         /// (system memory): map and unmap then skip the backend. 0 if not.
         static_base: usize,
@@ -218,6 +219,7 @@ impl Memory {
                     allocator: allocator.clone(),
                     static_base: parts
                         .backend
+                        .get()
                         .static_ptr()
                         .map_or(0, |p| p.as_ptr() as usize),
                     backend: parts.backend,
@@ -349,7 +351,7 @@ impl Memory {
                 backend,
                 static_base,
                 ..
-            } => (&**backend, *static_base),
+            } => (backend.get(), *static_base),
             Origin::Share { .. } => unreachable!("shares always point at a root"),
         }
     }
