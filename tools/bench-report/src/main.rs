@@ -89,6 +89,18 @@ const SECOND_ROWS: &[(&str, &str, &str, &str)] = &[
     ),
     (
         "map_unmap",
+        "shm",
+        "mediamem shm map_readable",
+        "gstreamer fd keep-mapped map_readable",
+    ),
+    (
+        "ipc_round_trip",
+        "receiver's checks",
+        "mediamem",
+        "syscall floor + seals, fstat, mmap, munmap",
+    ),
+    (
+        "map_unmap",
         "floor",
         "mediamem sysmem map_readable",
         "lock-word floor (2 CAS)",

@@ -993,6 +993,7 @@ mod tests {
         check::<MemoryMap<'static, Readable>>();
         check::<MemoryMap<'static, Writable>>();
         check::<MappedMemory<Writable>>();
+        check::<MemoryMapMut<'static>>();
     }
 
     #[test]
