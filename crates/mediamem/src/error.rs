@@ -247,6 +247,20 @@ pub enum Error {
     #[error("IPC protocol error: {0}")]
     Protocol(String),
 
+    /// An IPC read waited longer than the timeout set on its end
+    /// ([`Receiver::set_timeout`](crate::ipc::Receiver::set_timeout),
+    /// [`Sender::set_timeout`](crate::ipc::Sender::set_timeout)).
+    #[error("IPC read timed out {}", if *.inside_message {
+        "inside a message (the stream is out of sync)"
+    } else {
+        "waiting for the next message"
+    })]
+    TimedOut {
+        /// Whether part of a message had arrived: the connection cannot be
+        /// read on. Otherwise it is still in sync and can be read again.
+        inside_message: bool,
+    },
+
     /// A received fd was refused by the receiver's policy.
     #[error("refused received memory: {0}")]
     Refused(String),

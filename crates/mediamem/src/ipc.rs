@@ -41,7 +41,11 @@
 //! connection stays usable; a framing error leaves the stream out of sync,
 //! so the receiver refuses further reads. End of file between messages is
 //! the end of the stream; inside one, an error. Writes use `MSG_NOSIGNAL`:
-//! a vanished peer is an error, not a `SIGPIPE`.
+//! a vanished peer is an error, not a `SIGPIPE`. A peer that stops sending
+//! in the middle of a message would block a read for ever: give either end
+//! a timeout ([`Receiver::set_timeout`], [`Sender::set_timeout`]) and it
+//! is [`Error::TimedOut`] instead, with every fd of the partial message
+//! closed.
 
 use std::collections::HashMap;
 use std::io::{IoSlice, IoSliceMut};
@@ -49,6 +53,7 @@ use std::mem::MaybeUninit;
 use std::os::fd::{AsFd, OwnedFd};
 use std::os::unix::net::UnixStream;
 use std::sync::Arc;
+use std::time::Duration;
 
 use rustix::net::{
     RecvAncillaryBuffer, RecvAncillaryMessage, RecvFlags, ReturnFlags, SendAncillaryBuffer,
@@ -306,6 +311,12 @@ fn read_message(sock: &UnixStream, nonblocking: bool) -> Result<Option<RawMessag
             Ok(m) => m,
             Err(rustix::io::Errno::INTR) => continue,
             Err(rustix::io::Errno::AGAIN) if nonblocking && got == 0 => return Ok(None),
+            // SO_RCVTIMEO ran out (a blocking read with a timeout).
+            Err(rustix::io::Errno::AGAIN) => {
+                return Err(Error::TimedOut {
+                    inside_message: got > 0 || !fds.is_empty(),
+                })
+            }
             Err(e) => return Err(Error::os("recvmsg", e)),
         };
         for c in control.drain() {
@@ -349,6 +360,11 @@ fn read_message(sock: &UnixStream, nonblocking: bool) -> Result<Option<RawMessag
             }
             Ok(n) => read += n,
             Err(rustix::io::Errno::INTR) => continue,
+            Err(rustix::io::Errno::AGAIN) => {
+                return Err(Error::TimedOut {
+                    inside_message: true,
+                })
+            }
             Err(e) => return Err(Error::os("read", e)),
         }
     }
@@ -357,6 +373,13 @@ fn read_message(sock: &UnixStream, nonblocking: bool) -> Result<Option<RawMessag
         payload,
         fds,
     }))
+}
+
+fn set_read_timeout(sock: &UnixStream, timeout: Option<Duration>) -> Result<()> {
+    sock.set_read_timeout(timeout).map_err(|e| Error::Os {
+        op: "setsockopt(SO_RCVTIMEO)",
+        source: e,
+    })
 }
 
 fn release_bytes(id: u64) -> [u8; HEADER_LEN + 8] {
@@ -390,6 +413,16 @@ impl Sender {
             next_id: 1,
             held: HashMap::new(),
         }
+    }
+
+    /// Make [`wait_release`](Sender::wait_release) give up with
+    /// [`Error::TimedOut`] after `timeout` without a message (`None`: wait
+    /// for ever, the default).
+    ///
+    /// # Errors
+    /// [`Error::Os`] when the socket refuses the timeout (a zero duration).
+    pub fn set_timeout(&self, timeout: Option<Duration>) -> Result<()> {
+        set_read_timeout(&self.sock, timeout)
     }
 
     /// Frames sent and not yet released.
@@ -556,6 +589,30 @@ impl Receiver {
         }
     }
 
+    /// Make [`recv`](Receiver::recv) give up with [`Error::TimedOut`] after
+    /// `timeout` without progress (`None`: wait for ever, the default). A
+    /// timeout between messages leaves the connection usable; one inside a
+    /// message does not.
+    ///
+    /// ```
+    /// use std::os::unix::net::UnixStream;
+    /// use std::time::Duration;
+    /// use mediamem::ipc::{ReceivePolicy, Receiver};
+    /// use mediamem::Error;
+    ///
+    /// let (_peer, ours) = UnixStream::pair().unwrap();
+    /// let mut rx = Receiver::new(ours, ReceivePolicy::default());
+    /// rx.set_timeout(Some(Duration::from_millis(10)))?;
+    /// assert!(matches!(rx.recv(), Err(Error::TimedOut { inside_message: false })));
+    /// # Ok::<(), Error>(())
+    /// ```
+    ///
+    /// # Errors
+    /// [`Error::Os`] when the socket refuses the timeout (a zero duration).
+    pub fn set_timeout(&self, timeout: Option<Duration>) -> Result<()> {
+        set_read_timeout(&self.sock, timeout)
+    }
+
     /// The next frame; `Ok(None)` at end of stream (or end of file between
     /// messages).
     ///
@@ -573,6 +630,12 @@ impl Receiver {
         let raw = match read_message(&self.sock, false) {
             Ok(Some(m)) => m,
             Ok(None) => return Ok(None),
+            // Nothing of a message arrived: still in sync.
+            Err(
+                e @ Error::TimedOut {
+                    inside_message: false,
+                },
+            ) => return Err(e),
             Err(e) => {
                 self.broken = Some(e.to_string());
                 return Err(e);

@@ -322,6 +322,75 @@ fn oversized_truncated_and_foreign_messages() {
     assert!(rx.recv().unwrap().is_none());
 }
 
+/// Whether an fd of this process points at the memfd called `name`.
+fn memfd_open(name: &str) -> bool {
+    std::fs::read_dir("/proc/self/fd")
+        .unwrap()
+        .filter_map(|e| std::fs::read_link(e.ok()?.path()).ok())
+        .any(|t| t.to_string_lossy().contains(name))
+}
+
+#[test]
+fn a_silent_peer_times_out_instead_of_hanging() -> Result<()> {
+    let timeout = Some(Duration::from_millis(50));
+    // Nothing at all: a timeout between messages, and the stream still
+    // works afterwards.
+    let (a, b) = UnixStream::pair().unwrap();
+    let (mut tx, mut rx) = (Sender::new(a), Receiver::new(b, ReceivePolicy::default()));
+    rx.set_timeout(timeout)?;
+    tx.set_timeout(timeout)?;
+    assert!(matches!(
+        rx.recv(),
+        Err(Error::TimedOut {
+            inside_message: false
+        })
+    ));
+    assert!(matches!(
+        tx.wait_release(),
+        Err(Error::TimedOut {
+            inside_message: false
+        })
+    ));
+    let frame = ShmAllocator::get().alloc(16, None)?;
+    let id = tx.send_frame(vec![frame], b"m")?;
+    let got = rx.recv()?.expect("a frame after the timeout");
+    assert_eq!((got.id, got.meta.as_slice()), (id, &b"m"[..]));
+    drop(got);
+    assert_eq!(tx.wait_release()?, Some(id));
+
+    // Half a header, with an fd: the timeout is inside a message, the fd
+    // is closed, and the receiver refuses to read on.
+    let (peer, ours) = UnixStream::pair().unwrap();
+    let mut rx = Receiver::new(ours, ReceivePolicy::default());
+    rx.set_timeout(timeout)?;
+    let name = format!("half-{}", std::process::id());
+    let fd = sealed_memfd_named(&name, 4096);
+    send_raw(&peer, &header(1, 48, 1)[..9], &[fd.as_fd()]);
+    drop(fd);
+    assert!(matches!(
+        rx.recv(),
+        Err(Error::TimedOut {
+            inside_message: true
+        })
+    ));
+    assert!(!memfd_open(&name), "the partial message's fd was closed");
+    assert!(matches!(rx.recv(), Err(Error::Protocol(ref m)) if m.contains("out of sync")));
+
+    // A whole header whose payload never comes.
+    let (peer, ours) = UnixStream::pair().unwrap();
+    let mut rx = Receiver::new(ours, ReceivePolicy::default());
+    rx.set_timeout(timeout)?;
+    send_raw(&peer, &header(1, 48, 0), &[]);
+    assert!(matches!(
+        rx.recv(),
+        Err(Error::TimedOut {
+            inside_message: true
+        })
+    ));
+    assert!(rx.set_timeout(Some(Duration::ZERO)).is_err());
+    Ok(())
+}
+
 #[test]
 fn the_sender_rejects_unknown_releases_and_survives_a_vanished_peer() -> Result<()> {
     let (a, b) = UnixStream::pair().unwrap();
