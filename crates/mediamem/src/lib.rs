@@ -66,8 +66,8 @@ pub use fd::{fd_memory_get_fd, is_fd_memory, FdAllocator, FdMemoryFlags};
 pub use heap::DmaHeapAllocator;
 pub use memory::{
     Dynamic, IntoMappedError, LockFlags, LockGuard, MapFlags, MapMode, MappedMemory, Memory,
-    MemoryBackend, MemoryFlags, MemoryMap, MemoryMapMut, MemoryParts, RawMap, Readable, Writable,
-    DEFAULT_ALIGN_MASK,
+    MemoryBackend, MemoryFlags, MemoryMap, MemoryMapMut, MemoryParts, Owned, RawMap, Readable,
+    Writable, DEFAULT_ALIGN_MASK,
 };
 pub use phys::{is_phys_memory, phys_memory_get_phys_addr, HugePageAllocator, PhysMemoryAllocator};
 pub use shm::ShmAllocator;

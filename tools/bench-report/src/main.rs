@@ -142,9 +142,8 @@ fn headline(groups: &Groups<'_>) -> Vec<Headline> {
             reference: reference.function.clone(),
             theirs: reference.mean_ns,
         });
-        // Second rows: fd allocation against the floor, and the write map
-        // of an owned memory against GStreamer's (gstreamer-rs also needs
-        // `&mut` for it).
+        // Second rows (SECOND_ROWS): other pairs worth a headline in
+        // this group.
         for (prefix, label, ours, theirs) in SECOND_ROWS {
             if !g.starts_with(prefix) {
                 continue;

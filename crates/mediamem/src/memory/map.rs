@@ -66,8 +66,8 @@ mod sealed {
     pub trait Sealed {}
 }
 
-/// The access a guard was mapped with: [`Readable`], [`Writable`] or
-/// [`Dynamic`] (flags chosen at run time).
+/// The access a guard was mapped with: [`Readable`], [`Writable`],
+/// [`Dynamic`] (flags chosen at run time) or [`Owned`].
 pub trait MapMode: sealed::Sealed + 'static {}
 
 /// Mapped for reading: the guard derefs to `&[u8]`.
@@ -80,13 +80,30 @@ pub enum Writable {}
 /// they include WRITE.
 #[derive(Debug)]
 pub enum Dynamic {}
+/// Mapped for writing through the only handle ([`Memory::map_mut`]): the
+/// guard derefs mutably, may hold no lock, and so never hands the memory
+/// out (no `memory()`).
+#[derive(Debug)]
+pub enum Owned {}
 
 impl sealed::Sealed for Readable {}
 impl sealed::Sealed for Writable {}
 impl sealed::Sealed for Dynamic {}
+impl sealed::Sealed for Owned {}
 impl MapMode for Readable {}
 impl MapMode for Writable {}
 impl MapMode for Dynamic {}
+impl MapMode for Owned {}
+
+/// A writable mapping from [`Memory::map_mut`]; unmapped on drop. It has
+/// no `memory()`: while it may hold no lock, nothing may reach the memory.
+///
+/// ```compile_fail
+/// let mut mem = mediamem::Memory::with_size(4).unwrap();
+/// let map = mem.map_mut().unwrap();
+/// let other = map.memory().clone(); // no such method on an Owned map
+/// ```
+pub type MemoryMapMut<'a> = MemoryMap<'a, Owned>;
 
 /// A mapping of a borrowed [`Memory`] (`GstMapInfo`); unmapped on drop.
 pub struct MemoryMap<'a, M: MapMode> {
@@ -97,7 +114,8 @@ pub struct MemoryMap<'a, M: MapMode> {
 
 // SAFETY: the guard gives `&[u8]` through `&self` and `&mut [u8]` only
 // through `&mut self` (and only with a WRITE map, which holds the block's
-// exclusive borrow), exactly like `&mut [u8]`, which is Send and Sync. The
+// exclusive borrow, or an `Owned` one, whose handle owns the block),
+// exactly like `&mut [u8]`, which is Send and Sync. The
 // unmap on drop goes through `Memory`, which is Send + Sync.
 unsafe impl<M: MapMode> Send for MemoryMap<'_, M> {}
 // SAFETY: see Send.
@@ -111,11 +129,6 @@ impl<'a, M: MapMode> MemoryMap<'a, M> {
             mapping,
             _mode: PhantomData,
         }
-    }
-
-    /// The mapped memory.
-    pub fn memory(&self) -> &'a Memory {
-        self.memory
     }
 
     /// The flags of this map.
@@ -144,12 +157,49 @@ impl<'a, M: MapMode> MemoryMap<'a, M> {
     }
 }
 
+/// `memory()` for the guards that hold the lock word: an [`Owned`] map may
+/// not, so it must not let anyone reach the memory.
+macro_rules! memory_accessor {
+    ($($mode:ty),*) => {$(
+        impl<'a> MemoryMap<'a, $mode> {
+            /// The mapped memory.
+            pub fn memory(&self) -> &'a Memory {
+                self.memory
+            }
+        }
+    )*};
+}
+memory_accessor!(Readable, Writable, Dynamic);
+
 impl MemoryMap<'_, Writable> {
     /// The visible bytes, mutably.
     pub fn as_mut_slice(&mut self) -> &mut [u8] {
         self.mapping
             .slice_mut()
             .expect("Writable guards are WRITE maps")
+    }
+}
+
+impl MemoryMap<'_, Owned> {
+    /// The visible bytes, mutably.
+    pub fn as_mut_slice(&mut self) -> &mut [u8] {
+        self.mapping.slice_mut().expect("map_mut makes WRITE maps")
+    }
+
+    /// Start of the visible bytes, for writing.
+    pub fn as_mut_ptr(&mut self) -> *mut u8 {
+        self.mapping.data()
+    }
+
+    /// Whether the map skipped the lock word (the handle owned the block).
+    pub fn is_lockless(&self) -> bool {
+        !self.mapping.locked
+    }
+}
+
+impl AsMut<[u8]> for MemoryMap<'_, Owned> {
+    fn as_mut(&mut self) -> &mut [u8] {
+        self.as_mut_slice()
     }
 }
 
@@ -173,6 +223,12 @@ impl DerefMut for MemoryMap<'_, Writable> {
     }
 }
 
+impl DerefMut for MemoryMap<'_, Owned> {
+    fn deref_mut(&mut self) -> &mut [u8] {
+        self.as_mut_slice()
+    }
+}
+
 impl<M: MapMode> AsRef<[u8]> for MemoryMap<'_, M> {
     fn as_ref(&self) -> &[u8] {
         self.as_slice()
@@ -185,111 +241,12 @@ impl<M: MapMode> fmt::Debug for MemoryMap<'_, M> {
             .field("flags", &self.mapping.flags)
             .field("size", &self.mapping.size)
             .field("maxsize", &self.maxsize())
+            .field("locked", &self.mapping.locked)
             .finish()
     }
 }
 
 impl<M: MapMode> Drop for MemoryMap<'_, M> {
-    #[inline]
-    fn drop(&mut self) {
-        self.memory.unmap(&self.mapping);
-    }
-}
-
-/// A writable mapping from [`Memory::map_mut`]; unmapped on drop.
-///
-/// Unlike [`MemoryMap`] it does not give the memory back out (no
-/// `memory()`): the map may hold no lock, and it relies on nobody reaching
-/// the memory while it lives.
-pub struct MemoryMapMut<'a> {
-    memory: &'a Memory,
-    mapping: Mapping,
-}
-
-// SAFETY: as for MemoryMap: `&[u8]` through `&self`, `&mut [u8]` through
-// `&mut self`; the unmap goes through `Memory`, which is Send + Sync.
-unsafe impl Send for MemoryMapMut<'_> {}
-// SAFETY: see Send.
-unsafe impl Sync for MemoryMapMut<'_> {}
-
-impl<'a> MemoryMapMut<'a> {
-    #[inline]
-    pub(crate) fn new(memory: &'a Memory, mapping: Mapping) -> Self {
-        MemoryMapMut { memory, mapping }
-    }
-
-    /// Number of visible bytes.
-    pub fn size(&self) -> usize {
-        self.mapping.size
-    }
-
-    /// `maxsize - offset` at map time.
-    pub fn maxsize(&self) -> usize {
-        self.mapping.maxsize - self.mapping.offset
-    }
-
-    /// Whether the map skipped the lock word (the handle owned the block).
-    pub fn is_lockless(&self) -> bool {
-        !self.mapping.locked
-    }
-
-    /// The visible bytes.
-    pub fn as_slice(&self) -> &[u8] {
-        self.mapping.slice()
-    }
-
-    /// The visible bytes, mutably.
-    pub fn as_mut_slice(&mut self) -> &mut [u8] {
-        self.mapping.slice_mut().expect("map_mut makes WRITE maps")
-    }
-
-    /// Start of the visible bytes.
-    pub fn as_ptr(&self) -> *const u8 {
-        self.mapping.data()
-    }
-
-    /// Start of the visible bytes, for writing.
-    pub fn as_mut_ptr(&mut self) -> *mut u8 {
-        self.mapping.data()
-    }
-}
-
-impl Deref for MemoryMapMut<'_> {
-    type Target = [u8];
-    fn deref(&self) -> &[u8] {
-        self.as_slice()
-    }
-}
-
-impl DerefMut for MemoryMapMut<'_> {
-    fn deref_mut(&mut self) -> &mut [u8] {
-        self.as_mut_slice()
-    }
-}
-
-impl AsRef<[u8]> for MemoryMapMut<'_> {
-    fn as_ref(&self) -> &[u8] {
-        self.as_slice()
-    }
-}
-
-impl AsMut<[u8]> for MemoryMapMut<'_> {
-    fn as_mut(&mut self) -> &mut [u8] {
-        self.as_mut_slice()
-    }
-}
-
-impl fmt::Debug for MemoryMapMut<'_> {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("MemoryMapMut")
-            .field("size", &self.mapping.size)
-            .field("maxsize", &self.maxsize())
-            .field("lockless", &self.is_lockless())
-            .finish()
-    }
-}
-
-impl Drop for MemoryMapMut<'_> {
     #[inline]
     fn drop(&mut self) {
         self.memory.unmap(&self.mapping);

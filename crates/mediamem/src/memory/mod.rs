@@ -54,9 +54,9 @@
 //! `&mut self`, and when that handle is the only one to a root memory with
 //! nothing held, no other map, share or lock can exist while its guard
 //! lives, so it maps without touching the lock word (no atomic
-//! read-modify-write; about 2.5 ns for a map and unmap, where any shared
-//! handle pays two compare-and-swaps, about 9.5 ns on the benchmark
-//! machine). That is the producer's case: fill a frame fresh from an
+//! read-modify-write; 3.4 ns for a map and unmap on the benchmark machine,
+//! where two compare-and-swaps alone, what any shared handle pays, take
+//! 9.7 ns). That is the producer's case: fill a frame fresh from an
 //! allocator or a pool. With other handles it is the ordinary locked map.
 //!
 //! Bytes of fd-backed memory can also change underneath a mapping when the
@@ -80,8 +80,8 @@ use backend::BackendSlot;
 pub use backend::{MemoryBackend, MemoryParts};
 pub use flags::{LockFlags, MapFlags, MemoryFlags};
 pub use map::{
-    Dynamic, IntoMappedError, MapMode, MappedMemory, MemoryMap, MemoryMapMut, RawMap, Readable,
-    Writable,
+    Dynamic, IntoMappedError, MapMode, MappedMemory, MemoryMap, MemoryMapMut, Owned, RawMap,
+    Readable, Writable,
 };
 
 use crate::allocator::{check_align_mask, AllocationParams, Allocator, AllocatorFlags};
