@@ -34,7 +34,7 @@ use crate::allocator::{Allocator, AllocatorFlags, AllocatorImpl};
 use crate::dmabuf::DmaBufAllocator;
 use crate::error::{Error, Result};
 use crate::fd::{import_owned, FdKind, FdMemoryFlags};
-use crate::memory::{MapFlags, Memory, MemoryBackend, MemoryParts};
+use crate::memory::{BlockAlias, MapFlags, Memory, MemoryBackend, MemoryParts};
 use crate::sys;
 
 /// Memory type of dumb memory.
@@ -383,6 +383,7 @@ impl DrmDumbAllocator {
             device: device.clone(),
             handle: create.handle,
             size: create.size as usize,
+            alias: BlockAlias::new(),
             state: Mutex::new(DumbMap {
                 data: 0,
                 prot: ProtFlags::empty(),
@@ -412,6 +413,9 @@ pub struct DumbBackend {
     device: Arc<DrmDevice>,
     handle: u32,
     size: usize,
+    /// The borrow rule shared with its PRIME exports (and every import of
+    /// them): one rule for the buffer's pages, whichever fd reaches them.
+    alias: BlockAlias,
     state: Mutex<DumbMap>,
 }
 
@@ -518,6 +522,10 @@ unsafe impl MemoryBackend for DumbBackend {
     fn is_span(&self, first: (usize, usize), second: (usize, usize)) -> bool {
         crate::memory::regions_adjacent(first, second)
     }
+
+    fn alias(&self) -> Option<&BlockAlias> {
+        Some(&self.alias)
+    }
 }
 
 impl Drop for DumbBackend {
@@ -594,6 +602,8 @@ pub fn drm_dumb_memory_export_dmabuf(mem: &Memory) -> Result<Memory> {
     .map_err(|e| Error::os("DRM_IOCTL_PRIME_HANDLE_TO_FD", e))?;
     // SAFETY: the kernel returned a new fd that nothing else owns.
     let fd = unsafe { OwnedFd::from_raw_fd(req.fd) };
+    // The export and the dumb mapping reach the same pages: one rule.
+    backend.alias.add_file(fd.as_fd())?;
     let (size, offset, _) = mem.sizes();
     import_owned(
         imp.dmabuf.allocator(),

@@ -265,6 +265,15 @@ pub enum Error {
     #[error("refused received memory: {0}")]
     Refused(String),
 
+    /// The file behind a guarded mapping ([`FdMemoryFlags::GUARD_SIGBUS`](crate::FdMemoryFlags::GUARD_SIGBUS))
+    /// was truncated by another holder while mapped: the mapping now holds
+    /// zero pages and the memory can no longer be trusted.
+    #[error("the file behind this {mem_type} memory was truncated under its mapping (its bytes now read as zeros)")]
+    Truncated {
+        /// The memory type.
+        mem_type: String,
+    },
+
     /// A device or allocator is not available on this system.
     #[error("{what} is not available: {reason}")]
     NotAvailable {

@@ -34,7 +34,8 @@ use rustix::mm::{MprotectFlags, ProtFlags};
 
 use crate::allocator::{Allocator, AllocatorFlags, AllocatorImpl};
 use crate::error::{Error, Result};
-use crate::memory::{regions_adjacent, MapFlags, Memory, MemoryBackend, MemoryParts};
+use crate::memory::{regions_adjacent, BlockAlias, MapFlags, Memory, MemoryBackend, MemoryParts};
+use crate::sys::{FsKind, SigbusGuard};
 
 bitflags! {
     /// Flags of fd memory (`GstFdMemoryFlags`), with GStreamer's values.
@@ -48,6 +49,13 @@ bitflags! {
         /// Do not close the fd when the memory is freed. Only with
         /// [`FdAllocator::alloc_unowned`].
         const DONT_CLOSE = 1 << 2;
+        /// mediamem's own (not GStreamer's): guard the mapping against
+        /// `SIGBUS` when another holder of the file truncates it. Pages of
+        /// the mapping then read as zeros instead of killing the process,
+        /// and the next map of the memory fails with
+        /// [`Error::Truncated`]. For files that cannot be sealed (regular
+        /// files, memfds of other programs). See the crate's contract.
+        const GUARD_SIGBUS = 1 << 16;
     }
 }
 
@@ -290,7 +298,7 @@ pub(crate) fn fd_backend(
             file_size,
         });
     }
-    Ok(own_fd_backend(fd, maxsize, flags, kind))
+    own_fd_backend(fd, maxsize, flags, kind)
 }
 
 /// The backend for a file mediamem itself just created with at least
@@ -300,21 +308,41 @@ pub(crate) fn own_fd_backend(
     maxsize: usize,
     flags: FdMemoryFlags,
     kind: FdKind,
-) -> FdBackend {
-    FdBackend {
+) -> Result<FdBackend> {
+    let file = crate::sys::file_id(fd.as_fd()).map_err(|e| Error::BadFd {
+        reason: format!("fstat/fstatfs of fd {}: {e}", fd.as_fd().as_raw_fd()),
+    })?;
+    // hugetlbfs maps and unmaps in whole huge pages (`munmap` of a length
+    // that is not a multiple fails with EINVAL); its files are always a
+    // multiple long, so the rounded mapping stays inside the file.
+    let map_len = if file.fs == FsKind::Hugetlb && file.blksize > 0 {
+        maxsize
+            .checked_next_multiple_of(file.blksize as usize)
+            .ok_or(Error::SizeOverflow {
+                what: "maxsize rounded to the huge page size",
+            })?
+    } else {
+        maxsize
+    };
+    let alias = BlockAlias::for_file(fd.as_fd())?;
+    Ok(FdBackend {
         fd,
         flags,
         maxsize,
+        map_len,
+        fs: file.fs,
         dmabuf: kind == FdKind::DmaBuf,
         phys: None,
         _on_free: None,
         pinned: false,
+        alias,
         state: Mutex::new(MapState {
             data: 0,
             prot: ProtFlags::empty(),
             count: 0,
+            guard: None,
         }),
-    }
+    })
 }
 
 /// How the backend holds its fd.
@@ -343,6 +371,8 @@ struct MapState {
     prot: ProtFlags,
     /// Maps currently held.
     count: usize,
+    /// The `SIGBUS` guard of the mapping (`GUARD_SIGBUS`).
+    guard: Option<SigbusGuard>,
 }
 
 /// The backend of fd memory; reach it with [`Memory::backend`].
@@ -350,8 +380,15 @@ pub struct FdBackend {
     fd: FdHandle,
     flags: FdMemoryFlags,
     maxsize: usize,
+    /// Length of the mapping: `maxsize`, rounded up to whole huge pages on
+    /// hugetlbfs.
+    map_len: usize,
+    /// The filesystem of the file.
+    fs: FsKind,
     /// dma-buf: bracket CPU access with `DMA_BUF_IOCTL_SYNC`.
     dmabuf: bool,
+    /// The borrow rule shared with every other root of the same file.
+    alias: BlockAlias,
     /// Physical address of offset 0, for physically contiguous blocks.
     phys: Option<u64>,
     /// Dropped with the block (the IPC receiver's release notice).
@@ -456,6 +493,31 @@ impl FdBackend {
     }
 }
 
+/// Fault in every page of a fresh mapping (`MADV_POPULATE_READ/WRITE`,
+/// Linux 5.14). Older kernels (EINVAL) are left to fault lazily.
+fn populate(
+    ptr: *mut std::ffi::c_void,
+    len: usize,
+    prot: ProtFlags,
+) -> Result<(), rustix::io::Errno> {
+    let advice = if prot.contains(ProtFlags::WRITE) {
+        rustix::mm::Advice::LinuxPopulateWrite
+    } else {
+        rustix::mm::Advice::LinuxPopulateRead
+    };
+    loop {
+        // SAFETY: our own fresh mapping of `len` bytes; populating only
+        // faults its pages in.
+        match unsafe { rustix::mm::madvise(ptr, len, advice) } {
+            Ok(()) | Err(rustix::io::Errno::INVAL) => return Ok(()),
+            Err(rustix::io::Errno::INTR) | Err(rustix::io::Errno::AGAIN) => continue,
+            // hugetlb reports a page it cannot get as EFAULT: say ENOMEM.
+            Err(rustix::io::Errno::FAULT) => return Err(rustix::io::Errno::NOMEM),
+            Err(e) => return Err(e),
+        }
+    }
+}
+
 fn prot_for(flags: MapFlags) -> ProtFlags {
     if flags.contains(MapFlags::WRITE) {
         ProtFlags::READ | ProtFlags::WRITE
@@ -502,6 +564,10 @@ unsafe impl MemoryBackend for FdBackend {
     fn is_span(&self, first: (usize, usize), second: (usize, usize)) -> bool {
         regions_adjacent(first, second)
     }
+
+    fn alias(&self) -> Option<&BlockAlias> {
+        Some(&self.alias)
+    }
 }
 
 impl FdBackend {
@@ -534,14 +600,22 @@ impl FdBackend {
         }
         let prot = prot_for(flags);
         let mut st = self.lock_state();
+        if st.guard.as_ref().is_some_and(SigbusGuard::hit) {
+            return Err(Error::Truncated {
+                mem_type: ALLOCATOR_FD.into(),
+            });
+        }
         if st.data != 0 {
             if st.prot.contains(prot) {
                 st.count += 1;
             } else if self.flags.contains(FdMemoryFlags::KEEP_MAPPED) && st.count == 0 {
                 let mp = MprotectFlags::from_bits_truncate(prot.bits());
                 // SAFETY: `data` is our own live mapping of `maxsize` bytes.
-                unsafe { rustix::mm::mprotect(st.data as *mut _, maxsize, mp) }
+                unsafe { rustix::mm::mprotect(st.data as *mut _, self.map_len, mp) }
                     .map_err(|e| self.map_failed("mprotect", e))?;
+                if let Some(guard) = &st.guard {
+                    guard.set_prot(prot);
+                }
                 st.prot = prot;
                 st.count = 1;
             } else {
@@ -563,9 +637,32 @@ impl FdBackend {
         };
         // SAFETY: a fresh mapping chosen by the kernel (NULL hint); nothing
         // else is affected.
-        let ptr =
-            unsafe { rustix::mm::mmap(std::ptr::null_mut(), maxsize, prot, share, self.fd(), 0) }
-                .map_err(|e| self.map_failed("mmap", e))?;
+        let ptr = unsafe {
+            rustix::mm::mmap(
+                std::ptr::null_mut(),
+                self.map_len,
+                prot,
+                share,
+                self.fd(),
+                0,
+            )
+        }
+        .map_err(|e| self.map_failed("mmap", e))?;
+        let unmap = |e: Error| {
+            // SAFETY: the mapping just made, not handed out.
+            let _ = unsafe { rustix::mm::munmap(ptr, self.map_len) };
+            e
+        };
+        if self.fs == FsKind::Hugetlb {
+            // A hugetlb page that cannot be had faults with SIGBUS; fault
+            // every page in now, where the kernel can say ENOMEM instead.
+            populate(ptr, self.map_len, prot).map_err(|e| unmap(self.map_failed("populate", e)))?;
+        }
+        if self.flags.contains(FdMemoryFlags::GUARD_SIGBUS) {
+            let guard = SigbusGuard::new(ptr.cast(), self.map_len, prot)
+                .map_err(|e| unmap(self.map_failed("SIGBUS guard", e)))?;
+            st.guard = Some(guard);
+        }
         st.data = ptr as usize;
         st.prot = prot;
         st.count = 1;
@@ -583,8 +680,10 @@ impl FdBackend {
         debug_assert!(st.count > 0);
         st.count = st.count.saturating_sub(1);
         if st.count == 0 && !self.flags.contains(FdMemoryFlags::KEEP_MAPPED) && st.data != 0 {
+            // The guard goes before the range can be reused.
+            st.guard = None;
             // SAFETY: our own mapping, no map is held any more.
-            if let Err(e) = unsafe { rustix::mm::munmap(st.data as *mut _, self.maxsize) } {
+            if let Err(e) = unsafe { rustix::mm::munmap(st.data as *mut _, self.map_len) } {
                 log::warn!("munmap of fd memory failed: {e}");
             }
             st.data = 0;
@@ -596,9 +695,10 @@ impl FdBackend {
 impl Drop for FdBackend {
     fn drop(&mut self) {
         let st = self.state.get_mut().unwrap_or_else(PoisonError::into_inner);
+        st.guard = None;
         if st.data != 0 {
             // SAFETY: our own mapping; the memory is gone, so no map is held.
-            if let Err(e) = unsafe { rustix::mm::munmap(st.data as *mut _, self.maxsize) } {
+            if let Err(e) = unsafe { rustix::mm::munmap(st.data as *mut _, self.map_len) } {
                 log::warn!("munmap of fd memory failed: {e}");
             }
         }

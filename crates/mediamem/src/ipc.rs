@@ -531,6 +531,71 @@ pub struct ReceivePolicy {
     /// memory (with `pread`, which a shrink cannot turn into `SIGBUS`),
     /// instead of refusing them.
     pub copy_unsealed: bool,
+    /// Map files that are not sealed against shrinking (regular files,
+    /// unsealed memfds) zero-copy under a `SIGBUS` guard
+    /// ([`FdMemoryFlags::GUARD_SIGBUS`]) instead of refusing or copying
+    /// them: if the sender truncates one, its pages read as zeros and the
+    /// next map fails with [`Error::Truncated`]. Takes precedence over
+    /// `copy_unsealed`.
+    pub guard_unsealed: bool,
+    /// Also require memfds to be sealed against writes by anyone but their
+    /// creator's existing mapping (`F_SEAL_FUTURE_WRITE` or
+    /// `F_SEAL_WRITE`), as mediamem's shm memory is. Without it, a memfd
+    /// sealed only against shrinking is accepted: its sender can still
+    /// change the bytes (through its own mapping, or by punching a hole,
+    /// which reads back as zeros), never take the pages away. hugetlbfs
+    /// memfds always need the write seal, since a hole punched in one can
+    /// leave no page to refault (`SIGBUS`).
+    pub require_write_seal: bool,
+}
+
+/// What the receiver does with one received fd.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Admission {
+    /// Map it zero-copy as a dma-buf.
+    DmaBuf,
+    /// Map it zero-copy as fd memory (sealed memfd).
+    Sealed,
+    /// Map it zero-copy with a SIGBUS guard.
+    Guarded,
+    /// Copy it with `pread`.
+    Copy,
+}
+
+/// Decide how a received fd may be used: a real dma-buf (the dma-buf
+/// filesystem's magic, whatever the sender called it) cannot shrink; every
+/// other file gets the memfd rules, checked with `F_GET_SEALS`.
+fn admit(fd: &OwnedFd, announced_dmabuf: bool, policy: &ReceivePolicy) -> Result<Admission> {
+    use rustix::fs::SealFlags;
+    let file = crate::sys::file_id(fd.as_fd()).map_err(|e| Error::BadFd {
+        reason: format!("fstat/fstatfs of a received fd: {e}"),
+    })?;
+    if file.fs == crate::sys::FsKind::DmaBuf {
+        return Ok(Admission::DmaBuf);
+    }
+    let seals = rustix::fs::fcntl_get_seals(fd).unwrap_or(SealFlags::empty());
+    let write_sealed = seals.intersects(SealFlags::WRITE | SealFlags::FUTURE_WRITE);
+    let what = if announced_dmabuf {
+        "was announced as a dma-buf but is not one (not on the dma-buf filesystem), and "
+    } else {
+        ""
+    };
+    let why = if !seals.contains(SealFlags::SHRINK) {
+        format!("{what}is not a memfd sealed against shrinking; its owner could truncate it under our mapping (SIGBUS)")
+    } else if file.fs == crate::sys::FsKind::Hugetlb && !write_sealed {
+        format!("{what}is a hugetlbfs memfd without a write seal; a hole punched in it could leave no huge page to refault (SIGBUS)")
+    } else if policy.require_write_seal && !write_sealed {
+        format!("{what}is a memfd without F_SEAL_FUTURE_WRITE or F_SEAL_WRITE, which the receive policy requires")
+    } else {
+        return Ok(Admission::Sealed);
+    };
+    if policy.guard_unsealed {
+        Ok(Admission::Guarded)
+    } else if policy.copy_unsealed {
+        Ok(Admission::Copy)
+    } else {
+        Err(Error::Refused(why))
+    }
 }
 
 /// A received frame.
@@ -689,32 +754,27 @@ impl Receiver {
             );
             let flags =
                 MemoryFlags::from_bits_retain(desc.flags) & KEPT_FLAGS | MemoryFlags::READONLY;
-            if desc.kind == K_FD {
-                let sealed = rustix::fs::fcntl_get_seals(&fd)
-                    .is_ok_and(|s| s.contains(rustix::fs::SealFlags::SHRINK));
-                if !sealed {
-                    if !self.policy.copy_unsealed {
-                        return Err(Error::Refused(format!(
-                            "frame {}: memory {i} is not a memfd sealed against shrinking; \
-                             its owner could truncate it under our mapping",
-                            payload.id
-                        )));
+            let admission =
+                admit(&fd, desc.kind == K_DMABUF, &self.policy).map_err(|e| match e {
+                    Error::Refused(why) => {
+                        Error::Refused(format!("frame {}: memory {i} {why}", payload.id))
                     }
-                    memories.push(copy_by_pread(&fd, offset, size, maxsize)?);
-                    continue;
-                }
+                    e => e,
+                })?;
+            if admission == Admission::Copy {
+                memories.push(copy_by_pread(&fd, offset, size, maxsize)?);
+                continue;
             }
-            let (alloc, kind) = if desc.kind == K_DMABUF {
+            let (alloc, kind) = if admission == Admission::DmaBuf {
                 (self.dmabuf_alloc.allocator(), FdKind::DmaBuf)
             } else {
                 (self.fd_alloc.allocator(), FdKind::Plain)
             };
-            let mut backend = fd_backend(
-                FdHandle::Owned(fd),
-                maxsize,
-                FdMemoryFlags::KEEP_MAPPED,
-                kind,
-            )?;
+            let mut fd_flags = FdMemoryFlags::KEEP_MAPPED;
+            if admission == Admission::Guarded {
+                fd_flags |= FdMemoryFlags::GUARD_SIGBUS;
+            }
+            let mut backend = fd_backend(FdHandle::Owned(fd), maxsize, fd_flags, kind)?;
             backend.set_on_free(Box::new(token.clone()));
             memories.push(Memory::from_parts(
                 alloc,

@@ -251,6 +251,13 @@ impl AllocatorImpl for HugePageAllocatorImpl {
             }
             e => e,
         })?;
+        // As shm: once our mapping exists, nobody else may write the file,
+        // map it writable or punch a hole in it (a punched huge page
+        // refaults with SIGBUS when the pool is empty).
+        match rustix::fs::fcntl_add_seals(backend.fd(), rustix::fs::SealFlags::FUTURE_WRITE) {
+            Ok(()) | Err(rustix::io::Errno::INVAL) => {}
+            Err(e) => return Err(Error::os("fcntl(F_ADD_SEALS, F_SEAL_FUTURE_WRITE)", e)),
+        }
         Ok(MemoryParts::new(Box::new(backend), self.huge_page)
             .flags(params.flags | MemoryFlags::PHYSICALLY_CONTIGUOUS)
             .align(align)

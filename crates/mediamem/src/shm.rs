@@ -6,7 +6,15 @@
 //! `size + prefix + padding + align` rounded up to the page size (GStreamer
 //! 1.30), sealed with `F_SEAL_SHRINK | F_SEAL_GROW` so no process holding the
 //! fd can truncate it under a reader's mapping (which would `SIGBUS`), and
-//! kept mapped read-write. Its memories are fd memory.
+//! kept mapped read-write. Once that mapping exists it is also sealed with
+//! `F_SEAL_FUTURE_WRITE`: only the allocating process's own mapping can
+//! write; nobody else can map it writable, `write(2)` to it, or punch a hole
+//! in it (`fallocate(PUNCH_HOLE)` would turn a reader's bytes into zeros, or,
+//! on hugetlbfs, into `SIGBUS`). Its memories are fd memory.
+//!
+//! | GStreamer | mediamem | why |
+//! |---|---|---|
+//! | unsealed memfd (1.24–1.30) | `SHRINK \| GROW`, then `FUTURE_WRITE` once mapped | a peer that maps the fd can be neither truncated under nor written behind; a second writable root over the same file cannot be made in this process either |
 //!
 //! Unlike GStreamer, [`ShmAllocator::get`] registers the allocator itself:
 //! it never answers "none" because `init_once` was forgotten.
@@ -24,7 +32,8 @@ use crate::memory::{MemoryParts, DEFAULT_ALIGN_MASK};
 /// Name (and memory type) of the shm allocator.
 pub const ALLOCATOR_SHM: &str = "shm";
 
-/// The seals every shm memfd carries.
+/// The seals every shm memfd carries from its creation (`F_SEAL_FUTURE_WRITE`
+/// follows once the allocator's own mapping exists).
 pub const SHM_SEALS: SealFlags = SealFlags::SHRINK.union(SealFlags::GROW);
 
 /// The shm allocator implementation: memory type `"shm"`, flags
@@ -97,10 +106,25 @@ impl AllocatorImpl for ShmAllocatorImpl {
             maxsize,
             FdMemoryFlags::KEEP_MAPPED,
             FdKind::Plain,
-        );
+        )?;
         // Map read-write once, for the memory's whole life (GStreamer keeps
         // it mapped too): every later map is then only the lock word.
         let base = backend.pin_mapped()?;
+        // Now that our own writable mapping exists, close the file to every
+        // other writer: no new writable mapping, no write(2), and no hole
+        // punched under a peer's mapping (F_SEAL_FUTURE_WRITE stops
+        // fallocate(PUNCH_HOLE) too). Receivers can require it.
+        // Kernels before 5.1 do not know the seal (EINVAL): the memory
+        // still works, and a receiver that requires the seal says so.
+        match rustix::fs::fcntl_add_seals(backend.fd(), SealFlags::FUTURE_WRITE) {
+            Ok(()) | Err(rustix::io::Errno::INVAL) => {}
+            Err(e) => {
+                return Err(Error::Os {
+                    op: "fcntl(F_ADD_SEALS, F_SEAL_FUTURE_WRITE)",
+                    source: e.into(),
+                })
+            }
+        }
         // mmap is page-aligned; only masks beyond a page need an offset.
         let aoffset = (align + 1 - (base.as_ptr() as usize & align)) & align;
         // The new memfd is zero-filled, so ZERO_PREFIXED / ZERO_PADDED hold.

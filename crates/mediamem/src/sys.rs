@@ -5,6 +5,12 @@
 //! by a test against the value the kernel headers give on x86_64/aarch64.
 //! Nothing outside this module issues an ioctl.
 
+mod file;
+mod sigbus;
+
+pub(crate) use file::{file_id, FsKind};
+pub(crate) use sigbus::SigbusGuard;
+
 use std::os::fd::BorrowedFd;
 
 use rustix::io::Errno;

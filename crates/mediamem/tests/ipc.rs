@@ -81,21 +81,36 @@ fn a_share_keeps_the_frame_until_it_goes() -> Result<()> {
 }
 
 #[test]
-fn dmabuf_kind_travels_and_empty_frames_release_at_once() -> Result<()> {
+fn a_fake_dmabuf_gets_the_memfd_rules_and_empty_frames_release_at_once() -> Result<()> {
     let (mut tx, mut rx) = pair(ReceivePolicy::default());
+    // A regular file wrapped as "dma-buf" (GStreamer's allocator accepts
+    // any fd, and so does mediamem's) travels as kind dma-buf, but it is
+    // not one: its owner could truncate it, so it is refused.
     let f = common::temp_file(&[9u8; 64]);
     let d = DmaBufAllocator::new().alloc(OwnedFd::from(f), 64)?;
+    let id = tx.send_frame(vec![d], b"dmabuf")?;
+    assert!(
+        matches!(rx.recv(), Err(Error::Refused(ref why)) if why.contains("not a dma-buf") || why.contains("not one"))
+    );
+    assert_eq!(tx.wait_release()?, Some(id));
+    // A sealed memfd announced as dma-buf is accepted, as the fd memory it is.
+    let shm = ShmAllocator::get().alloc(64, None)?;
+    shm.map_writable()?.fill(9);
+    let d = DmaBufAllocator::new().alloc(shm.try_clone_fd()?, shm.maxsize())?;
     tx.send_frame(vec![d], b"dmabuf")?;
     let frame = rx.recv()?.unwrap();
-    assert!(is_dmabuf_memory(&frame.memories[0]));
+    assert!(!is_dmabuf_memory(&frame.memories[0]));
+    assert!(is_fd_memory(&frame.memories[0]));
+    assert_eq!(frame.memories[0].map_readable()?[0], 9);
+    let id = frame.id;
     drop(frame);
+    assert_eq!(tx.wait_release()?, Some(id));
+    // An empty frame holds nothing: it is released as it arrives.
     let empty = tx.send_frame(Vec::<Memory>::new(), b"no memories")?;
     let frame = rx.recv()?.unwrap();
     assert!(frame.memories.is_empty());
     assert_eq!(frame.meta, b"no memories");
-    let mut released = [tx.wait_release()?.unwrap(), tx.wait_release()?.unwrap()];
-    released.sort();
-    assert!(released.contains(&empty));
+    assert_eq!(tx.wait_release()?, Some(empty));
     Ok(())
 }
 
@@ -117,6 +132,7 @@ fn unsealed_memfds_are_refused_or_copied() -> Result<()> {
 
     let (mut tx, mut rx) = pair(ReceivePolicy {
         copy_unsealed: true,
+        ..ReceivePolicy::default()
     });
     let id = tx.send_frame(vec![m.share(100..200)?], b"")?;
     let frame = rx.recv()?.unwrap();
@@ -469,6 +485,7 @@ fn produce_frames(sock: UnixStream) -> Result<()> {
 fn no_fd_leaks_over_many_frames() -> Result<()> {
     let (mut tx, mut rx) = pair(ReceivePolicy {
         copy_unsealed: true,
+        ..ReceivePolicy::default()
     });
     let pool = MemoryPool::new(ShmAllocator::get(), 4096, None, 4, 4)?;
     common::assert_no_leaks(2_000, |i| {

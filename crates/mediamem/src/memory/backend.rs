@@ -5,7 +5,7 @@ use std::fmt;
 use std::ptr::NonNull;
 
 use super::flags::{MapFlags, MemoryFlags};
-use super::Memory;
+use super::{BlockAlias, Memory};
 use crate::error::Result;
 
 /// The storage of a root memory and how to reach it: GStreamer's per-allocator
@@ -57,6 +57,14 @@ pub unsafe trait MemoryBackend: Any + Send + Sync + fmt::Debug {
     fn is_span(&self, first: (usize, usize), second: (usize, usize)) -> bool {
         let _ = (first, second);
         false
+    }
+
+    /// The byte-borrow rule this block shares with every other root that
+    /// reaches the same storage (see [`BlockAlias`]). Backends whose storage
+    /// can be reached again in this process, through an fd or a handle,
+    /// return one; it is read once, when the root is made.
+    fn alias(&self) -> Option<&BlockAlias> {
+        None
     }
 
     /// A kind-specific copy of `size` bytes starting `offset` bytes into the

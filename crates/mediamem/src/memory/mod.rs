@@ -64,6 +64,7 @@
 //! views of memory that is shared outside Rust's knowledge, as with any
 //! `mmap` of a shared file.
 
+mod alias;
 mod backend;
 mod counted;
 mod flags;
@@ -76,6 +77,9 @@ use std::ops::{Bound, RangeBounds};
 use std::ptr::NonNull;
 use std::sync::atomic::{AtomicU32, Ordering};
 
+#[doc(hidden)]
+pub use alias::tracked_files as alias_tracked_files;
+pub use alias::BlockAlias;
 use backend::BackendSlot;
 pub use backend::{MemoryBackend, MemoryParts};
 pub use flags::{LockFlags, MapFlags, MemoryFlags};
@@ -138,6 +142,9 @@ enum Origin {
         /// The block's address when the backend says it never needs a map
         /// (system memory): map and unmap then skip the backend. 0 if not.
         static_base: usize,
+        /// The byte-borrow rule shared with other roots of the same
+        /// storage; `None`: the rule lives in this root's own word.
+        alias: Option<BlockAlias>,
     },
     Share {
         root: Memory,
@@ -222,6 +229,7 @@ impl Memory {
                         .get()
                         .static_ptr()
                         .map_or(0, |p| p.as_ptr() as usize),
+                    alias: parts.backend.get().alias().cloned(),
                     backend: parts.backend,
                 },
                 maxsize: parts.maxsize,
@@ -366,10 +374,23 @@ impl Memory {
     fn lock_for_map(&self, flags: LockFlags, borrow: Borrow) -> Result<()> {
         let readonly = self.is_readonly();
         match &self.inner.origin {
-            Origin::Root { .. } => self.inner.lock.lock_borrow(flags, readonly, borrow),
+            Origin::Root { alias: None, .. } => {
+                self.inner.lock.lock_borrow(flags, readonly, borrow)
+            }
+            Origin::Root {
+                alias: Some(alias), ..
+            } => {
+                self.inner.lock.lock(flags, readonly)?;
+                if let Err(e) = alias.word().borrow(borrow) {
+                    let released = self.inner.lock.unlock(flags);
+                    debug_assert!(released.is_ok());
+                    return Err(e);
+                }
+                Ok(())
+            }
             Origin::Share { root } => {
                 self.inner.lock.lock(flags, readonly)?;
-                if let Err(e) = root.inner.lock.borrow(borrow) {
+                if let Err(e) = root.borrow_word().borrow(borrow) {
                     self.unlock_map(flags, Borrow::None);
                     return Err(e);
                 }
@@ -382,13 +403,49 @@ impl Memory {
     #[inline(always)]
     fn unlock_map(&self, flags: LockFlags, borrow: Borrow) {
         let released = match &self.inner.origin {
-            Origin::Root { .. } => self.inner.lock.unlock_release(flags, borrow),
+            Origin::Root { alias: None, .. } => self.inner.lock.unlock_release(flags, borrow),
+            Origin::Root {
+                alias: Some(alias), ..
+            } => {
+                alias.word().release(borrow);
+                self.inner.lock.unlock(flags)
+            }
             Origin::Share { root } => {
-                root.inner.lock.release(borrow);
+                root.borrow_word().release(borrow);
                 self.inner.lock.unlock(flags)
             }
         };
         debug_assert!(released.is_ok(), "unbalanced unmap");
+    }
+
+    /// The word that holds the byte borrows of this root's block: the
+    /// alias's when the storage has one, the root's own otherwise.
+    #[inline(always)]
+    fn borrow_word(&self) -> &LockWord {
+        match &self.inner.origin {
+            Origin::Root {
+                alias: Some(alias), ..
+            } => alias.word(),
+            _ => &self.inner.lock,
+        }
+    }
+
+    /// The alias of this memory if it is a root with one.
+    #[inline(always)]
+    fn root_alias(&self) -> Option<&BlockAlias> {
+        match &self.inner.origin {
+            Origin::Root { alias, .. } => alias.as_ref(),
+            Origin::Share { .. } => None,
+        }
+    }
+
+    /// The byte-borrow rule this memory's block shares with other roots of
+    /// the same storage (fd-backed memory), if any.
+    pub fn block_alias(&self) -> Option<&BlockAlias> {
+        match &self.root().inner.origin {
+            Origin::Root { alias, .. } => alias.as_ref(),
+            Origin::Share { .. } => None,
+        }
     }
 
     fn clear_flags(&self, flags: MemoryFlags) {
@@ -427,7 +484,9 @@ impl Memory {
     /// Whether this handle alone reaches the block and nothing holds it:
     /// the only handle of a root that is not read-only, with no lock, map or
     /// borrow in its word. With `&mut self` that stays true for the borrow,
-    /// so a map then needs no lock word at all.
+    /// so a map then needs no lock word at all. Other roots of the same
+    /// storage (a [`BlockAlias`]) can still exist: such a map takes the
+    /// alias's borrow, one compare-and-swap.
     #[inline]
     fn owns_block(&mut self) -> bool {
         Counted::is_unique(&self.inner)
@@ -460,6 +519,12 @@ impl Memory {
         }
         if locked {
             self.lock_for_map(lock_flags, borrow)?;
+        } else {
+            // The lock word is ours alone; other roots of the same storage
+            // still share the alias's rule.
+            if let Some(alias) = self.root_alias() {
+                alias.word().borrow(borrow)?;
+            }
         }
         let (backend, static_base) = self.root_parts();
         let base = match NonNull::new(static_base as *mut u8) {
@@ -473,6 +538,8 @@ impl Memory {
                     log::debug!("map of {} memory failed: {e}", self.allocator().mem_type());
                     if locked {
                         self.unlock_map(lock_flags, borrow);
+                    } else if let Some(alias) = self.root_alias() {
+                        alias.word().release(borrow);
                     }
                     return Err(e);
                 }
@@ -500,6 +567,8 @@ impl Memory {
         }
         if mapping.locked {
             self.unlock_map(mapping.flags.lock_flags(), mapping.borrow);
+        } else if let Some(alias) = self.root_alias() {
+            alias.word().release(mapping.borrow);
         }
     }
 
@@ -800,7 +869,7 @@ impl Memory {
         offset: usize,
         size: usize,
     ) -> Result<Memory> {
-        let root_lock = &self.root().inner.lock;
+        let root_lock = self.root().borrow_word();
         root_lock.borrow(Borrow::Shared)?;
         // SAFETY: the backend guarantees `base` points at `maxsize`
         // initialised bytes for the life of the block; the caller checked

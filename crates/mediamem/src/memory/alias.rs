@@ -1,0 +1,229 @@
+//! [`BlockAlias`]: one byte-borrow rule for every root memory in this
+//! process that reaches the same underlying object.
+//!
+//! The slice guards' rule (many readers or one writer) lives in each
+//! root's lock word, which is enough while a block has one root. But safe
+//! code can make a second root over the same pages: import the fd of a
+//! live shm memory again with the [`FdAllocator`](crate::FdAllocator),
+//! receive in this process a frame that this process sent, export a DRM
+//! dumb buffer and map both. Two roots, two words, and two `&mut [u8]`
+//! over one page would follow.
+//!
+//! So a backend whose storage can be reached again (everything fd-backed)
+//! gives its root a `BlockAlias`, found in a process-wide registry by the
+//! file's identity (`st_dev`, `st_ino`): every root of the same file gets
+//! the same one, and the roots' slice guards take their borrows there.
+//! The rule then covers the whole file, whatever ranges the roots view.
+//!
+//! | GStreamer | mediamem |
+//! |---|---|
+//! | no slices, so no aliasing rule at all | one rule per file within a process; the raw maps ([`Memory::map_raw`](super::Memory::map_raw)) stay GStreamer's |
+//! | — | the check costs a roots' map one more compare-and-swap (on the alias) |
+//!
+//! Writes by other processes, or by devices, to a shared file are outside
+//! any process's rules: see the crate's contract in the README.
+
+use std::collections::HashMap;
+use std::fmt;
+use std::os::fd::BorrowedFd;
+use std::sync::{Arc, Mutex, PoisonError, Weak};
+
+use super::lock::LockWord;
+use crate::error::{Error, Result};
+
+/// The identity of a file: `(st_dev, st_ino)`.
+type FileKey = (u64, u64);
+
+struct AliasInner {
+    /// Only the borrow half of the word is used.
+    borrows: LockWord,
+    keys: Mutex<Vec<FileKey>>,
+}
+
+/// The shared byte-borrow rule of every root over one underlying object.
+/// Cloning gives another handle to the same rule.
+#[derive(Clone)]
+pub struct BlockAlias(Arc<AliasInner>);
+
+impl fmt::Debug for BlockAlias {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let keys = self.0.keys.lock().unwrap_or_else(PoisonError::into_inner);
+        f.debug_struct("BlockAlias").field("files", &*keys).finish()
+    }
+}
+
+static REGISTRY: Mutex<Option<HashMap<FileKey, Weak<AliasInner>>>> = Mutex::new(None);
+
+fn registry() -> std::sync::MutexGuard<'static, Option<HashMap<FileKey, Weak<AliasInner>>>> {
+    REGISTRY.lock().unwrap_or_else(PoisonError::into_inner)
+}
+
+impl BlockAlias {
+    /// A rule of its own, not yet reachable by any file (for storage that
+    /// is not a file yet, such as a DRM dumb buffer before its export).
+    pub fn new() -> Self {
+        BlockAlias(Arc::new(AliasInner {
+            borrows: LockWord::default(),
+            keys: Mutex::new(Vec::new()),
+        }))
+    }
+
+    /// The rule of the file behind `fd`: the one every live root of the
+    /// same file already uses, or a new one.
+    ///
+    /// # Errors
+    /// [`Error::BadFd`] when `fstat` fails.
+    pub fn for_file(fd: BorrowedFd<'_>) -> Result<Self> {
+        let key = file_key(fd)?;
+        let mut reg = registry();
+        let map = reg.get_or_insert_with(HashMap::new);
+        if let Some(live) = map.get(&key).and_then(Weak::upgrade) {
+            return Ok(BlockAlias(live));
+        }
+        let alias = BlockAlias::new();
+        alias
+            .0
+            .keys
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .push(key);
+        map.insert(key, Arc::downgrade(&alias.0));
+        Ok(alias)
+    }
+
+    /// Make the file behind `fd` reach this rule too (a DRM dumb buffer's
+    /// PRIME export). If another live rule already holds that file, the
+    /// file keeps it and [`Error::Aliased`] says so.
+    pub fn add_file(&self, fd: BorrowedFd<'_>) -> Result<()> {
+        let key = file_key(fd)?;
+        let mut reg = registry();
+        let map = reg.get_or_insert_with(HashMap::new);
+        match map.get(&key).and_then(Weak::upgrade) {
+            Some(live) if Arc::ptr_eq(&live, &self.0) => return Ok(()),
+            Some(_) => {
+                return Err(Error::Aliased {
+                    held: "another memory of the same file",
+                })
+            }
+            None => {}
+        }
+        self.0
+            .keys
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .push(key);
+        map.insert(key, Arc::downgrade(&self.0));
+        Ok(())
+    }
+
+    /// Whether both handles are the same rule.
+    pub fn same(&self, other: &BlockAlias) -> bool {
+        Arc::ptr_eq(&self.0, &other.0)
+    }
+
+    /// The word whose borrow half holds the rule.
+    #[inline]
+    pub(crate) fn word(&self) -> &LockWord {
+        &self.0.borrows
+    }
+}
+
+impl Default for BlockAlias {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl Drop for AliasInner {
+    fn drop(&mut self) {
+        let keys = std::mem::take(self.keys.get_mut().unwrap_or_else(PoisonError::into_inner));
+        if keys.is_empty() {
+            return;
+        }
+        let me: *const AliasInner = self;
+        let mut reg = registry();
+        if let Some(map) = reg.as_mut() {
+            for key in keys {
+                // Only our own entry: a new rule may already have replaced
+                // it (its old value can no longer be upgraded).
+                if map.get(&key).is_some_and(|w| std::ptr::eq(w.as_ptr(), me)) {
+                    map.remove(&key);
+                }
+            }
+        }
+    }
+}
+
+fn file_key(fd: BorrowedFd<'_>) -> Result<FileKey> {
+    let st = rustix::fs::fstat(fd).map_err(|e| Error::BadFd {
+        reason: format!("fstat: {e}"),
+    })?;
+    #[allow(clippy::unnecessary_cast)] // the stat field types vary by target
+    Ok((st.st_dev as u64, st.st_ino as u64))
+}
+
+/// How many files the registry tracks (for leak tests).
+#[doc(hidden)]
+pub fn tracked_files() -> usize {
+    registry()
+        .as_ref()
+        .map_or(0, |m| m.values().filter(|w| w.strong_count() > 0).count())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::memory::region::Borrow;
+    use std::os::fd::AsFd;
+
+    fn memfd() -> std::os::fd::OwnedFd {
+        rustix::fs::memfd_create("alias", rustix::fs::MemfdFlags::CLOEXEC).unwrap()
+    }
+
+    #[test]
+    fn one_rule_per_file() {
+        let fd = memfd();
+        let dup = rustix::io::fcntl_dupfd_cloexec(&fd, 0).unwrap();
+        let a = BlockAlias::for_file(fd.as_fd()).unwrap();
+        let b = BlockAlias::for_file(dup.as_fd()).unwrap();
+        assert!(a.same(&b));
+        let other = BlockAlias::for_file(memfd().as_fd()).unwrap();
+        assert!(!a.same(&other));
+        a.word().borrow(Borrow::Exclusive).unwrap();
+        assert!(matches!(
+            b.word().borrow(Borrow::Shared),
+            Err(Error::Aliased { .. })
+        ));
+        a.word().release(Borrow::Exclusive);
+        b.word().borrow(Borrow::Shared).unwrap();
+        b.word().release(Borrow::Shared);
+    }
+
+    #[test]
+    fn the_registry_forgets_dead_rules() {
+        let fd = memfd();
+        let a = BlockAlias::for_file(fd.as_fd()).unwrap();
+        let key = file_key(fd.as_fd()).unwrap();
+        assert!(registry().as_ref().unwrap().contains_key(&key));
+        drop(a);
+        assert!(!registry().as_ref().unwrap().contains_key(&key));
+        // A new rule for the same file starts free.
+        let b = BlockAlias::for_file(fd.as_fd()).unwrap();
+        b.word().borrow(Borrow::Exclusive).unwrap();
+        b.word().release(Borrow::Exclusive);
+    }
+
+    #[test]
+    fn add_file_joins_an_unkeyed_rule() {
+        let fd = memfd();
+        let dumb = BlockAlias::new();
+        dumb.add_file(fd.as_fd()).unwrap();
+        dumb.add_file(fd.as_fd()).unwrap(); // idempotent
+        assert!(BlockAlias::for_file(fd.as_fd()).unwrap().same(&dumb));
+        let other = BlockAlias::new();
+        assert!(matches!(
+            other.add_file(fd.as_fd()),
+            Err(Error::Aliased { .. })
+        ));
+    }
+}
