@@ -236,6 +236,19 @@ pub enum Error {
         limit: usize,
     },
 
+    /// An [`AllocatorImpl::alloc`](crate::AllocatorImpl::alloc) returned a
+    /// memory that does not honour the request (fewer visible bytes than
+    /// asked for).
+    #[error("allocator {mem_type} returned a memory of {got} visible bytes for a request of {requested}")]
+    BadAllocation {
+        /// The allocator's memory type.
+        mem_type: String,
+        /// Visible bytes asked for.
+        requested: usize,
+        /// Visible bytes of the memory it returned.
+        got: usize,
+    },
+
     /// Every memory of a pool is out.
     #[error("pool exhausted: all {max} memories are in use")]
     PoolExhausted {
