@@ -59,10 +59,51 @@ pub struct DemoArgs {
     pub quiet: bool,
 }
 
+/// The largest frame the demo sends (the copy-mode consumer refuses
+/// larger ones).
+pub const MAX_FRAME_BYTES: usize = 1 << 30;
+
+/// The most frames in the pool.
+pub const MAX_POOL: usize = 256;
+
+/// The most frames in one run.
+pub const MAX_FRAMES: u64 = u32::MAX as u64;
+
 /// NV12: a full-resolution Y plane and a half-height interleaved UV plane.
-pub fn nv12_size(width: u32, height: u32) -> usize {
-    let (w, h) = (width as usize, height as usize);
-    w * h + w.div_ceil(2) * 2 * h.div_ceil(2)
+/// `None` when the size does not fit in `usize`.
+pub fn nv12_size(width: u32, height: u32) -> Option<usize> {
+    let (w, h) = (usize::try_from(width).ok()?, usize::try_from(height).ok()?);
+    let y = w.checked_mul(h)?;
+    let uv = w.div_ceil(2).checked_mul(2)?.checked_mul(h.div_ceil(2))?;
+    y.checked_add(uv)
+}
+
+/// Check the settings of a run and return the frame size.
+pub fn check_args(args: &DemoArgs) -> Result<usize, String> {
+    if args.width == 0 || args.height == 0 || args.frames == 0 || args.pool == 0 {
+        return Err("width, height, frames and pool must be positive".into());
+    }
+    if args.frames > MAX_FRAMES {
+        return Err(format!(
+            "--frames {} is more than the {MAX_FRAMES} frames a run may have",
+            args.frames
+        ));
+    }
+    if args.pool > MAX_POOL {
+        return Err(format!(
+            "--pool {} is more than the {MAX_POOL} frames a pool may have",
+            args.pool
+        ));
+    }
+    match nv12_size(args.width, args.height) {
+        Some(size) if size <= MAX_FRAME_BYTES => Ok(size),
+        size => Err(format!(
+            "a {}x{} NV12 frame is {} bytes, more than the {MAX_FRAME_BYTES} the demo allows",
+            args.width,
+            args.height,
+            size.map_or_else(|| "more than 2^64".into(), |s| s.to_string())
+        )),
+    }
 }
 
 /// Fill `buf` with frame `n`'s pattern and return its checksum.
@@ -155,21 +196,32 @@ impl Progress {
             return;
         }
         self.shown = done;
-        let width = 30;
-        let filled = (done * width / self.total.max(1)) as usize;
+        let width = 30u64;
+        let filled = (u128::from(done.min(self.total)) * u128::from(width)
+            / u128::from(self.total.max(1))) as usize;
         let secs = started.elapsed().as_secs_f64().max(1e-9);
-        eprint!(
+        let mut err = std::io::stderr().lock();
+        let drawn = write!(
+            err,
             "\r{:<10} [{}{}] {done}/{} frames  {:.2} GB/s ",
             self.label,
             "#".repeat(filled),
             " ".repeat(width as usize - filled),
             self.total,
             done as f64 * bytes as f64 / secs / 1e9
-        );
-        if done == self.total {
-            eprintln!();
+        )
+        .and_then(|()| {
+            if done == self.total {
+                writeln!(err)
+            } else {
+                Ok(())
+            }
+        })
+        .and_then(|()| err.flush());
+        if drawn.is_err() {
+            // Nowhere to draw it: stop drawing, the run goes on.
+            self.quiet = true;
         }
-        let _ = std::io::stderr().flush();
     }
 }
 
@@ -285,13 +337,16 @@ fn rate(r: &RunResult, size: usize) -> (f64, f64) {
     )
 }
 
-/// The main job.
-pub fn demo(args: &DemoArgs) -> Result<(), String> {
-    if args.width == 0 || args.height == 0 || args.frames == 0 || args.pool == 0 {
-        return Err("width, height, frames and pool must be positive".into());
-    }
-    let size = nv12_size(args.width, args.height);
-    println!(
+/// A write to the output failed.
+fn output_error(e: std::io::Error) -> String {
+    format!("cannot write the output: {e}")
+}
+
+/// The main job; the report goes to `out`.
+pub fn demo(args: &DemoArgs, out: &mut dyn Write) -> Result<(), String> {
+    let size = check_args(args)?;
+    writeln!(
+        out,
         "mediamem demo: {} frames of {}x{} NV12 ({:.1} MB each), {:?} memory, pool of {}",
         args.frames,
         args.width,
@@ -299,42 +354,100 @@ pub fn demo(args: &DemoArgs) -> Result<(), String> {
         size as f64 / 1e6,
         args.allocator,
         args.pool
-    );
+    )
+    .and_then(|()| out.flush())
+    .map_err(output_error)?;
     let zc = run_zero_copy(args, size)?;
     let (fps, gbs) = rate(&zc, size);
-    println!(
+    writeln!(
+        out,
         "zero-copy (fd passing):  {} frames in {:.2} s: {fps:.0} frames/s, {gbs:.2} GB/s, every checksum verified",
         zc.frames,
         zc.elapsed.as_secs_f64()
-    );
+    )
+    .and_then(|()| out.flush())
+    .map_err(output_error)?;
     if !args.zero_copy_only {
         let cp = run_copy(args, size)?;
         let (cfps, cgbs) = rate(&cp, size);
-        println!(
+        writeln!(
+            out,
             "copy through the socket: {} frames in {:.2} s: {cfps:.0} frames/s, {cgbs:.2} GB/s, every checksum verified",
             cp.frames,
             cp.elapsed.as_secs_f64()
-        );
-        println!("zero-copy speed-up: {:.2}x", fps / cfps);
+        )
+        .and_then(|()| writeln!(out, "zero-copy speed-up: {:.2}x", fps / cfps))
+        .and_then(|()| out.flush())
+        .map_err(output_error)?;
     }
     Ok(())
 }
 
-/// The consumer side: verify every frame; print `verified N`.
-pub fn consumer(fd: i32, mode: &str) -> Result<(), String> {
-    // SAFETY: the producer passed this inherited fd number for us to own.
+/// Take the consumer's socket: `fd` must be an open Unix stream socket
+/// other than the standard streams, inherited from the producer.
+fn inherited_socket(fd: i32) -> Result<UnixStream, String> {
+    if fd < 0 {
+        return Err(format!("--fd {fd}: not a file descriptor"));
+    }
+    if fd <= 2 {
+        return Err(format!(
+            "--fd {fd}: a standard stream, not the producer's socket"
+        ));
+    }
+    // Look before taking ownership: an fd number that is not open, or
+    // open as something else, must not be adopted (nor closed later).
+    let target = std::fs::read_link(format!("/proc/self/fd/{fd}"))
+        .map_err(|e| format!("--fd {fd}: not an open file descriptor ({e})"))?;
+    if !target.to_string_lossy().starts_with("socket:") {
+        return Err(format!("--fd {fd}: {} is not a socket", target.display()));
+    }
+    // SAFETY: `fd` is open (checked above) and was passed to this process
+    // by the producer for it to own; nothing else in this process uses it.
     let sock = unsafe { UnixStream::from_raw_fd(fd) };
+    let domain = rustix::net::sockopt::socket_domain(&sock);
+    let kind = rustix::net::sockopt::socket_type(&sock);
+    if domain != Ok(rustix::net::AddressFamily::UNIX) || kind != Ok(rustix::net::SocketType::STREAM)
+    {
+        return Err(format!("--fd {fd}: not a Unix stream socket"));
+    }
+    Ok(sock)
+}
+
+/// The frame number and checksum in a frame's metadata.
+fn frame_meta(meta: &[u8], expected: u64) -> Result<(u64, u64), String> {
+    let field = |at: usize| {
+        meta.get(at..at + 8)
+            .and_then(|b| b.try_into().ok())
+            .map(u64::from_le_bytes)
+    };
+    match (field(0), field(8)) {
+        (Some(n), Some(sum)) if meta.len() == 16 => Ok((n, sum)),
+        _ => Err(format!(
+            "frame {expected}: {} bytes of metadata, expected 16",
+            meta.len()
+        )),
+    }
+}
+
+/// The consumer side: verify every frame; print `verified N` to `out`.
+pub fn consumer(fd: i32, mode: &str, out: &mut dyn Write) -> Result<(), String> {
+    if mode != "zero-copy" && mode != "copy" {
+        return Err(format!("unknown mode {mode}"));
+    }
+    let sock = inherited_socket(fd)?;
     let mut verified = 0u64;
     match mode {
         "zero-copy" => {
             let mut rx = Receiver::new(sock, ReceivePolicy::default());
             while let Some(frame) = rx.recv().map_err(|e| e.to_string())? {
-                let n = u64::from_le_bytes(frame.meta[..8].try_into().map_err(|_| "short meta")?);
-                let sum =
-                    u64::from_le_bytes(frame.meta[8..16].try_into().map_err(|_| "short meta")?);
-                let map = frame.memories[0]
-                    .map_readable()
-                    .map_err(|e| e.to_string())?;
+                let (n, sum) = frame_meta(&frame.meta, verified)?;
+                let [memory] = frame.memories.as_slice() else {
+                    return Err(format!(
+                        "frame {n}: {} memories, expected 1",
+                        frame.memories.len()
+                    ));
+                };
+                let map = memory.map_readable().map_err(|e| e.to_string())?;
                 if n != verified || checksum(&map) != sum {
                     return Err(format!("frame {n}: checksum mismatch"));
                 }
@@ -367,8 +480,9 @@ pub fn consumer(fd: i32, mode: &str) -> Result<(), String> {
         }
         other => return Err(format!("unknown mode {other}")),
     }
-    println!("verified {verified}");
-    Ok(())
+    writeln!(out, "verified {verified}")
+        .and_then(|()| out.flush())
+        .map_err(output_error)
 }
 
 #[cfg(test)]
@@ -392,7 +506,20 @@ mod tests {
 
     #[test]
     fn nv12_sizes() {
-        assert_eq!(nv12_size(1920, 1080), 3_110_400);
-        assert_eq!(nv12_size(3, 3), 9 + 4 * 2);
+        assert_eq!(nv12_size(1920, 1080), Some(3_110_400));
+        assert_eq!(nv12_size(3, 3), Some(9 + 4 * 2));
+        // Wrapped silently in release builds.
+        assert_eq!(nv12_size(u32::MAX, u32::MAX), None);
+    }
+
+    #[test]
+    fn frame_metadata_is_checked() {
+        let mut meta = [0u8; 16];
+        meta[..8].copy_from_slice(&7u64.to_le_bytes());
+        meta[8..].copy_from_slice(&9u64.to_le_bytes());
+        assert_eq!(frame_meta(&meta, 7), Ok((7, 9)));
+        for len in [0, 3, 8, 15, 17] {
+            assert!(frame_meta(&vec![0; len], 0).is_err(), "{len}");
+        }
     }
 }

@@ -1,5 +1,6 @@
 //! `mediamem`: probe what this machine offers, run the demo, benchmark.
 
+use std::io::Write;
 use std::process::ExitCode;
 
 mod demo;
@@ -42,27 +43,50 @@ enum Command {
 }
 
 fn main() -> ExitCode {
-    let cli = Cli::parse();
+    // Everything is written through `out` and every write is checked:
+    // `print!` would panic on a full disk or a closed pipe.
+    let mut out = std::io::stdout().lock();
+    let cli = match Cli::try_parse() {
+        Ok(cli) => cli,
+        Err(e) => {
+            // Help and version go to stdout, usage errors to stderr.
+            let written = if e.use_stderr() {
+                write!(std::io::stderr(), "{}", e.render())
+            } else {
+                write!(out, "{}", e.render()).and_then(|()| out.flush())
+            };
+            return match written {
+                Ok(()) => ExitCode::from(u8::try_from(e.exit_code()).unwrap_or(2)),
+                Err(w) => report(Err(format!("cannot write the output: {w}"))),
+            };
+        }
+    };
     match cli.command {
         Command::Probe { json } => {
             let rows = probe();
-            if json {
-                println!("{}", probe_json(&rows));
+            let text = if json {
+                probe_json(&rows).map(|j| j + "\n")
             } else {
-                print!("{}", probe_table(&rows));
-            }
-            ExitCode::SUCCESS
+                Ok(probe_table(&rows))
+            };
+            report(text.and_then(|t| {
+                out.write_all(t.as_bytes())
+                    .and_then(|()| out.flush())
+                    .map_err(|e| format!("cannot write the output: {e}"))
+            }))
         }
-        Command::Demo(args) => report(demo::demo(&args)),
-        Command::DemoConsumer { fd, mode } => report(demo::consumer(fd, &mode)),
+        Command::Demo(args) => report(demo::demo(&args, &mut out)),
+        Command::DemoConsumer { fd, mode } => report(demo::consumer(fd, &mode, &mut out)),
     }
 }
 
+/// The exit status of a command; an error is reported on stderr (if even
+/// that fails there is nowhere left to say it: the status tells).
 fn report(result: Result<(), String>) -> ExitCode {
     match result {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
-            eprintln!("mediamem: {e}");
+            let _ = writeln!(std::io::stderr(), "mediamem: {e}");
             ExitCode::FAILURE
         }
     }
@@ -131,7 +155,7 @@ fn probe_table(rows: &[ProbeRow]) -> String {
 }
 
 /// The probe rows as a JSON array.
-fn probe_json(rows: &[ProbeRow]) -> String {
+fn probe_json(rows: &[ProbeRow]) -> Result<String, String> {
     let list: Vec<_> = rows
         .iter()
         .map(|r| {
@@ -148,7 +172,7 @@ fn probe_json(rows: &[ProbeRow]) -> String {
             })
         })
         .collect();
-    serde_json::to_string_pretty(&list).expect("JSON of plain values")
+    serde_json::to_string_pretty(&list).map_err(|e| format!("cannot write JSON: {e}"))
 }
 
 #[cfg(test)]
@@ -167,7 +191,7 @@ mod tests {
 
     #[test]
     fn json_round_trips() {
-        let v: serde_json::Value = serde_json::from_str(&probe_json(&probe())).unwrap();
+        let v: serde_json::Value = serde_json::from_str(&probe_json(&probe()).unwrap()).unwrap();
         assert_eq!(v[0]["name"], "SystemMemory");
         assert_eq!(v[0]["available"], true);
     }

@@ -157,13 +157,25 @@ impl Allocator {
     ///
     /// # Errors
     /// [`Error::InvalidAlign`] when `params.align` is not `2^n − 1`,
-    /// [`Error::Unsupported`] when the allocator has no plain `alloc`, and
-    /// whatever the implementation reports (overflow, out of memory, ...).
+    /// [`Error::Unsupported`] when the allocator has no plain `alloc`,
+    /// [`Error::BadAllocation`] when the implementation returned fewer
+    /// visible bytes than `size`, and whatever the implementation reports
+    /// (overflow, out of memory, ...).
     pub fn alloc(&self, size: usize, params: Option<&AllocationParams>) -> Result<Memory> {
         let default = AllocationParams::default();
         let params = params.unwrap_or(&default);
         params.validate()?;
         let parts = self.0.alloc(size, params)?;
+        // The memory is made with `self` as its allocator, so only its
+        // size can disagree with the request (its region is checked
+        // against its maxsize by `from_parts`).
+        if parts.size < size {
+            return Err(Error::BadAllocation {
+                mem_type: self.mem_type().to_owned(),
+                requested: size,
+                got: parts.size,
+            });
+        }
         Memory::from_parts(self, parts)
     }
 

@@ -448,6 +448,7 @@ impl DumbBackend {
         Error::MapFailed {
             mem_type: DRM_DUMB_MEMORY_TYPE.into(),
             reason: format!("{what} of handle {}: {e}", self.handle),
+            errno: Some(e),
         }
     }
 }

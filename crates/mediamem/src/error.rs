@@ -166,6 +166,9 @@ pub enum Error {
         mem_type: String,
         /// What the backend reported.
         reason: String,
+        /// The kernel's errno when a system call failed (`mmap`,
+        /// `mprotect`, an ioctl), to match on instead of the message.
+        errno: Option<rustix::io::Errno>,
     },
 
     /// A memory of the wrong kind was given.
@@ -236,6 +239,19 @@ pub enum Error {
         limit: usize,
     },
 
+    /// An [`AllocatorImpl::alloc`](crate::AllocatorImpl::alloc) returned a
+    /// memory that does not honour the request (fewer visible bytes than
+    /// asked for).
+    #[error("allocator {mem_type} returned a memory of {got} visible bytes for a request of {requested}")]
+    BadAllocation {
+        /// The allocator's memory type.
+        mem_type: String,
+        /// Visible bytes asked for.
+        requested: usize,
+        /// Visible bytes of the memory it returned.
+        got: usize,
+    },
+
     /// Every memory of a pool is out.
     #[error("pool exhausted: all {max} memories are in use")]
     PoolExhausted {
@@ -285,6 +301,26 @@ pub enum Error {
 }
 
 impl Error {
+    /// The kernel's errno behind this error, when a system call failed
+    /// ([`Error::Os`], or [`Error::MapFailed`] from a failed `mmap`).
+    ///
+    /// ```
+    /// use mediamem::Error;
+    /// let e = Error::MapFailed {
+    ///     mem_type: "fd".into(),
+    ///     reason: "mmap of fd 3: Cannot allocate memory".into(),
+    ///     errno: Some(rustix::io::Errno::NOMEM),
+    /// };
+    /// assert_eq!(e.errno(), Some(rustix::io::Errno::NOMEM));
+    /// ```
+    pub fn errno(&self) -> Option<rustix::io::Errno> {
+        match self {
+            Error::Os { source, .. } => rustix::io::Errno::from_io_error(source),
+            Error::MapFailed { errno, .. } => *errno,
+            _ => None,
+        }
+    }
+
     /// Wrap an errno from a failed call.
     pub(crate) fn os(op: &'static str, errno: rustix::io::Errno) -> Self {
         Error::Os {

@@ -489,6 +489,7 @@ impl FdBackend {
         Error::MapFailed {
             mem_type: ALLOCATOR_FD.into(),
             reason: format!("{what} of fd {}: {e}", self.fd().as_raw_fd()),
+            errno: Some(e),
         }
     }
 }
@@ -625,6 +626,7 @@ impl FdBackend {
                         "already mapped {:?} by {} map(s); cannot add {:?}",
                         st.prot, st.count, prot
                     ),
+                    errno: None,
                 });
             }
             // SAFETY: data != 0.
@@ -669,6 +671,7 @@ impl FdBackend {
         NonNull::new(ptr.cast()).ok_or_else(|| Error::MapFailed {
             mem_type: ALLOCATOR_FD.into(),
             reason: "mmap returned NULL".into(),
+            errno: None,
         })
     }
 

@@ -82,12 +82,39 @@ fn meminfo_kib(key: &str) -> Option<usize> {
         .ok()
 }
 
+/// The most bytes of address space [`page_frames`] resolves in one call
+/// (16 GiB: 32 MiB of pagemap entries with 4 KiB pages).
+pub const MAX_RESOLVE: usize = 16 << 30;
+
 /// The page frame numbers of the `len` bytes mapped at `addr`, from
 /// `/proc/self/pagemap`; the pages must be resident (touch them first).
+///
+/// # Errors
+/// [`Error::SizeOverflow`] when `addr + len` overflows,
+/// [`Error::TooLarge`] when `len` exceeds [`MAX_RESOLVE`],
+/// [`Error::NotAvailable`] when pagemap cannot be read, a page is not
+/// resident, or frame numbers are hidden from this process.
 pub fn page_frames(addr: usize, len: usize) -> Result<Vec<u64>> {
     let page = page_size();
+    let end = addr.checked_add(len).ok_or(Error::SizeOverflow {
+        what: "address + length of the range to resolve",
+    })?;
+    if len > MAX_RESOLVE {
+        return Err(Error::TooLarge {
+            what: "range resolved through /proc/self/pagemap",
+            requested: len,
+            limit: MAX_RESOLVE,
+        });
+    }
     let first = addr / page;
-    let count = (addr + len).div_ceil(page) - first;
+    // At most MAX_RESOLVE / page + 1 entries of 8 bytes: no overflow.
+    let count = end.div_ceil(page) - first;
+    let start = u64::try_from(first)
+        .ok()
+        .and_then(|f| f.checked_mul(8))
+        .ok_or(Error::SizeOverflow {
+            what: "pagemap offset",
+        })?;
     let pagemap = rustix::fs::open(
         "/proc/self/pagemap",
         OFlags::RDONLY | OFlags::CLOEXEC,
@@ -100,7 +127,7 @@ pub fn page_frames(addr: usize, len: usize) -> Result<Vec<u64>> {
     let mut raw = vec![0u8; count * 8];
     let mut done = 0;
     while done < raw.len() {
-        let n = rustix::io::pread(&pagemap, &mut raw[done..], (first * 8 + done) as u64)
+        let n = rustix::io::pread(&pagemap, &mut raw[done..], start + done as u64)
             .map_err(|e| Error::os("pread(/proc/self/pagemap)", e))?;
         if n == 0 {
             return Err(Error::NotAvailable {
@@ -152,7 +179,12 @@ pub fn contiguous_phys_addr(addr: usize, len: usize) -> Result<u64> {
             });
         }
     }
-    Ok(first * page_size() as u64 + (addr % page_size()) as u64)
+    first
+        .checked_mul(page_size() as u64)
+        .and_then(|a| a.checked_add((addr % page_size()) as u64))
+        .ok_or(Error::SizeOverflow {
+            what: "physical address from a page frame number",
+        })
 }
 
 /// Map a fresh fd backend read-write (kept mapped), lock it, touch every
@@ -204,8 +236,14 @@ impl AllocatorImpl for HugePageAllocatorImpl {
 
     fn alloc(&self, size: usize, params: &AllocationParams) -> Result<MemoryParts> {
         let align = params.align | DEFAULT_ALIGN_MASK;
+        // `align` is a valid mask (checked by `Allocator::alloc`); a huge
+        // page is aligned to its own size and no more.
         if align >= self.huge_page {
-            return Err(Error::InvalidAlign { align });
+            return Err(Error::TooLarge {
+                what: "alignment of memory from one huge page",
+                requested: align.saturating_add(1),
+                limit: self.huge_page,
+            });
         }
         let needed = size
             .checked_add(params.prefix)
@@ -245,12 +283,7 @@ impl AllocatorImpl for HugePageAllocatorImpl {
             FdMemoryFlags::KEEP_MAPPED,
             FdKind::Plain,
         )?;
-        let backend = pin_and_resolve(backend).map_err(|e| match e {
-            Error::MapFailed { ref reason, .. } if reason.contains("Cannot allocate memory") => {
-                no_huge_pages()
-            }
-            e => e,
-        })?;
+        let backend = pin_and_resolve(backend).map_err(out_of_huge_pages)?;
         // As shm: once our mapping exists, nobody else may write the file,
         // map it writable or punch a hole in it (a punched huge page
         // refaults with SIGBUS when the pool is empty).
@@ -262,6 +295,20 @@ impl AllocatorImpl for HugePageAllocatorImpl {
             .flags(params.flags | MemoryFlags::PHYSICALLY_CONTIGUOUS)
             .align(align)
             .region(params.prefix, size))
+    }
+}
+
+/// A mapping of a hugetlb memfd that fails with ENOMEM means no huge page
+/// was left to back it (another process took the last one since the
+/// count was read): the same error as an empty pool. Told by the errno,
+/// never by the message.
+fn out_of_huge_pages(e: Error) -> Error {
+    match e {
+        Error::MapFailed {
+            errno: Some(rustix::io::Errno::NOMEM),
+            ..
+        } => no_huge_pages(),
+        e => e,
     }
 }
 
@@ -411,5 +458,40 @@ impl CmaHeapAllocator {
     /// The heap's name (`linux,cma` or `reserved`).
     pub fn name(&self) -> &str {
         &self.imp().name
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn enomem_is_told_by_errno_not_by_message() {
+        let nomem = Error::MapFailed {
+            mem_type: "fd".into(),
+            reason: "mmap of fd 3: something".into(),
+            errno: Some(rustix::io::Errno::NOMEM),
+        };
+        assert!(matches!(
+            out_of_huge_pages(nomem),
+            Error::NotAvailable { ref what, .. } if what == "huge pages"
+        ));
+        // The message alone (another locale, another backend's wording)
+        // decides nothing.
+        let text_only = Error::MapFailed {
+            mem_type: "fd".into(),
+            reason: "Cannot allocate memory".into(),
+            errno: None,
+        };
+        assert!(matches!(
+            out_of_huge_pages(text_only),
+            Error::MapFailed { errno: None, .. }
+        ));
+        let other = Error::MapFailed {
+            mem_type: "fd".into(),
+            reason: "mmap".into(),
+            errno: Some(rustix::io::Errno::ACCESS),
+        };
+        assert!(matches!(out_of_huge_pages(other), Error::MapFailed { .. }));
     }
 }

@@ -31,8 +31,12 @@ use crate::error::{Error, Result};
 use crate::memory::Memory;
 
 struct State {
+    /// Free memories. Its capacity is kept at least `live`, so a memory
+    /// coming back never reallocates (reserved when a slot is taken, never
+    /// up front: `max` may be huge).
     free: Vec<Memory>,
-    /// Memories the pool owns: free ones plus those out.
+    /// Memories the pool owns: free ones, those out, and slots reserved for
+    /// allocations in progress (which run without the lock).
     live: usize,
     /// Threads waiting in `acquire_timeout` (a notify without waiters
     /// would still cost a futex syscall).
@@ -58,8 +62,39 @@ impl PoolInner {
         self.state.lock().unwrap_or_else(PoisonError::into_inner)
     }
 
-    fn alloc(&self) -> Result<Memory> {
+    /// Reserve a slot for a new memory while fewer than `max` exist.
+    /// `Ok(false)` when the pool is full.
+    fn reserve_slot(&self, st: &mut State) -> Result<bool> {
+        if st.live >= self.max {
+            return Ok(false);
+        }
+        // Room for every memory to come back without reallocating.
+        let need = (st.live + 1).saturating_sub(st.free.len());
+        st.free.try_reserve(need).map_err(|_| Error::OutOfMemory {
+            size: (st.live + 1).saturating_mul(std::mem::size_of::<Memory>()),
+        })?;
+        st.live += 1;
+        Ok(true)
+    }
+
+    /// Make a memory for a slot reserved with `reserve_slot`, without the
+    /// lock held: a factory may take its time, or touch the pool itself.
+    /// The slot is given back if the factory fails or panics.
+    fn alloc_reserved(&self) -> Result<Memory> {
+        /// Gives the reserved slot back unless disarmed (also on unwind).
+        struct Slot<'a>(&'a PoolInner);
+        impl Drop for Slot<'_> {
+            fn drop(&mut self) {
+                let mut st = self.0.lock();
+                st.live -= 1;
+                if st.waiters > 0 {
+                    self.0.returned.notify_one();
+                }
+            }
+        }
+        let slot = Slot(self);
         let m = (self.factory)()?;
+        std::mem::forget(slot);
         let _ = self.region.set((m.offset(), m.size()));
         Ok(m)
     }
@@ -146,18 +181,17 @@ impl MemoryPool {
             region: OnceLock::new(),
             max,
             state: Mutex::new(State {
-                free: Vec::with_capacity(max),
+                free: Vec::new(),
                 live: 0,
                 waiters: 0,
             }),
             returned: Condvar::new(),
         });
-        {
-            let mut st = inner.lock();
-            for _ in 0..min {
-                st.free.push(inner.alloc()?);
-                st.live += 1;
-            }
+        for _ in 0..min {
+            let reserved = inner.reserve_slot(&mut inner.lock())?;
+            debug_assert!(reserved, "min <= max");
+            let m = inner.alloc_reserved()?;
+            inner.lock().free.push(m);
         }
         Ok(MemoryPool { inner })
     }
@@ -177,7 +211,8 @@ impl MemoryPool {
         self.inner.lock().free.len()
     }
 
-    /// Memories currently out of the pool.
+    /// Memories currently out of the pool (and ones being made for an
+    /// acquire right now).
     pub fn outstanding(&self) -> usize {
         let st = self.inner.lock();
         st.live - st.free.len()
@@ -188,55 +223,74 @@ impl MemoryPool {
     /// # Errors
     /// [`Error::PoolExhausted`] when all `max` are out.
     pub fn acquire(&self) -> Result<PooledMemory> {
-        let mut st = self.inner.lock();
-        self.try_take(&mut st)?.ok_or(Error::PoolExhausted {
-            max: self.inner.max,
-        })
+        match self.try_take(self.inner.lock())? {
+            Ok(m) => Ok(m),
+            Err(_full) => Err(Error::PoolExhausted {
+                max: self.inner.max,
+            }),
+        }
     }
 
-    /// Take a memory, waiting up to `timeout` for one to come back.
+    /// Take a memory, waiting up to `timeout` for one to come back. A
+    /// timeout too large to be a point in time (e.g. `Duration::MAX`)
+    /// waits without a deadline.
     pub fn acquire_timeout(&self, timeout: Duration) -> Result<PooledMemory> {
-        let deadline = Instant::now() + timeout;
+        let deadline = Instant::now().checked_add(timeout);
         let mut st = self.inner.lock();
         loop {
-            if let Some(m) = self.try_take(&mut st)? {
-                return Ok(m);
-            }
+            st = match self.try_take(st)? {
+                Ok(m) => return Ok(m),
+                Err(full) => full,
+            };
             let now = Instant::now();
-            if now >= deadline {
-                return Err(Error::PoolExhausted {
-                    max: self.inner.max,
-                });
-            }
+            let left = match deadline {
+                Some(deadline) if now >= deadline => {
+                    return Err(Error::PoolExhausted {
+                        max: self.inner.max,
+                    })
+                }
+                Some(deadline) => Some(deadline - now),
+                None => None,
+            };
             st.waiters += 1;
-            st = self
-                .inner
-                .returned
-                .wait_timeout(st, deadline - now)
-                .unwrap_or_else(PoisonError::into_inner)
-                .0;
+            st = match left {
+                Some(left) => {
+                    self.inner
+                        .returned
+                        .wait_timeout(st, left)
+                        .unwrap_or_else(PoisonError::into_inner)
+                        .0
+                }
+                None => self
+                    .inner
+                    .returned
+                    .wait(st)
+                    .unwrap_or_else(PoisonError::into_inner),
+            };
             st.waiters -= 1;
         }
     }
 
-    fn try_take(&self, st: &mut MutexGuard<'_, State>) -> Result<Option<PooledMemory>> {
+    /// A free memory, or a new one while fewer than `max` exist (made
+    /// without the lock, its slot reserved so that concurrent acquires
+    /// cannot pass `max`). `Ok(Err(st))`, the lock still held, when all
+    /// `max` are out.
+    #[allow(clippy::type_complexity)]
+    fn try_take<'a>(
+        &'a self,
+        mut st: MutexGuard<'a, State>,
+    ) -> Result<Result<PooledMemory, MutexGuard<'a, State>>> {
         let memory = match st.free.pop() {
             Some(m) => m,
-            None if st.live < self.inner.max => {
-                // Allocate with the slot counted, so a concurrent acquire
-                // cannot pass `max`; give the slot back on failure.
-                st.live += 1;
-                match self.inner.alloc() {
-                    Ok(m) => m,
-                    Err(e) => {
-                        st.live -= 1;
-                        return Err(e);
-                    }
+            None => {
+                if !self.inner.reserve_slot(&mut st)? {
+                    return Ok(Err(st));
                 }
+                drop(st);
+                self.inner.alloc_reserved()?
             }
-            None => return Ok(None),
         };
-        Ok(Some(PooledMemory {
+        Ok(Ok(PooledMemory {
             memory: Some(memory),
             pool: self.inner.clone(),
         }))
@@ -404,5 +458,139 @@ mod tests {
         assert_eq!(pool.outstanding(), 0);
         assert!(pool.acquire().is_ok());
         drop(m);
+    }
+
+    #[test]
+    fn huge_max_is_not_allocated_up_front() {
+        // It used to reserve room for `max` memories at once: a capacity
+        // overflow panic for usize::MAX, an abort for 1 << 40.
+        for max in [usize::MAX, 1 << 40] {
+            let pool = MemoryPool::new(Allocator::system(), 64, None, 1, max).unwrap();
+            assert_eq!(pool.max(), max);
+            let a = pool.acquire().unwrap();
+            let b = pool.acquire().unwrap();
+            assert_eq!(pool.outstanding(), 2);
+            drop((a, b));
+            assert_eq!(pool.free_count(), 2);
+        }
+    }
+
+    #[test]
+    fn acquire_timeout_without_deadline() {
+        // `Instant::now() + Duration::MAX` used to panic.
+        let pool = MemoryPool::new(Allocator::system(), 64, None, 1, 1).unwrap();
+        assert_eq!(pool.acquire_timeout(Duration::MAX).unwrap().size(), 64);
+        let a = pool.acquire().unwrap();
+        let p2 = pool.clone();
+        let t = std::thread::spawn(move || p2.acquire_timeout(Duration::MAX).map(|m| m.size()));
+        // Let the thread wait (if it has not started waiting yet, it finds
+        // the memory free: the test passes the same way).
+        std::thread::sleep(Duration::from_millis(20));
+        drop(a);
+        assert_eq!(t.join().unwrap().unwrap(), 64);
+    }
+
+    #[test]
+    fn a_panicking_factory_gives_its_slot_back() {
+        use std::sync::atomic::{AtomicBool, Ordering};
+        let panicked = Arc::new(AtomicBool::new(false));
+        let p = panicked.clone();
+        let pool = MemoryPool::from_fn(0, 2, move || {
+            if !p.swap(true, Ordering::SeqCst) {
+                panic!("factory fails once");
+            }
+            Memory::with_size(16)
+        })
+        .unwrap();
+        let r = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| pool.acquire()));
+        assert!(r.is_err(), "the factory panicked through acquire");
+        assert!(panicked.load(Ordering::SeqCst));
+        assert_eq!(pool.outstanding(), 0, "the slot came back");
+        // The pool still reaches its max.
+        let a = pool.acquire().unwrap();
+        let b = pool.acquire().unwrap();
+        assert!(matches!(
+            pool.acquire(),
+            Err(Error::PoolExhausted { max: 2 })
+        ));
+        drop((a, b));
+        assert_eq!(pool.free_count(), 2);
+    }
+
+    #[test]
+    fn a_failing_factory_wakes_a_waiter() {
+        // A slot given back after a failed allocation lets a waiting
+        // acquire allocate in its place.
+        use std::sync::atomic::{AtomicUsize, Ordering};
+        let calls = Arc::new(AtomicUsize::new(0));
+        let c = calls.clone();
+        let pool = MemoryPool::from_fn(0, 1, move || match c.fetch_add(1, Ordering::SeqCst) {
+            0 => Err(Error::PoolExhausted { max: 0 }),
+            _ => Memory::with_size(8),
+        })
+        .unwrap();
+        assert!(pool.acquire().is_err());
+        assert_eq!(pool.outstanding(), 0);
+        assert_eq!(
+            pool.acquire_timeout(Duration::from_secs(30))
+                .unwrap()
+                .size(),
+            8
+        );
+    }
+
+    /// An allocator that reads its own pool while allocating.
+    #[derive(Debug)]
+    struct Reentrant {
+        pool: Arc<Mutex<Option<MemoryPool>>>,
+        seen: Arc<std::sync::atomic::AtomicUsize>,
+    }
+
+    impl crate::AllocatorImpl for Reentrant {
+        fn mem_type(&self) -> &str {
+            "reentrant"
+        }
+        fn alloc(&self, size: usize, params: &AllocationParams) -> Result<crate::MemoryParts> {
+            let pool = self.pool.lock().unwrap().clone();
+            if let Some(pool) = pool {
+                // Each of these takes the pool's lock.
+                let n = pool.outstanding() + pool.free_count();
+                self.seen.fetch_add(n, std::sync::atomic::Ordering::SeqCst);
+            }
+            crate::AllocatorImpl::alloc(&crate::system::SystemAllocator, size, params)
+        }
+    }
+
+    #[test]
+    fn an_allocator_may_touch_its_pool() {
+        let slot = Arc::new(Mutex::new(None));
+        let seen = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+        let alloc = Allocator::new(Reentrant {
+            pool: slot.clone(),
+            seen: seen.clone(),
+        });
+        let pool = MemoryPool::new(alloc, 32, None, 0, 3).unwrap();
+        *slot.lock().unwrap() = Some(pool.clone());
+        let (tx, rx) = std::sync::mpsc::channel();
+        let p = pool.clone();
+        let t = std::thread::spawn(move || {
+            let held: Vec<_> = (0..3).map(|_| p.acquire()).collect();
+            let _ = tx.send(
+                held.iter()
+                    .map(|r| r.as_ref().map(|m| m.size()).map_err(|e| e.to_string()))
+                    .collect::<Vec<_>>(),
+            );
+        });
+        // The allocation used to run under the pool's lock: a deadlock.
+        let held = rx
+            .recv_timeout(Duration::from_secs(20))
+            .expect("acquire with a re-entrant allocator did not deadlock");
+        assert!(held.iter().all(|r| matches!(r, Ok(32))), "{held:?}");
+        t.join().unwrap();
+        assert_eq!(pool.outstanding(), 0, "all three came back");
+        // Each allocation saw the slots reserved so far (1, 2, 3: held
+        // memories are out, the one being made is reserved).
+        assert_eq!(seen.load(std::sync::atomic::Ordering::SeqCst), 6);
+        *slot.lock().unwrap() = None; // break the pool -> allocator -> pool cycle
     }
 }

@@ -280,3 +280,56 @@ fn invalid_map_flags() -> Result<()> {
     assert_eq!(m.lock_state(), 0);
     Ok(())
 }
+
+/// A custom allocator that returns `size + extra` visible bytes.
+#[derive(Debug)]
+struct SkewAllocator {
+    extra: isize,
+}
+
+impl AllocatorImpl for SkewAllocator {
+    fn mem_type(&self) -> &str {
+        "vec-skew"
+    }
+    fn alloc(&self, size: usize, _params: &AllocationParams) -> Result<MemoryParts> {
+        let size = size.saturating_add_signed(self.extra);
+        let mut v = vec![0u8; size.max(1)];
+        let p = NonNull::new(v.as_mut_ptr()).unwrap();
+        Ok(MemoryParts::new(Box::new(VecBlock(Mutex::new(v), p)), size))
+    }
+}
+
+fn skewed_memory(a: &Allocator, bytes: &[u8]) -> Result<Memory> {
+    let mut v = bytes.to_vec();
+    let p = NonNull::new(v.as_mut_ptr()).unwrap();
+    Memory::from_parts(
+        a,
+        MemoryParts::new(Box::new(VecBlock(Mutex::new(v), p)), bytes.len()),
+    )
+}
+
+#[test]
+fn alloc_checks_what_the_implementation_returned() -> Result<()> {
+    // Fewer bytes than asked: a typed error naming the allocator.
+    let short = Allocator::new(SkewAllocator { extra: -1 });
+    let r = short.alloc(8, None);
+    assert!(
+        matches!(&r, Err(Error::BadAllocation { mem_type, requested: 8, got: 7 }) if mem_type == "vec-skew"),
+        "{r:?}"
+    );
+    // A copy, which allocates from the memory's own allocator, used to
+    // panic in copy_from_slice; it is the same error now.
+    let m = skewed_memory(&short, b"abcdefgh")?;
+    let c = m.copy();
+    assert!(matches!(c, Err(Error::BadAllocation { .. })), "{c:?}");
+    assert_eq!(m.lock_state(), 0, "the failed copy left nothing mapped");
+
+    // More bytes than asked is allowed; a copy keeps exactly the source's.
+    let long = Allocator::new(SkewAllocator { extra: 5 });
+    assert_eq!(long.alloc(8, None)?.size(), 13);
+    let m = skewed_memory(&long, b"abcdefgh")?;
+    let c = m.copy_range(1..7)?;
+    assert_eq!(c.allocator().mem_type(), "vec-skew");
+    assert_eq!(&*c.map_readable()?, b"bcdefg");
+    Ok(())
+}

@@ -423,6 +423,7 @@ unsafe impl MemoryBackend for OpaqueBackend {
         Err(Error::MapFailed {
             mem_type: "MyOpaqueMemory".into(),
             reason: "opaque memory has no CPU mapping".into(),
+            errno: None,
         })
     }
     fn can_share(&self) -> bool {

@@ -186,6 +186,9 @@ fn read_only_fd_refuses_write_maps_cleanly() -> Result<()> {
     assert_eq!(&*mem.map_readable()?, b"readonly");
     let r = mem.map_writable();
     assert!(matches!(r, Err(Error::MapFailed { .. })), "{r:?}");
+    // The kernel's errno is kept typed, not only in the message.
+    let errno = r.as_ref().err().and_then(Error::errno);
+    assert_eq!(errno, Some(rustix::io::Errno::ACCESS), "{r:?}");
     assert_eq!(mem.lock_state(), 0);
     assert!(!mem.backend::<FdBackend>().unwrap().is_mapped());
     Ok(())

@@ -7,7 +7,7 @@ use std::sync::{Mutex, MutexGuard};
 
 use mediamem::phys::{
     contiguous_phys_addr, free_huge_pages, huge_page_size, page_frames, CmaHeapAllocator,
-    HugePageAllocator,
+    HugePageAllocator, MAX_RESOLVE,
 };
 use mediamem::{
     is_fd_memory, is_phys_memory, phys_memory_get_phys_addr, AllocationParams, Error, Memory,
@@ -143,7 +143,7 @@ fn oversize_and_exhaustion_are_clear_errors() -> Result<()> {
     let too_wide = AllocationParams::new(MemoryFlags::empty(), 2 * max - 1, 0, 0);
     assert!(matches!(
         huge.alloc(1, Some(&too_wide)),
-        Err(Error::InvalidAlign { .. })
+        Err(Error::TooLarge { requested, limit, .. }) if requested == 2 * max && limit == max
     ));
     // A mask of one huge page is what a huge page gives.
     let one_page = AllocationParams::new(MemoryFlags::empty(), max - 1, 0, 0);
@@ -170,6 +170,69 @@ fn oversize_and_exhaustion_are_clear_errors() -> Result<()> {
     drop(held);
     assert!(huge.alloc(4096, None).is_ok(), "freed pages come back");
     Ok(())
+}
+
+#[test]
+fn absurd_ranges_are_errors() {
+    // These used to overflow (a panic in debug builds, a wrong range in
+    // release) or allocate a buffer for every page of the range (an abort).
+    for (addr, len) in [(usize::MAX - 10, 100), (4096, usize::MAX), (usize::MAX, 1)] {
+        let r = page_frames(addr, len);
+        assert!(
+            matches!(r, Err(Error::SizeOverflow { .. })),
+            "{addr:#x}+{len:#x}: {r:?}"
+        );
+        let r = contiguous_phys_addr(addr, len);
+        assert!(
+            matches!(r, Err(Error::SizeOverflow { .. })),
+            "{addr:#x}+{len:#x}: {r:?}"
+        );
+    }
+    for len in [1 << 46, usize::MAX / 2, MAX_RESOLVE + 1] {
+        let r = page_frames(4096, len);
+        assert!(
+            matches!(r, Err(Error::TooLarge { requested, limit, .. }) if requested == len && limit == MAX_RESOLVE),
+            "{len:#x}: {r:?}"
+        );
+        assert!(matches!(
+            contiguous_phys_addr(4096, len),
+            Err(Error::TooLarge { .. })
+        ));
+    }
+    // Unmapped addresses near the top of the user address space: an error
+    // (pages not resident, or frame numbers hidden), never a panic.
+    assert!(page_frames(0x7fff_ffff_0000, 8192).is_err());
+}
+
+#[test]
+fn too_large_an_alignment_is_not_a_bad_mask() {
+    // Needs hugetlb support only: the check comes before any huge page is
+    // taken.
+    let Ok(huge) = HugePageAllocator::new() else {
+        eprintln!("SKIPPED: no hugetlb support");
+        return;
+    };
+    let max = huge.max_size();
+    for mask in [2 * max - 1, usize::MAX] {
+        let p = AllocationParams::new(MemoryFlags::empty(), mask, 0, 0);
+        let r = huge.alloc(1, Some(&p));
+        assert!(
+            matches!(r, Err(Error::TooLarge { requested, limit, .. })
+                if requested == mask.saturating_add(1) && limit == max),
+            "{mask:#x}: {r:?}"
+        );
+        let e = r.unwrap_err().to_string();
+        assert!(
+            !e.contains("2^n - 1"),
+            "a valid mask is not reported as malformed: {e}"
+        );
+    }
+    // A malformed mask still is one.
+    let p = AllocationParams::new(MemoryFlags::empty(), 5, 0, 0);
+    assert!(matches!(
+        huge.alloc(1, Some(&p)),
+        Err(Error::InvalidAlign { align: 5 })
+    ));
 }
 
 #[test]

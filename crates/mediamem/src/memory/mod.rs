@@ -855,6 +855,11 @@ impl Memory {
             }
             other => other?,
         };
+        // `alloc` checked the copy has at least `size` visible bytes; a
+        // custom allocator may give more: keep `size` of them.
+        if copy.size() != size {
+            copy.resize(..size)?;
+        }
         copy.map_writable()?.copy_from_slice(bytes);
         Ok(copy)
     }
