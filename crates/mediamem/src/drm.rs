@@ -18,6 +18,11 @@
 //!   `2·h` rows (GStreamer gives 1.5·h and under-allocates), odd heights of
 //!   4:2:0 formats get their last chroma row, and an unknown fourcc is an
 //!   error ([`Error::UnknownFourcc`]) rather than silently 32 bpp;
+//! * formats subsampled horizontally (NV12, NV16, YUYV, YUV420, ...) round
+//!   an odd width up to even before `CREATE_DUMB`, so the pitch and size
+//!   differ from GStreamer's for odd widths: GStreamer's are one chroma
+//!   sample short on every row, and the last sample of the image lies past
+//!   the buffer;
 //! * the device fd is shared through an `Arc`, so memories outlive a dropped
 //!   allocator.
 

@@ -21,7 +21,35 @@
 //!   come from [`ShmAllocator`](crate::ShmAllocator), whose memfds are sealed
 //!   against shrinking;
 //! * a WRITE map is mapped `PROT_READ | PROT_WRITE`, because a `&mut [u8]`
-//!   may be read and write-only mappings are not readable everywhere.
+//!   may be read and write-only mappings are not readable everywhere;
+//! * `share(..)` of fd and dma-buf memory that was resized covers the
+//!   resized region (offset and size relative to the visible bytes, as for
+//!   every memory); GStreamer before 1.28 shared from the block's start
+//!   with the old size, a share running past the block;
+//! * hugetlbfs files are mapped and unmapped in whole huge pages (a partial
+//!   `munmap` fails there) and faulted in when mapped, so a missing huge
+//!   page is an error, not a `SIGBUS`;
+//! * every root of a file shares one byte-borrow rule within the process
+//!   ([`BlockAlias`]), so two imports of the same fd cannot give two
+//!   `&mut [u8]` over one page;
+//! * [`FdMemoryFlags::GUARD_SIGBUS`] (mediamem's own flag) survives a file
+//!   truncated under the mapping by another holder.
+//!
+//! # What another process can still do to mapped bytes
+//!
+//! A mapping of a shared file is shared with everyone who holds the file.
+//! mediamem rules out, within one process, two slices that alias (one
+//! borrow rule per file) and, for memory it allocates, every way to take
+//! the pages away: shm and huge page memfds are sealed against shrinking,
+//! growing and (once mapped) further writers. What remains is written in
+//! the README's contract: another holder of an unsealed file can truncate
+//! it (a `SIGBUS` on the next access, unless the memory was imported with
+//! `GUARD_SIGBUS`, which turns it into zero pages and [`Error::Truncated`]),
+//! and the creator of a file, or a device, can write bytes while you read
+//! them. No mmap library can stop that (memmap2 documents the same): a
+//! slice over such bytes may see them change, so validate a copy of what
+//! must not change between two reads (a header, an index), never the
+//! mapped bytes twice.
 
 use std::fmt;
 use std::os::fd::{AsFd, AsRawFd, BorrowedFd, OwnedFd, RawFd};

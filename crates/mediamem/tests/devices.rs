@@ -412,3 +412,62 @@ fn device_errors_on_the_host_are_typed() {
     assert!(matches!(e, Error::NotAvailable { .. }), "{e}");
     assert!(Memory::with_size(1).is_ok());
 }
+
+#[test]
+#[ignore = "device test: runs in the QEMU guest (cargo xtask vm-test)"]
+fn a_dumb_buffer_and_its_export_share_one_borrow_rule() -> Result<()> {
+    let (mem, _) = bochs().alloc(fourcc(*b"XR24"), 64, 64)?;
+    let exported = drm_dumb_memory_export_dmabuf(&mem)?;
+    let again = drm_dumb_memory_export_dmabuf(&mem)?;
+    // An import of the exported fd by anyone in this process joins too.
+    let imported =
+        mediamem::DmaBufAllocator::new().alloc(exported.try_clone_fd()?, exported.maxsize())?;
+    let rule = mem.block_alias().expect("dumb memory has a rule");
+    for other in [&exported, &again, &imported] {
+        assert!(rule.same(other.block_alias().unwrap()));
+    }
+    {
+        let _w = mem.map_writable()?;
+        assert!(matches!(
+            exported.map_readable(),
+            Err(Error::Aliased { .. })
+        ));
+        assert!(matches!(
+            imported.map_writable(),
+            Err(Error::Aliased { .. })
+        ));
+    }
+    {
+        let _r = imported.map_readable()?;
+        assert!(matches!(mem.map_writable(), Err(Error::Aliased { .. })));
+        assert!(exported.map_readable().is_ok(), "readers share");
+    }
+    pattern(&mut mem.map_writable()?, 3);
+    assert!(check_pattern(&imported.map_readable()?, 3));
+    Ok(())
+}
+
+#[test]
+#[ignore = "device test: runs in the QEMU guest (cargo xtask vm-test)"]
+fn real_dmabufs_travel_as_dmabufs() -> Result<()> {
+    use mediamem::ipc::{ReceivePolicy, Receiver, Sender};
+    let (a, b) = std::os::unix::net::UnixStream::pair().unwrap();
+    let (mut tx, mut rx) = (Sender::new(a), Receiver::new(b, ReceivePolicy::default()));
+    let (dumb, _) = bochs().alloc(fourcc(*b"XR24"), 64, 64)?;
+    let memories = [
+        DmaHeapAllocator::new("system")?.alloc(8192, None)?,
+        UdmabufAllocator::get()?.alloc(8192, None)?,
+        drm_dumb_memory_export_dmabuf(&dumb)?,
+    ];
+    for (seed, mem) in memories.into_iter().enumerate() {
+        pattern(&mut mem.map_writable()?, seed as u8);
+        let id = tx.send_frame(vec![mem], b"")?;
+        let frame = rx.recv()?.expect("a frame");
+        let got = &frame.memories[0];
+        assert!(is_dmabuf_memory(got), "a real dma-buf is received as one");
+        assert!(check_pattern(&got.map_readable()?, seed as u8));
+        drop(frame);
+        assert_eq!(tx.wait_release()?, Some(id));
+    }
+    Ok(())
+}

@@ -59,10 +59,19 @@
 //! 9.7 ns). That is the producer's case: fill a frame fresh from an
 //! allocator or a pool. With other handles it is the ordinary locked map.
 //!
-//! Bytes of fd-backed memory can also change underneath a mapping when the
-//! same file is written by another process or device; the slices are then
-//! views of memory that is shared outside Rust's knowledge, as with any
-//! `mmap` of a shared file.
+//! Within one process that rule holds across roots too: every root of the
+//! same file (two imports of one fd, a frame received from this very
+//! process, a DRM dumb buffer and its PRIME export) takes its borrows from
+//! one [`BlockAlias`], so safe code cannot build two `&mut [u8]` over one
+//! page by importing a memory's own fd again.
+//!
+//! What other processes (or devices) can do to the bytes of fd-backed
+//! memory is outside any process's rules: they can write them while a
+//! slice is alive (treat them as shared, changing memory, as with any
+//! `mmap` of a shared file), and, for files that are not sealed, truncate
+//! them. The `fd` module's docs and the README's contract list what
+//! mediamem stops (seals, dma-buf verification, the `SIGBUS` guard) and
+//! what it cannot.
 
 mod alias;
 mod backend;
