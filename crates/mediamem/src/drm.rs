@@ -27,18 +27,19 @@
 //!   allocator.
 
 use std::fmt;
-use std::os::fd::{AsFd, AsRawFd, BorrowedFd, FromRawFd, OwnedFd};
+use std::os::fd::{AsFd, AsRawFd, BorrowedFd, OwnedFd};
 use std::path::{Path, PathBuf};
 use std::ptr::NonNull;
-use std::sync::{Arc, Mutex, PoisonError};
+use std::sync::Arc;
 
 use rustix::fs::{Mode, OFlags};
-use rustix::mm::{MprotectFlags, ProtFlags};
+use rustix::mm::ProtFlags;
 
 use crate::allocator::{Allocator, AllocatorFlags, AllocatorImpl};
 use crate::dmabuf::DmaBufAllocator;
 use crate::error::{Error, Result};
 use crate::fd::{import_owned, FdKind, FdMemoryFlags};
+use crate::mapping::{FileMapping, MapFailure, MapOptions, Upgrade};
 use crate::memory::{BlockAlias, MapFlags, Memory, MemoryBackend, MemoryParts};
 use crate::sys;
 
@@ -373,27 +374,22 @@ impl DrmDumbAllocator {
     pub fn alloc(&self, fourcc: u32, width: u32, height: u32) -> Result<(Memory, u32)> {
         let (w, h, bpp) = dumb_dimensions(fourcc, width, height)?;
         let device = &self.imp().device;
-        let mut create = sys::DrmModeCreateDumb {
-            height: h,
-            width: w,
-            bpp,
-            ..Default::default()
-        };
-        // SAFETY: CREATE_DUMB takes a drm_mode_create_dumb (no pointers).
-        unsafe {
-            sys::ioctl_rw::<{ sys::DRM_IOCTL_MODE_CREATE_DUMB }, _>(device.fd.as_fd(), &mut create)
-        }
-        .map_err(|e| Error::os("DRM_IOCTL_MODE_CREATE_DUMB", e))?;
+        let create = sys::drm_create_dumb(device.fd.as_fd(), w, h, bpp)
+            .map_err(|e| Error::os("DRM_IOCTL_MODE_CREATE_DUMB", e))?;
         let backend = DumbBackend {
             device: device.clone(),
             handle: create.handle,
             size: create.size as usize,
             alias: BlockAlias::new(),
-            state: Mutex::new(DumbMap {
-                data: 0,
-                prot: ProtFlags::empty(),
-                count: 0,
-            }),
+            mapping: FileMapping::new(MapOptions {
+                len: create.size as usize,
+                private: false,
+                keep: false,
+                upgrade: Upgrade::Add,
+                huge_page: None,
+                guard_sigbus: false,
+            })
+            .map_err(|e| Error::os("dumb buffer size", e))?,
         };
         let size = backend.size;
         // From here the backend owns the handle: any error below destroys it.
@@ -407,12 +403,6 @@ impl DrmDumbAllocator {
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub struct GemHandle(pub u32);
 
-struct DumbMap {
-    data: usize,
-    prot: ProtFlags,
-    count: usize,
-}
-
 /// The backend of dumb memory.
 pub struct DumbBackend {
     device: Arc<DrmDevice>,
@@ -421,7 +411,9 @@ pub struct DumbBackend {
     /// The borrow rule shared with its PRIME exports (and every import of
     /// them): one rule for the buffer's pages, whichever fd reaches them.
     alias: BlockAlias,
-    state: Mutex<DumbMap>,
+    /// The one mapping of the buffer (through the device fd at its fake
+    /// offset) that every map shares; protection only ever grows.
+    mapping: FileMapping,
 }
 
 impl fmt::Debug for DumbBackend {
@@ -442,18 +434,14 @@ impl DumbBackend {
 
     /// Whether the buffer is mapped right now.
     pub fn is_mapped(&self) -> bool {
-        self.lock().data != 0
+        self.mapping.addr().is_some()
     }
 
-    fn lock(&self) -> std::sync::MutexGuard<'_, DumbMap> {
-        self.state.lock().unwrap_or_else(PoisonError::into_inner)
-    }
-
-    fn fail(&self, what: &str, e: rustix::io::Errno) -> Error {
+    fn fail(&self, failure: MapFailure) -> Error {
         Error::MapFailed {
             mem_type: DRM_DUMB_MEMORY_TYPE.into(),
-            reason: format!("{what} of handle {}: {e}", self.handle),
-            errno: Some(e),
+            reason: format!("{failure} (handle {})", self.handle),
+            errno: failure.errno(),
         }
     }
 }
@@ -469,59 +457,22 @@ unsafe impl MemoryBackend for DumbBackend {
         } else {
             ProtFlags::READ
         };
-        let mut st = self.lock();
-        if st.data != 0 {
-            if !st.prot.contains(prot) {
-                // Adding access never invalidates the maps already held.
-                let want = st.prot | prot;
-                let mp = MprotectFlags::from_bits_truncate(want.bits());
-                // SAFETY: our own live mapping of `size` bytes.
-                unsafe { rustix::mm::mprotect(st.data as *mut _, self.size, mp) }
-                    .map_err(|e| self.fail("mprotect", e))?;
-                st.prot = want;
-            }
-            st.count += 1;
-            // SAFETY: data != 0.
-            return Ok(unsafe { NonNull::new_unchecked(st.data as *mut u8) });
-        }
-        let mut req = sys::DrmModeMapDumb {
-            handle: self.handle,
-            ..Default::default()
-        };
-        // SAFETY: MAP_DUMB takes a drm_mode_map_dumb (no pointers).
-        unsafe {
-            sys::ioctl_rw::<{ sys::DRM_IOCTL_MODE_MAP_DUMB }, _>(self.device.fd.as_fd(), &mut req)
-        }
-        .map_err(|e| self.fail("DRM_IOCTL_MODE_MAP_DUMB", e))?;
-        // SAFETY: a fresh mapping chosen by the kernel at the fake offset
-        // MAP_DUMB gave for this buffer.
-        let ptr = unsafe {
-            rustix::mm::mmap(
-                std::ptr::null_mut(),
-                self.size,
+        let device = self.device.fd.as_fd();
+        self.mapping
+            .map_at(
+                device,
+                || {
+                    sys::drm_map_dumb_offset(device, self.handle)
+                        .map_err(|e| MapFailure::Os("DRM_IOCTL_MODE_MAP_DUMB", e))
+                },
                 prot,
-                rustix::mm::MapFlags::SHARED,
-                self.device.fd.as_fd(),
-                req.offset,
             )
-        }
-        .map_err(|e| self.fail("mmap", e))?;
-        st.data = ptr as usize;
-        st.prot = prot;
-        st.count = 1;
-        NonNull::new(ptr.cast()).ok_or_else(|| self.fail("mmap", rustix::io::Errno::FAULT))
+            .map_err(|f| self.fail(f))
     }
 
     fn unmap(&self, _flags: MapFlags) {
-        let mut st = self.lock();
-        st.count = st.count.saturating_sub(1);
-        if st.count == 0 && st.data != 0 {
-            // SAFETY: our own mapping; no map is held any more.
-            if let Err(e) = unsafe { rustix::mm::munmap(st.data as *mut _, self.size) } {
-                log::warn!("munmap of dumb buffer {} failed: {e}", self.handle);
-            }
-            st.data = 0;
-            st.prot = ProtFlags::empty();
+        if let Err(e) = self.mapping.unmap() {
+            log::warn!("munmap of dumb buffer {} failed: {e}", self.handle);
         }
     }
 
@@ -536,21 +487,9 @@ unsafe impl MemoryBackend for DumbBackend {
 
 impl Drop for DumbBackend {
     fn drop(&mut self) {
-        let st = self.state.get_mut().unwrap_or_else(PoisonError::into_inner);
-        if st.data != 0 {
-            // SAFETY: our own mapping; the memory is gone.
-            let _ = unsafe { rustix::mm::munmap(st.data as *mut _, self.size) };
-        }
-        let mut req = sys::DrmModeDestroyDumb {
-            handle: self.handle,
-        };
-        // SAFETY: DESTROY_DUMB takes a drm_mode_destroy_dumb (no pointers).
-        if let Err(e) = unsafe {
-            sys::ioctl_rw::<{ sys::DRM_IOCTL_MODE_DESTROY_DUMB }, _>(
-                self.device.fd.as_fd(),
-                &mut req,
-            )
-        } {
+        // The mapping goes first, then the handle.
+        self.mapping.unmap_all();
+        if let Err(e) = sys::drm_destroy_dumb(self.device.fd.as_fd(), self.handle) {
             log::warn!(
                 "DRM_IOCTL_MODE_DESTROY_DUMB of handle {} failed: {e}",
                 self.handle
@@ -593,21 +532,8 @@ pub fn drm_dumb_memory_export_dmabuf(mem: &Memory) -> Result<Memory> {
             expected: "DRM dumb allocator",
             found: mem.allocator().mem_type().to_owned(),
         })?;
-    let mut req = sys::DrmPrimeHandle {
-        handle: backend.handle,
-        flags: sys::DRM_CLOEXEC | sys::DRM_RDWR,
-        fd: -1,
-    };
-    // SAFETY: PRIME_HANDLE_TO_FD takes a drm_prime_handle (no pointers).
-    unsafe {
-        sys::ioctl_rw::<{ sys::DRM_IOCTL_PRIME_HANDLE_TO_FD }, _>(
-            backend.device.fd.as_fd(),
-            &mut req,
-        )
-    }
-    .map_err(|e| Error::os("DRM_IOCTL_PRIME_HANDLE_TO_FD", e))?;
-    // SAFETY: the kernel returned a new fd that nothing else owns.
-    let fd = unsafe { OwnedFd::from_raw_fd(req.fd) };
+    let fd = sys::drm_prime_handle_to_fd(backend.device.fd.as_fd(), backend.handle)
+        .map_err(|e| Error::os("DRM_IOCTL_PRIME_HANDLE_TO_FD", e))?;
     // The export and the dumb mapping reach the same pages: one rule.
     backend.alias.add_file(fd.as_fd())?;
     let (size, offset, _) = mem.sizes();

@@ -52,18 +52,19 @@
 //! mapped bytes twice.
 
 use std::fmt;
-use std::os::fd::{AsFd, AsRawFd, BorrowedFd, OwnedFd, RawFd};
+use std::os::fd::{AsRawFd, BorrowedFd, OwnedFd};
 use std::ptr::NonNull;
-use std::sync::{Mutex, PoisonError};
 
 use bitflags::bitflags;
 use rustix::fs::{FileType, SeekFrom};
-use rustix::mm::{MprotectFlags, ProtFlags};
+use rustix::mm::ProtFlags;
 
 use crate::allocator::{Allocator, AllocatorFlags, AllocatorImpl};
 use crate::error::{Error, Result};
+use crate::mapping::{FileMapping, MapFailure, MapOptions, Upgrade};
 use crate::memory::{regions_adjacent, BlockAlias, MapFlags, Memory, MemoryBackend, MemoryParts};
-use crate::sys::{FsKind, SigbusGuard};
+pub(crate) use crate::sys::FdHandle;
+use crate::sys::FsKind;
 
 bitflags! {
     /// Flags of fd memory (`GstFdMemoryFlags`), with GStreamer's values.
@@ -340,67 +341,38 @@ pub(crate) fn own_fd_backend(
     let file = crate::sys::file_id(fd.as_fd()).map_err(|e| Error::BadFd {
         reason: format!("fstat/fstatfs of fd {}: {e}", fd.as_fd().as_raw_fd()),
     })?;
-    // hugetlbfs maps and unmaps in whole huge pages (`munmap` of a length
-    // that is not a multiple fails with EINVAL); its files are always a
-    // multiple long, so the rounded mapping stays inside the file.
-    let map_len = if file.fs == FsKind::Hugetlb && file.blksize > 0 {
-        maxsize
-            .checked_next_multiple_of(file.blksize as usize)
-            .ok_or(Error::SizeOverflow {
-                what: "maxsize rounded to the huge page size",
-            })?
-    } else {
-        maxsize
-    };
+    let keep = flags.contains(FdMemoryFlags::KEEP_MAPPED);
+    let mapping = FileMapping::new(MapOptions {
+        len: maxsize,
+        private: flags.contains(FdMemoryFlags::MAP_PRIVATE),
+        keep,
+        upgrade: if keep {
+            Upgrade::WhenIdle
+        } else {
+            Upgrade::Never
+        },
+        // hugetlbfs maps and unmaps in whole huge pages (`munmap` of a
+        // length that is not a multiple fails with EINVAL); its files are
+        // always a multiple long, so the rounded mapping stays inside.
+        huge_page: (file.fs == FsKind::Hugetlb && file.blksize > 0)
+            .then_some(file.blksize as usize),
+        guard_sigbus: flags.contains(FdMemoryFlags::GUARD_SIGBUS),
+    })
+    .map_err(|_| Error::SizeOverflow {
+        what: "maxsize rounded to the huge page size",
+    })?;
     let alias = BlockAlias::for_file(fd.as_fd())?;
     Ok(FdBackend {
         fd,
         flags,
         maxsize,
-        map_len,
-        fs: file.fs,
         dmabuf: kind == FdKind::DmaBuf,
         phys: None,
         _on_free: None,
-        pinned: false,
+        pinned: None,
         alias,
-        state: Mutex::new(MapState {
-            data: 0,
-            prot: ProtFlags::empty(),
-            count: 0,
-            guard: None,
-        }),
+        mapping,
     })
-}
-
-/// How the backend holds its fd.
-pub(crate) enum FdHandle {
-    /// Closed when the backend drops.
-    Owned(OwnedFd),
-    /// Never closed (`DONT_CLOSE`); the creator promised it stays open.
-    Unowned(RawFd),
-}
-
-impl FdHandle {
-    fn as_fd(&self) -> BorrowedFd<'_> {
-        match self {
-            FdHandle::Owned(fd) => fd.as_fd(),
-            // SAFETY: `alloc_unowned`'s contract: the fd stays open while the
-            // memory (and so this backend) lives.
-            FdHandle::Unowned(raw) => unsafe { BorrowedFd::borrow_raw(*raw) },
-        }
-    }
-}
-
-struct MapState {
-    /// Start of the mapping (0 when unmapped).
-    data: usize,
-    /// PROT_* of the mapping.
-    prot: ProtFlags,
-    /// Maps currently held.
-    count: usize,
-    /// The `SIGBUS` guard of the mapping (`GUARD_SIGBUS`).
-    guard: Option<SigbusGuard>,
 }
 
 /// The backend of fd memory; reach it with [`Memory::backend`].
@@ -408,11 +380,6 @@ pub struct FdBackend {
     fd: FdHandle,
     flags: FdMemoryFlags,
     maxsize: usize,
-    /// Length of the mapping: `maxsize`, rounded up to whole huge pages on
-    /// hugetlbfs.
-    map_len: usize,
-    /// The filesystem of the file.
-    fs: FsKind,
     /// dma-buf: bracket CPU access with `DMA_BUF_IOCTL_SYNC`.
     dmabuf: bool,
     /// The borrow rule shared with every other root of the same file.
@@ -422,10 +389,18 @@ pub struct FdBackend {
     /// Dropped with the block (the IPC receiver's release notice).
     _on_free: Option<Box<dyn std::any::Any + Send + Sync>>,
     /// Mapped read-write for the backend's whole life (shm): maps never
-    /// reach the backend (see [`FdBackend::pin_mapped`]).
-    pinned: bool,
-    state: Mutex<MapState>,
+    /// reach the backend (see [`FdBackend::pin_mapped`]); the address.
+    pinned: Option<NonNull<u8>>,
+    /// The one mapping of the file that every map shares.
+    mapping: FileMapping,
 }
+
+// SAFETY: `pinned` is the address of `mapping`'s own live mapping; the
+// backend hands it out only through the memory core, which synchronises
+// access to the bytes.
+unsafe impl Send for FdBackend {}
+// SAFETY: as above; everything else is Sync.
+unsafe impl Sync for FdBackend {}
 
 impl fmt::Debug for FdBackend {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
@@ -472,9 +447,30 @@ impl FdBackend {
         self._on_free = Some(guard);
     }
 
-    /// Start of the current mapping, if mapped.
-    pub(crate) fn mapped_addr(&self) -> Option<usize> {
-        Some(self.lock_state().data).filter(|&d| d != 0)
+    /// Map the block read-write (through the backend, so a dma-buf gets
+    /// its syncs), keep the mapping, and lock its pages in RAM (phys
+    /// allocators, whose frames must not move). Returns the address.
+    pub(crate) fn lock_in_ram(&mut self) -> Result<usize> {
+        self.flags |= FdMemoryFlags::KEEP_MAPPED;
+        if !self.mapping.options().keep {
+            self.mapping = FileMapping::new(MapOptions {
+                keep: true,
+                upgrade: Upgrade::WhenIdle,
+                ..self.mapping.options()
+            })
+            .map_err(|_| Error::SizeOverflow {
+                what: "maxsize rounded to the huge page size",
+            })?;
+        }
+        let base = self.map(self.maxsize, MapFlags::READWRITE)?;
+        self.unmap(MapFlags::READWRITE);
+        self.mapping
+            .lock_in_ram()
+            .map_err(|e| Error::NotAvailable {
+                what: "locking contiguous memory in RAM".into(),
+                reason: format!("mlock: {e} (RLIMIT_MEMLOCK?)"),
+            })?;
+        Ok(base.as_ptr() as usize)
     }
 
     /// Size of the block.
@@ -484,21 +480,33 @@ impl FdBackend {
 
     /// Whether the block is mapped into this process right now.
     pub fn is_mapped(&self) -> bool {
-        self.lock_state().data != 0
+        self.mapping.addr().is_some()
     }
 
     /// Map the block read-write now and keep it mapped until the backend
     /// drops, so every later map of the memory is the bare lock word (no
     /// backend call, no mutex). For memory this process made and owns
-    /// outright (shm); never for dma-bufs, whose maps must be bracketed by
-    /// syncs.
+    /// outright (shm, huge pages); never for dma-bufs, whose maps must be
+    /// bracketed by syncs.
     pub(crate) fn pin_mapped(&mut self) -> Result<NonNull<u8>> {
         debug_assert!(!self.dmabuf, "dma-buf maps need their syncs");
+        if let Some(base) = self.pinned {
+            return Ok(base);
+        }
         self.flags |= FdMemoryFlags::KEEP_MAPPED;
-        let base = self.map_fd(self.maxsize, MapFlags::READWRITE)?;
-        // KEEP_MAPPED: the mapping stays; only the count is given back.
+        let mapping = FileMapping::new(MapOptions {
+            keep: true,
+            upgrade: Upgrade::WhenIdle,
+            ..self.mapping.options()
+        })
+        .map_err(|_| Error::SizeOverflow {
+            what: "maxsize rounded to the huge page size",
+        })?;
+        self.mapping = mapping;
+        let base = self.map_fd(MapFlags::READWRITE)?;
+        // Kept: the mapping stays; only the count is given back.
         self.unmap_fd();
-        self.pinned = true;
+        self.pinned = Some(base);
         Ok(base)
     }
 
@@ -506,43 +514,19 @@ impl FdBackend {
     /// for its whole life (shm memory) is never mapped through the backend
     /// again, and reads 0 here.
     pub fn map_count(&self) -> usize {
-        self.lock_state().count
+        self.mapping.count()
     }
 
-    fn lock_state(&self) -> std::sync::MutexGuard<'_, MapState> {
-        self.state.lock().unwrap_or_else(PoisonError::into_inner)
-    }
-
-    fn map_failed(&self, what: &str, e: rustix::io::Errno) -> Error {
-        Error::MapFailed {
-            mem_type: ALLOCATOR_FD.into(),
-            reason: format!("{what} of fd {}: {e}", self.fd().as_raw_fd()),
-            errno: Some(e),
-        }
-    }
-}
-
-/// Fault in every page of a fresh mapping (`MADV_POPULATE_READ/WRITE`,
-/// Linux 5.14). Older kernels (EINVAL) are left to fault lazily.
-fn populate(
-    ptr: *mut std::ffi::c_void,
-    len: usize,
-    prot: ProtFlags,
-) -> Result<(), rustix::io::Errno> {
-    let advice = if prot.contains(ProtFlags::WRITE) {
-        rustix::mm::Advice::LinuxPopulateWrite
-    } else {
-        rustix::mm::Advice::LinuxPopulateRead
-    };
-    loop {
-        // SAFETY: our own fresh mapping of `len` bytes; populating only
-        // faults its pages in.
-        match unsafe { rustix::mm::madvise(ptr, len, advice) } {
-            Ok(()) | Err(rustix::io::Errno::INVAL) => return Ok(()),
-            Err(rustix::io::Errno::INTR) | Err(rustix::io::Errno::AGAIN) => continue,
-            // hugetlb reports a page it cannot get as EFAULT: say ENOMEM.
-            Err(rustix::io::Errno::FAULT) => return Err(rustix::io::Errno::NOMEM),
-            Err(e) => return Err(e),
+    fn map_failed(&self, failure: MapFailure) -> Error {
+        match failure {
+            MapFailure::Truncated => Error::Truncated {
+                mem_type: ALLOCATOR_FD.into(),
+            },
+            failure => Error::MapFailed {
+                mem_type: ALLOCATOR_FD.into(),
+                reason: format!("{failure} (fd {})", self.fd().as_raw_fd()),
+                errno: failure.errno(),
+            },
         }
     }
 }
@@ -563,17 +547,12 @@ unsafe impl MemoryBackend for FdBackend {
     fn static_ptr(&self) -> Option<NonNull<u8>> {
         // Pinned: mapped read-write (and never mprotected: nothing maps it
         // again) until drop.
-        if !self.pinned {
-            return None;
-        }
-        if self.maxsize == 0 {
-            return Some(NonNull::dangling());
-        }
-        NonNull::new(self.lock_state().data as *mut u8)
+        self.pinned
     }
 
     fn map(&self, maxsize: usize, flags: MapFlags) -> Result<NonNull<u8>> {
-        let ptr = self.map_fd(maxsize, flags)?;
+        debug_assert!(maxsize <= self.maxsize);
+        let ptr = self.map_fd(flags)?;
         // dma-buf: sync only after a successful map, on every map (GStreamer
         // does not reference-count it either).
         if self.dmabuf {
@@ -623,117 +602,16 @@ impl FdBackend {
         }
     }
 
-    fn map_fd(&self, maxsize: usize, flags: MapFlags) -> Result<NonNull<u8>> {
-        if maxsize == 0 {
-            return Ok(NonNull::dangling());
-        }
-        let prot = prot_for(flags);
-        let mut st = self.lock_state();
-        if st.guard.as_ref().is_some_and(SigbusGuard::hit) {
-            return Err(Error::Truncated {
-                mem_type: ALLOCATOR_FD.into(),
-            });
-        }
-        if st.data != 0 {
-            if st.prot.contains(prot) {
-                st.count += 1;
-            } else if self.flags.contains(FdMemoryFlags::KEEP_MAPPED) && st.count == 0 {
-                let mp = MprotectFlags::from_bits_truncate(prot.bits());
-                // SAFETY: `data` is our own live mapping of `maxsize` bytes.
-                unsafe { rustix::mm::mprotect(st.data as *mut _, self.map_len, mp) }
-                    .map_err(|e| self.map_failed("mprotect", e))?;
-                if let Some(guard) = &st.guard {
-                    guard.set_prot(prot);
-                }
-                st.prot = prot;
-                st.count = 1;
-            } else {
-                return Err(Error::MapFailed {
-                    mem_type: ALLOCATOR_FD.into(),
-                    reason: format!(
-                        "already mapped {:?} by {} map(s); cannot add {:?}",
-                        st.prot, st.count, prot
-                    ),
-                    errno: None,
-                });
-            }
-            // SAFETY: data != 0.
-            return Ok(unsafe { NonNull::new_unchecked(st.data as *mut u8) });
-        }
-        let share = if self.flags.contains(FdMemoryFlags::MAP_PRIVATE) {
-            rustix::mm::MapFlags::PRIVATE
-        } else {
-            rustix::mm::MapFlags::SHARED
-        };
-        // SAFETY: a fresh mapping chosen by the kernel (NULL hint); nothing
-        // else is affected.
-        let ptr = unsafe {
-            rustix::mm::mmap(
-                std::ptr::null_mut(),
-                self.map_len,
-                prot,
-                share,
-                self.fd(),
-                0,
-            )
-        }
-        .map_err(|e| self.map_failed("mmap", e))?;
-        let unmap = |e: Error| {
-            // SAFETY: the mapping just made, not handed out.
-            let _ = unsafe { rustix::mm::munmap(ptr, self.map_len) };
-            e
-        };
-        if self.fs == FsKind::Hugetlb {
-            // A hugetlb page that cannot be had faults with SIGBUS; fault
-            // every page in now, where the kernel can say ENOMEM instead.
-            populate(ptr, self.map_len, prot).map_err(|e| unmap(self.map_failed("populate", e)))?;
-        }
-        if self.flags.contains(FdMemoryFlags::GUARD_SIGBUS) {
-            let guard = SigbusGuard::new(ptr.cast(), self.map_len, prot)
-                .map_err(|e| unmap(self.map_failed("SIGBUS guard", e)))?;
-            st.guard = Some(guard);
-        }
-        st.data = ptr as usize;
-        st.prot = prot;
-        st.count = 1;
-        NonNull::new(ptr.cast()).ok_or_else(|| Error::MapFailed {
-            mem_type: ALLOCATOR_FD.into(),
-            reason: "mmap returned NULL".into(),
-            errno: None,
-        })
+    fn map_fd(&self, flags: MapFlags) -> Result<NonNull<u8>> {
+        self.mapping
+            .map(self.fd(), 0, prot_for(flags))
+            .map_err(|f| self.map_failed(f))
     }
 
     fn unmap_fd(&self) {
-        if self.maxsize == 0 {
-            return;
+        if let Err(e) = self.mapping.unmap() {
+            log::warn!("munmap of fd memory failed: {e}");
         }
-        let mut st = self.lock_state();
-        debug_assert!(st.count > 0);
-        st.count = st.count.saturating_sub(1);
-        if st.count == 0 && !self.flags.contains(FdMemoryFlags::KEEP_MAPPED) && st.data != 0 {
-            // The guard goes before the range can be reused.
-            st.guard = None;
-            // SAFETY: our own mapping, no map is held any more.
-            if let Err(e) = unsafe { rustix::mm::munmap(st.data as *mut _, self.map_len) } {
-                log::warn!("munmap of fd memory failed: {e}");
-            }
-            st.data = 0;
-            st.prot = ProtFlags::empty();
-        }
-    }
-}
-
-impl Drop for FdBackend {
-    fn drop(&mut self) {
-        let st = self.state.get_mut().unwrap_or_else(PoisonError::into_inner);
-        st.guard = None;
-        if st.data != 0 {
-            // SAFETY: our own mapping; the memory is gone, so no map is held.
-            if let Err(e) = unsafe { rustix::mm::munmap(st.data as *mut _, self.map_len) } {
-                log::warn!("munmap of fd memory failed: {e}");
-            }
-        }
-        // An owned fd closes when `self.fd` drops; an unowned one is left.
     }
 }
 

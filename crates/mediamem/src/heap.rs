@@ -7,7 +7,7 @@
 //! Errors say whether a heap is missing (and which heaps exist) or present
 //! but not accessible.
 
-use std::os::fd::{AsFd, FromRawFd, OwnedFd};
+use std::os::fd::{AsFd, OwnedFd};
 
 use crate::allocator::{AllocationParams, Allocator, AllocatorImpl};
 use crate::error::{Error, Result};
@@ -37,22 +37,10 @@ pub fn list_heaps() -> Vec<String> {
 
 /// `DMA_HEAP_IOCTL_ALLOC` of `len` bytes (`O_RDWR | O_CLOEXEC`).
 pub(crate) fn heap_alloc_fd(heap: std::os::fd::BorrowedFd<'_>, len: usize) -> Result<OwnedFd> {
-    let mut req = sys::DmaHeapAllocationData {
-        len: len as u64,
-        fd: 0,
-        fd_flags: (rustix::fs::OFlags::RDWR | rustix::fs::OFlags::CLOEXEC).bits(),
-        heap_flags: 0,
-    };
-    // SAFETY: DMA_HEAP_IOCTL_ALLOC takes a dma_heap_allocation_data (no
-    // pointers) and writes the new fd into it.
-    unsafe { sys::ioctl_rw::<{ sys::DMA_HEAP_IOCTL_ALLOC }, _>(heap, &mut req) }.map_err(|e| {
-        match e {
-            rustix::io::Errno::NOMEM => Error::OutOfMemory { size: len },
-            e => Error::os("DMA_HEAP_IOCTL_ALLOC", e),
-        }
-    })?;
-    // SAFETY: the kernel returned a new fd that nothing else owns.
-    Ok(unsafe { OwnedFd::from_raw_fd(req.fd as i32) })
+    sys::dma_heap_alloc(heap, len as u64).map_err(|e| match e {
+        rustix::io::Errno::NOMEM => Error::OutOfMemory { size: len },
+        e => Error::os("DMA_HEAP_IOCTL_ALLOC", e),
+    })
 }
 
 /// The heap allocator implementation for one heap.

@@ -47,6 +47,7 @@ pub mod error;
 pub mod fd;
 pub mod heap;
 pub mod ipc;
+mod mapping;
 pub mod memory;
 pub mod phys;
 pub mod pool;

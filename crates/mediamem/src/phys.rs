@@ -23,9 +23,7 @@ use rustix::fs::{MemfdFlags, OFlags};
 use crate::allocator::{AllocationParams, Allocator, AllocatorFlags, AllocatorImpl};
 use crate::error::{Error, Result};
 use crate::fd::{fd_backend, FdBackend, FdHandle, FdKind, FdMemoryFlags};
-use crate::memory::{
-    MapFlags, Memory, MemoryBackend, MemoryFlags, MemoryParts, DEFAULT_ALIGN_MASK,
-};
+use crate::memory::{Memory, MemoryFlags, MemoryParts, DEFAULT_ALIGN_MASK};
 
 /// An allocator that knows the physical address of its memories.
 pub trait PhysMemoryAllocator: AllocatorImpl {
@@ -191,21 +189,7 @@ pub fn contiguous_phys_addr(addr: usize, len: usize) -> Result<u64> {
 /// page, and record its physical address.
 fn pin_and_resolve(mut backend: FdBackend) -> Result<FdBackend> {
     let maxsize = backend.maxsize();
-    let base = backend.map(maxsize, MapFlags::READWRITE)?;
-    backend.unmap(MapFlags::READWRITE);
-    let addr = backend
-        .mapped_addr()
-        .expect("KEEP_MAPPED keeps the mapping");
-    // SAFETY: our own kept mapping of `maxsize` bytes.
-    unsafe { rustix::mm::mlock(addr as *mut _, maxsize) }.map_err(|e| Error::NotAvailable {
-        what: "locking contiguous memory in RAM".into(),
-        reason: format!("mlock: {e} (RLIMIT_MEMLOCK?)"),
-    })?;
-    // Fault every page in (mlock does, but be explicit for PFN reads).
-    for off in (0..maxsize).step_by(page_size()) {
-        // SAFETY: inside the mapping; volatile so the read is not elided.
-        unsafe { std::ptr::read_volatile(base.as_ptr().add(off)) };
-    }
+    let addr = backend.lock_in_ram()?;
     let phys = contiguous_phys_addr(addr, maxsize)?;
     backend.set_phys_addr(phys);
     Ok(backend)

@@ -1,7 +1,7 @@
 //! What kind of file an fd is: the filesystem behind it (`fstatfs`), which
 //! tells a real dma-buf from a memfd, a hugetlbfs file or anything else.
 
-use std::os::fd::BorrowedFd;
+use std::os::fd::{AsFd, BorrowedFd, OwnedFd, RawFd};
 
 use rustix::io::Errno;
 
@@ -56,6 +56,28 @@ pub(crate) fn file_id(fd: BorrowedFd<'_>) -> Result<FileId, Errno> {
         fs,
         blksize: st.st_blksize as u64,
     })
+}
+
+/// How a memory holds its fd.
+#[derive(Debug)]
+pub(crate) enum FdHandle {
+    /// Closed when the memory goes.
+    Owned(OwnedFd),
+    /// Never closed (`DONT_CLOSE`); the creator promised it stays open
+    /// (`FdAllocator::alloc_unowned`'s contract).
+    Unowned(RawFd),
+}
+
+impl FdHandle {
+    /// The fd.
+    pub(crate) fn as_fd(&self) -> BorrowedFd<'_> {
+        match self {
+            FdHandle::Owned(fd) => fd.as_fd(),
+            // SAFETY: `alloc_unowned`'s contract: the fd stays open while the
+            // memory (and so this handle) lives.
+            FdHandle::Unowned(raw) => unsafe { BorrowedFd::borrow_raw(*raw) },
+        }
+    }
 }
 
 #[cfg(test)]

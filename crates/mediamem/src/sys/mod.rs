@@ -1,0 +1,139 @@
+//! Raw kernel interfaces, one module per interface: `dma_buf`, `drm`,
+//! `udmabuf` (with dma-heap), `file` (filesystem identity), `sigbus` (the
+//! `SIGBUS` guard).
+//!
+//! Each request has one safe function returning `Result<_, Errno>`; every
+//! `OwnedFd::from_raw_fd` of the crate is here, next to the request that
+//! made the fd. Every request number is computed from its struct with
+//! `rustix::ioctl::opcode` (so the size is never written by hand) and pinned
+//! by a test against the value the kernel headers give on x86_64/aarch64.
+//! Nothing outside this module issues an ioctl.
+
+mod dma_buf;
+mod drm;
+mod file;
+mod sigbus;
+mod udmabuf;
+
+pub(crate) use dma_buf::*;
+pub(crate) use drm::*;
+pub(crate) use file::{file_id, FdHandle, FsKind};
+pub(crate) use sigbus::SigbusGuard;
+pub(crate) use udmabuf::*;
+
+use std::os::fd::BorrowedFd;
+
+use rustix::io::Errno;
+use rustix::ioctl::{Opcode, Updater};
+
+/// Run a system call again while it fails with EINTR or EAGAIN (the
+/// kernel returns them from ioctls that wait, such as fence waits; DRM's
+/// own `drmIoctl` retries the same way).
+pub(crate) fn retry<T>(mut call: impl FnMut() -> Result<T, Errno>) -> Result<T, Errno> {
+    loop {
+        match call() {
+            Err(Errno::INTR) | Err(Errno::AGAIN) => continue,
+            other => return other,
+        }
+    }
+}
+
+/// Issue an `_IOWR` ioctl on `value`, retrying on EINTR/EAGAIN (DRM's own
+/// `drmIoctl` does the same).
+///
+/// # Safety
+/// `OPCODE` must be an `_IOWR` request whose argument is a `T`, and any
+/// pointers inside `value` must be valid for what the kernel does with them.
+unsafe fn ioctl_rw<const OPCODE: Opcode, T>(
+    fd: BorrowedFd<'_>,
+    value: &mut T,
+) -> Result<(), Errno> {
+    retry(|| {
+        // SAFETY: forwarded to the caller.
+        let updater = unsafe { Updater::<OPCODE, T>::new(&mut *value) };
+        // SAFETY: forwarded to the caller.
+        unsafe { rustix::ioctl::ioctl(fd, updater) }
+    })
+}
+
+/// A wrapper that makes an ioctl's return value (a new fd) its output.
+struct IoctlReturningFd<I>(I);
+
+// SAFETY: delegates everything to the wrapped ioctl; only the output differs:
+// the integer the kernel returned, which these requests define as a new fd.
+unsafe impl<I: rustix::ioctl::Ioctl> rustix::ioctl::Ioctl for IoctlReturningFd<I> {
+    type Output = i32;
+    const IS_MUTATING: bool = I::IS_MUTATING;
+    fn opcode(&self) -> Opcode {
+        self.0.opcode()
+    }
+    fn as_ptr(&mut self) -> *mut std::ffi::c_void {
+        self.0.as_ptr()
+    }
+    unsafe fn output_from_ptr(
+        out: rustix::ioctl::IoctlOutput,
+        _: *mut std::ffi::c_void,
+    ) -> rustix::io::Result<i32> {
+        Ok(out)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn struct_sizes() {
+        assert_eq!(std::mem::size_of::<DmaBufSync>(), 8);
+        assert_eq!(std::mem::size_of::<DrmGetCap>(), 16);
+        assert_eq!(std::mem::size_of::<DrmModeCreateDumb>(), 32);
+        assert_eq!(std::mem::size_of::<DrmModeMapDumb>(), 16);
+        assert_eq!(std::mem::size_of::<DrmModeDestroyDumb>(), 4);
+        assert_eq!(std::mem::size_of::<DrmPrimeHandle>(), 12);
+        assert_eq!(std::mem::size_of::<UdmabufCreate>(), 24);
+        assert_eq!(std::mem::size_of::<DmaHeapAllocationData>(), 24);
+    }
+
+    #[cfg(target_pointer_width = "64")]
+    #[test]
+    fn drm_version_size() {
+        assert_eq!(std::mem::size_of::<DrmVersion>(), 64);
+    }
+
+    #[cfg(any(
+        target_arch = "x86_64",
+        target_arch = "aarch64",
+        target_arch = "riscv64"
+    ))]
+    #[test]
+    fn request_numbers_match_the_kernel_headers() {
+        assert_eq!(DMA_BUF_IOCTL_SYNC as u64, 0x4008_6200);
+        assert_eq!(DRM_IOCTL_GET_CAP as u64, 0xC010_640C);
+        assert_eq!(DRM_IOCTL_MODE_CREATE_DUMB as u64, 0xC020_64B2);
+        assert_eq!(DRM_IOCTL_MODE_MAP_DUMB as u64, 0xC010_64B3);
+        assert_eq!(DRM_IOCTL_MODE_DESTROY_DUMB as u64, 0xC004_64B4);
+        assert_eq!(DRM_IOCTL_PRIME_HANDLE_TO_FD as u64, 0xC00C_642D);
+        assert_eq!(UDMABUF_CREATE as u64, 0x4018_7542);
+        assert_eq!(DMA_HEAP_IOCTL_ALLOC as u64, 0xC018_4800);
+        #[cfg(target_pointer_width = "64")]
+        assert_eq!(DRM_IOCTL_VERSION as u64, 0xC040_6400);
+    }
+
+    #[test]
+    fn drm_calls_on_a_non_drm_fd_fail_cleanly() {
+        use std::os::fd::AsFd;
+        let f = std::fs::File::open("/proc/self/exe").unwrap();
+        assert!(drm_driver_name(f.as_fd()).is_err());
+        assert!(drm_get_cap(f.as_fd(), DRM_CAP_DUMB_BUFFER).is_err());
+    }
+
+    #[test]
+    fn sync_on_a_regular_file_is_enotty() {
+        let f = std::fs::File::open("/proc/self/exe").unwrap();
+        use std::os::fd::AsFd;
+        assert_eq!(
+            dma_buf_sync(f.as_fd(), DMA_BUF_SYNC_START | DMA_BUF_SYNC_READ),
+            Err(Errno::NOTTY)
+        );
+    }
+}
