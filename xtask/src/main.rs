@@ -7,8 +7,10 @@
 //! * `vm-test`: the device tests on a real kernel under QEMU (see `vm.rs`).
 //! * `bench [--report-only]`: the benchmarks against GStreamer and the
 //!   syscall floor; writes `bench/results.md` and `bench/results.png`.
-//! * `lint`: formatting and clippy only.
+//! * `lint`: the architecture rules (`arch.rs`: where `unsafe` may be,
+//!   layers that read bottom-up), formatting and clippy.
 
+mod arch;
 mod bench;
 mod vm;
 
@@ -26,8 +28,25 @@ fn cargo(args: &[&str]) -> bool {
     }
 }
 
+/// The architecture rules of `arch.rs` on the library's sources.
+fn arch_lint() -> bool {
+    let src = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .expect("xtask lives in the workspace")
+        .join("crates/mediamem/src");
+    let problems = arch::check(&src);
+    for p in &problems {
+        eprintln!("xtask lint: {p}");
+    }
+    if problems.is_empty() {
+        eprintln!("xtask: architecture lint: unsafe only in sys/, mapping.rs and memory/; layers read bottom-up");
+    }
+    problems.is_empty()
+}
+
 fn lint() -> bool {
-    cargo(&["fmt", "--all", "--", "--check"])
+    arch_lint()
+        && cargo(&["fmt", "--all", "--", "--check"])
         && cargo(&[
             "clippy",
             "--workspace",

@@ -61,7 +61,7 @@ use rustix::mm::ProtFlags;
 
 use crate::allocator::{Allocator, AllocatorFlags, AllocatorImpl};
 use crate::error::{Error, Result};
-use crate::mapping::{FileMapping, MapFailure, MapOptions, Upgrade};
+use crate::mapping::{FileMapping, MapFailure, MapOptions, PinnedPtr, Upgrade};
 use crate::memory::{regions_adjacent, BlockAlias, MapFlags, Memory, MemoryBackend, MemoryParts};
 pub(crate) use crate::sys::FdHandle;
 use crate::sys::FsKind;
@@ -390,17 +390,10 @@ pub struct FdBackend {
     _on_free: Option<Box<dyn std::any::Any + Send + Sync>>,
     /// Mapped read-write for the backend's whole life (shm): maps never
     /// reach the backend (see [`FdBackend::pin_mapped`]); the address.
-    pinned: Option<NonNull<u8>>,
+    pinned: Option<PinnedPtr>,
     /// The one mapping of the file that every map shares.
     mapping: FileMapping,
 }
-
-// SAFETY: `pinned` is the address of `mapping`'s own live mapping; the
-// backend hands it out only through the memory core, which synchronises
-// access to the bytes.
-unsafe impl Send for FdBackend {}
-// SAFETY: as above; everything else is Sync.
-unsafe impl Sync for FdBackend {}
 
 impl fmt::Debug for FdBackend {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
@@ -491,7 +484,7 @@ impl FdBackend {
     pub(crate) fn pin_mapped(&mut self) -> Result<NonNull<u8>> {
         debug_assert!(!self.dmabuf, "dma-buf maps need their syncs");
         if let Some(base) = self.pinned {
-            return Ok(base);
+            return Ok(base.get());
         }
         self.flags |= FdMemoryFlags::KEEP_MAPPED;
         let mapping = FileMapping::new(MapOptions {
@@ -503,11 +496,12 @@ impl FdBackend {
             what: "maxsize rounded to the huge page size",
         })?;
         self.mapping = mapping;
-        let base = self.map_fd(MapFlags::READWRITE)?;
-        // Kept: the mapping stays; only the count is given back.
-        self.unmap_fd();
+        let base = self
+            .mapping
+            .pin(self.fd.as_fd())
+            .map_err(|f| self.map_failed(f))?;
         self.pinned = Some(base);
-        Ok(base)
+        Ok(base.get())
     }
 
     /// Maps currently held on the block through the backend. A block mapped
@@ -547,7 +541,7 @@ unsafe impl MemoryBackend for FdBackend {
     fn static_ptr(&self) -> Option<NonNull<u8>> {
         // Pinned: mapped read-write (and never mprotected: nothing maps it
         // again) until drop.
-        self.pinned
+        self.pinned.map(PinnedPtr::get)
     }
 
     fn map(&self, maxsize: usize, flags: MapFlags) -> Result<NonNull<u8>> {

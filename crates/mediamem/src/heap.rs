@@ -12,9 +12,9 @@ use std::os::fd::{AsFd, OwnedFd};
 use crate::allocator::{AllocationParams, Allocator, AllocatorImpl};
 use crate::error::{Error, Result};
 use crate::fd::new_dmabuf_parts;
+use crate::kind::{open_device, page_rounded_maxsize};
 use crate::memory::MemoryParts;
 use crate::sys;
-use crate::udmabuf::{open_device, page_rounded_maxsize};
 
 /// Where the heaps live.
 pub const DMA_HEAP_DIR: &str = "/dev/dma_heap";

@@ -40,21 +40,21 @@
 #![deny(missing_docs)]
 #![forbid(unsafe_op_in_unsafe_fn)]
 
-pub mod allocator;
 pub mod dmabuf;
 pub mod drm;
 pub mod error;
 pub mod fd;
 pub mod heap;
 pub mod ipc;
+mod kind;
 mod mapping;
 pub mod memory;
+pub use memory::{allocator, system};
 pub mod phys;
 pub mod pool;
 pub mod probe;
 pub mod shm;
 mod sys;
-pub mod system;
 pub mod udmabuf;
 
 pub use allocator::{AllocationParams, Allocator, AllocatorFlags, AllocatorImpl, ALLOCATOR_SYSMEM};

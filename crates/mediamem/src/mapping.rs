@@ -88,6 +88,24 @@ impl MapFailure {
     }
 }
 
+/// The address of a mapping kept for a block's whole life (shm, huge
+/// pages), handed to the memory core as the block's static address.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct PinnedPtr(NonNull<u8>);
+
+// SAFETY: the address of a mapping that lives as long as its backend; the
+// memory core synchronises every access to the bytes behind it.
+unsafe impl Send for PinnedPtr {}
+// SAFETY: as above.
+unsafe impl Sync for PinnedPtr {}
+
+impl PinnedPtr {
+    /// The address.
+    pub(crate) fn get(self) -> NonNull<u8> {
+        self.0
+    }
+}
+
 struct State {
     /// Start of the mapping; `None` when unmapped.
     ptr: Option<NonNull<u8>>,
@@ -260,6 +278,16 @@ impl FileMapping {
             Some(ptr) => unsafe { rustix::mm::munmap(ptr.as_ptr().cast(), len) },
             None => Ok(()),
         }
+    }
+
+    /// Map read-write now and keep the mapping until drop (only for a
+    /// mapping made with `keep`): its address never changes again.
+    pub(crate) fn pin(&self, fd: BorrowedFd<'_>) -> Result<PinnedPtr, MapFailure> {
+        debug_assert!(self.opts.keep, "only kept mappings can be pinned");
+        let ptr = self.map(fd, 0, ProtFlags::READ | ProtFlags::WRITE)?;
+        // Kept: the mapping stays; only the count is given back.
+        let _ = self.unmap();
+        Ok(PinnedPtr(ptr))
     }
 
     /// The options it was made with.

@@ -25,12 +25,7 @@ use crate::error::{Error, Result};
 use crate::fd::{fd_backend, FdBackend, FdHandle, FdKind, FdMemoryFlags};
 use crate::memory::{Memory, MemoryFlags, MemoryParts, DEFAULT_ALIGN_MASK};
 
-/// An allocator that knows the physical address of its memories.
-pub trait PhysMemoryAllocator: AllocatorImpl {
-    /// The physical address of the first byte of the block of `mem` (a
-    /// memory of this allocator), or `None` when it is not known.
-    fn block_phys_addr(&self, mem: &Memory) -> Option<u64>;
-}
+pub use crate::memory::allocator::PhysMemoryAllocator;
 
 /// Whether `mem` comes from a physical-memory allocator
 /// (`gst_is_phys_memory`).
@@ -378,7 +373,7 @@ impl AllocatorImpl for CmaHeapAllocatorImpl {
     }
 
     fn alloc(&self, size: usize, params: &AllocationParams) -> Result<MemoryParts> {
-        let maxsize = crate::udmabuf::page_rounded_maxsize(size, params)?;
+        let maxsize = crate::kind::page_rounded_maxsize(size, params)?;
         let fd = crate::heap::heap_alloc_fd(self.device.as_fd(), maxsize)?;
         let backend = fd_backend(
             FdHandle::Owned(fd),
@@ -414,7 +409,7 @@ impl CmaHeapAllocator {
         let mut tried = Vec::new();
         for name in CMA_HEAPS {
             let path = format!("{}/{name}", crate::heap::DMA_HEAP_DIR);
-            match crate::udmabuf::open_device(&path, "CMA heap") {
+            match crate::kind::open_device(&path, "CMA heap") {
                 Ok(device) => {
                     return Ok(CmaHeapAllocator(Allocator::new(CmaHeapAllocatorImpl {
                         name: (*name).to_owned(),

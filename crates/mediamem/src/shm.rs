@@ -19,14 +19,12 @@
 //! Unlike GStreamer, [`ShmAllocator::get`] registers the allocator itself:
 //! it never answers "none" because `init_once` was forgotten.
 
-use std::os::fd::OwnedFd;
-use std::sync::atomic::{AtomicBool, Ordering};
-
-use rustix::fs::{MemfdFlags, SealFlags};
+use rustix::fs::SealFlags;
 
 use crate::allocator::{AllocationParams, Allocator, AllocatorFlags, AllocatorImpl};
 use crate::error::{Error, Result};
 use crate::fd::{own_fd_backend, FdHandle, FdKind, FdMemoryFlags};
+use crate::kind::create_memfd;
 use crate::memory::{MemoryParts, DEFAULT_ALIGN_MASK};
 
 /// Name (and memory type) of the shm allocator.
@@ -40,30 +38,6 @@ pub const SHM_SEALS: SealFlags = SealFlags::SHRINK.union(SealFlags::GROW);
 /// `CUSTOM_ALLOC | NO_COPY` (copies go to system memory), plain `alloc`.
 #[derive(Debug, Default)]
 pub struct ShmAllocatorImpl;
-
-/// Whether the kernel refused `MFD_NOEXEC_SEAL` once (Linux < 6.3).
-static NO_NOEXEC_SEAL: AtomicBool = AtomicBool::new(false);
-
-/// A new sealable memfd, with `MFD_NOEXEC_SEAL` when the kernel accepts it.
-pub(crate) fn create_memfd(name: &str) -> Result<OwnedFd> {
-    let base = MemfdFlags::CLOEXEC | MemfdFlags::ALLOW_SEALING;
-    if !NO_NOEXEC_SEAL.load(Ordering::Relaxed) {
-        match rustix::fs::memfd_create(name, base | MemfdFlags::NOEXEC_SEAL) {
-            Ok(fd) => return Ok(fd),
-            Err(rustix::io::Errno::INVAL) => NO_NOEXEC_SEAL.store(true, Ordering::Relaxed),
-            Err(e) => {
-                return Err(Error::Os {
-                    op: "memfd_create",
-                    source: e.into(),
-                })
-            }
-        }
-    }
-    rustix::fs::memfd_create(name, base).map_err(|e| Error::Os {
-        op: "memfd_create",
-        source: e.into(),
-    })
-}
 
 impl AllocatorImpl for ShmAllocatorImpl {
     fn mem_type(&self) -> &str {

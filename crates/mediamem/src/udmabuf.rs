@@ -10,53 +10,19 @@
 
 use std::os::fd::{AsFd, OwnedFd};
 
-use rustix::fs::{Mode, OFlags, SealFlags};
+use rustix::fs::SealFlags;
 
 use crate::allocator::{AllocationParams, Allocator, AllocatorImpl};
 use crate::error::{Error, Result};
 use crate::fd::new_dmabuf_parts;
+use crate::kind::{create_memfd, open_device, page_rounded_maxsize};
 use crate::memory::MemoryParts;
-use crate::shm::create_memfd;
 
 /// Name (and memory type) of the udmabuf allocator.
 pub const ALLOCATOR_UDMABUF: &str = "udmabuf";
 
 /// The udmabuf device node.
 pub const UDMABUF_DEVICE: &str = "/dev/udmabuf";
-
-/// Open a device node, telling a missing node from a permission problem.
-pub(crate) fn open_device(path: &str, what: &str) -> Result<OwnedFd> {
-    rustix::fs::open(path, OFlags::RDWR | OFlags::CLOEXEC, Mode::empty()).map_err(|e| {
-        Error::NotAvailable {
-            what: format!("{what} ({path})"),
-            reason: match e {
-                rustix::io::Errno::NOENT | rustix::io::Errno::NODEV | rustix::io::Errno::NXIO => {
-                    format!("no such device ({e}): the kernel lacks it or the module is not loaded")
-                }
-                rustix::io::Errno::ACCESS | rustix::io::Errno::PERM => {
-                    format!(
-                        "permission denied ({e}): the node exists but this user may not open it"
-                    )
-                }
-                e => format!("open failed: {e}"),
-            },
-        }
-    })
-}
-
-/// Page-rounded `size + prefix + padding + align` (the caller's align mask
-/// as given, as GStreamer's udmabuf: dma-buf mappings are page-aligned, so
-/// page multiples stay exact).
-pub(crate) fn page_rounded_maxsize(size: usize, params: &AllocationParams) -> Result<usize> {
-    size.checked_add(params.prefix)
-        .and_then(|n| n.checked_add(params.padding))
-        .and_then(|n| n.checked_add(params.align))
-        .and_then(|n| n.checked_next_multiple_of(rustix::param::page_size()))
-        .filter(|&n| n <= i64::MAX as usize)
-        .ok_or(Error::SizeOverflow {
-            what: "size + prefix + padding + align, page-rounded",
-        })
-}
 
 /// The udmabuf allocator implementation; holds `/dev/udmabuf` open.
 #[derive(Debug)]

@@ -81,7 +81,7 @@ pub unsafe trait MemoryBackend: Any + Send + Sync + fmt::Debug {
 /// allocation less for every system memory and every copy), any other kind
 /// behind a box.
 pub(crate) enum BackendSlot {
-    System(crate::system::SysBlock),
+    System(super::system::SysBlock),
     Boxed(Box<dyn MemoryBackend>),
 }
 
@@ -122,7 +122,7 @@ impl MemoryParts {
     }
 
     /// A system block of `maxsize` bytes, kept inline in the memory.
-    pub(crate) fn system(block: crate::system::SysBlock, maxsize: usize) -> Self {
+    pub(crate) fn system(block: super::system::SysBlock, maxsize: usize) -> Self {
         Self::with_slot(BackendSlot::System(block), maxsize)
     }
 

@@ -74,12 +74,14 @@
 //! what it cannot.
 
 mod alias;
+pub mod allocator;
 mod backend;
 mod counted;
 mod flags;
 mod lock;
 mod map;
 mod region;
+pub mod system;
 
 use std::fmt;
 use std::ops::{Bound, RangeBounds};
@@ -97,8 +99,8 @@ pub use map::{
     Readable, Writable,
 };
 
-use crate::allocator::{check_align_mask, AllocationParams, Allocator, AllocatorFlags};
 use crate::error::{Error, Result};
+use allocator::{check_align_mask, AllocationParams, Allocator, AllocatorFlags};
 use counted::Counted;
 use lock::LockWord;
 use map::Mapping;
@@ -850,15 +852,15 @@ impl Memory {
         // `&mut` to it exists; `offset + size <= maxsize` was checked by the
         // caller and the mapping covers the whole block.
         let bytes = unsafe { src.block_slice(offset, size) };
-        if target.is::<crate::system::SystemAllocator>() {
-            return crate::system::copy_into_sysmem(bytes, self.inner.align);
+        if target.is::<system::SystemAllocator>() {
+            return system::copy_into_sysmem(bytes, self.inner.align);
         }
         let copy = match target.alloc(size, Some(&params)) {
             Err(Error::Unsupported { .. }) if !redirect => {
                 // No plain alloc (an import-only allocator): the default.
                 let default = Allocator::default_allocator();
-                if default.is::<crate::system::SystemAllocator>() {
-                    return crate::system::copy_into_sysmem(bytes, self.inner.align);
+                if default.is::<system::SystemAllocator>() {
+                    return system::copy_into_sysmem(bytes, self.inner.align);
                 }
                 default.alloc(size, Some(&params))?
             }
@@ -890,7 +892,7 @@ impl Memory {
         // `offset + size <= maxsize`; the shared borrow taken above
         // excludes a live `&mut` into the block until it is released below.
         let src = unsafe { std::slice::from_raw_parts(base.as_ptr().add(offset), size) };
-        let result = crate::system::copy_into_sysmem(src, self.inner.align);
+        let result = system::copy_into_sysmem(src, self.inner.align);
         root_lock.release(Borrow::Shared);
         result
     }

@@ -9,9 +9,9 @@ use std::sync::{Arc, LazyLock, PoisonError, RwLock};
 
 use bitflags::bitflags;
 
+use super::system::SystemAllocator;
+use super::{Memory, MemoryFlags, MemoryParts};
 use crate::error::{Error, Result};
-use crate::memory::{Memory, MemoryFlags, MemoryParts};
-use crate::system::SystemAllocator;
 
 bitflags! {
     /// Flags of an allocator (`GstAllocatorFlags`), with GStreamer's values.
@@ -107,9 +107,9 @@ pub trait AllocatorImpl: Any + Send + Sync + fmt::Debug {
         AllocatorFlags::empty()
     }
 
-    /// This allocator as a [`PhysMemoryAllocator`](crate::phys::PhysMemoryAllocator),
+    /// This allocator as a [`PhysMemoryAllocator`],
     /// if it is one (GStreamer's interface check). Default: no.
-    fn as_phys(&self) -> Option<&dyn crate::phys::PhysMemoryAllocator> {
+    fn as_phys(&self) -> Option<&dyn PhysMemoryAllocator> {
         None
     }
 
@@ -351,6 +351,15 @@ fn registry() -> &'static RwLock<Registry> {
         })
     });
     &REGISTRY
+}
+
+/// An allocator that knows the physical address of its memories
+/// (`GstPhysMemoryAllocator`; implemented by [`HugePageAllocator`](crate::HugePageAllocator)
+/// and [`CmaHeapAllocator`](crate::phys::CmaHeapAllocator)).
+pub trait PhysMemoryAllocator: AllocatorImpl {
+    /// The physical address of the first byte of the block of `mem` (a
+    /// memory of this allocator), or `None` when it is not known.
+    fn block_phys_addr(&self, mem: &Memory) -> Option<u64>;
 }
 
 #[cfg(test)]
