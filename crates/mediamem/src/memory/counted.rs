@@ -15,7 +15,8 @@ use std::fmt;
 use std::marker::PhantomData;
 use std::ops::Deref;
 use std::ptr::NonNull;
-use std::sync::atomic::{fence, AtomicUsize, Ordering};
+
+use super::sync::{fence, AtomicUsize, Ordering};
 
 /// The heap block: the count and the value.
 struct Block<T> {

@@ -25,10 +25,9 @@
 //!   16-bit share count, so the 256th nested map silently becomes a share.
 //!   Here a full counter is an error ([`Error::TooManyLocks`]).
 
-use std::sync::atomic::{AtomicU64, Ordering};
-
 use super::flags::LockFlags;
 use super::region::Borrow;
+use super::sync::{AtomicU64, Ordering};
 use crate::error::{Access, Error, Result};
 
 /// One map lock.

@@ -70,6 +70,7 @@ mod flags;
 mod lock;
 mod map;
 mod region;
+mod sync;
 
 use std::fmt;
 use std::ops::{Bound, RangeBounds};

@@ -2,7 +2,7 @@
 //! consistent with a sequence lock, and the kinds of byte borrow a map
 //! takes (tracked in the lock word).
 
-use std::sync::atomic::{fence, AtomicU32, AtomicUsize, Ordering};
+use super::sync::{self, fence, AtomicU32, AtomicUsize, Ordering};
 
 #[cfg(test)]
 use crate::error::Error;
@@ -44,7 +44,7 @@ impl Region {
                     return (offset, size);
                 }
             }
-            std::hint::spin_loop();
+            sync::spin_loop();
         }
     }
 
@@ -73,9 +73,9 @@ impl Region {
             }
             spins += 1;
             if spins > 64 {
-                std::thread::yield_now();
+                sync::yield_now();
             } else {
-                std::hint::spin_loop();
+                sync::spin_loop();
             }
         };
         fence(Ordering::Release);
