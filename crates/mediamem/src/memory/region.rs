@@ -49,7 +49,8 @@ impl Region {
     }
 
     /// Replace the pair with `f(offset, size)` as one atomic step; `f` may
-    /// refuse, and then nothing changes.
+    /// refuse, and then nothing changes. If `f` panics nothing changes
+    /// either, and the sequence lock is released all the same.
     pub(crate) fn update<T>(
         &self,
         f: impl FnOnce(usize, usize) -> Result<(usize, usize, T)>,
@@ -78,21 +79,35 @@ impl Region {
                 sync::spin_loop();
             }
         };
+        // From here on the sequence is odd; the guard makes it even again
+        // however this function is left, so readers never spin for ever.
+        let _unlock = WriteGuard {
+            seq: &self.seq,
+            end: start.wrapping_add(2),
+        };
         fence(Ordering::Release);
-        let result = f(
+        let (offset, size, out) = f(
             self.offset.load(Ordering::Relaxed),
             self.size.load(Ordering::Relaxed),
-        );
-        let out = match result {
-            Ok((offset, size, out)) => {
-                self.offset.store(offset, Ordering::Relaxed);
-                self.size.store(size, Ordering::Relaxed);
-                Ok(out)
-            }
-            Err(e) => Err(e),
-        };
-        self.seq.store(start.wrapping_add(2), Ordering::Release);
-        out
+        )?;
+        self.offset.store(offset, Ordering::Relaxed);
+        self.size.store(size, Ordering::Relaxed);
+        Ok(out)
+    }
+}
+
+/// The write side of [`Region`]'s sequence lock, held: dropping it ends the
+/// write with the next even sequence number.
+struct WriteGuard<'a> {
+    seq: &'a AtomicU32,
+    end: u32,
+}
+
+impl Drop for WriteGuard<'_> {
+    #[inline]
+    fn drop(&mut self) {
+        // Release: a reader that sees `end` sees the stores before it.
+        self.seq.store(self.end, Ordering::Release);
     }
 }
 
@@ -135,6 +150,21 @@ mod tests {
         });
         assert!(e.is_err());
         assert_eq!(r.get(), (11, 22));
+    }
+
+    #[test]
+    fn a_panicking_update_releases_the_lock() {
+        let r = Region::new(1, 2);
+        let caught = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+            r.update::<()>(|_, _| panic!("the update closure panics (expected)"))
+        }));
+        assert!(caught.is_err());
+        // Looked at directly first: left odd, the lock would make `get` spin
+        // for ever instead of failing.
+        assert_eq!(r.seq.load(Ordering::Relaxed) & 1, 0, "sequence left odd");
+        assert_eq!(r.get(), (1, 2), "a panicking update changes nothing");
+        r.update(|o, s| Ok((o + 1, s + 1, ()))).unwrap();
+        assert_eq!(r.get(), (2, 3));
     }
 
     #[test]
