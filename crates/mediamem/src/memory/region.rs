@@ -207,3 +207,106 @@ mod tests {
         );
     }
 }
+
+/// Model checks of the sequence lock (`cargo xtask loom`).
+#[cfg(all(test, loom))]
+mod loom_tests {
+    use super::*;
+    use crate::memory::sync::outcomes;
+    use loom::sync::Arc;
+    use loom::thread;
+
+    /// Every pair the writers store keeps this sum.
+    const SUM: usize = 10;
+
+    #[test]
+    fn loom_seqlock_readers_never_see_a_torn_pair() {
+        // The reader runs on a spawned thread, the writer on the model's
+        // own: loom finds the reader's conflicts with the writer's stores.
+        let seen = outcomes(|| {
+            let r = Arc::new(Region::new(0, SUM));
+            let reader = {
+                let r = r.clone();
+                thread::spawn(move || {
+                    let mut pairs = [(0, 0); 2];
+                    for pair in &mut pairs {
+                        *pair = r.get();
+                        assert_eq!(pair.0 + pair.1, SUM, "torn read {pair:?}");
+                    }
+                    pairs
+                })
+            };
+            for o in [3, 7] {
+                r.update(|_, _| Ok((o, SUM - o, ()))).unwrap();
+            }
+            let pairs = reader.join().unwrap();
+            assert_eq!(r.get(), (7, SUM - 7));
+            pairs.map(|(o, _)| o)
+        });
+        // The reader saw every pair, and both before and during the writes.
+        for expected in [[0, 0], [0, 3], [3, 7], [7, 7], [0, 7]] {
+            assert!(
+                seen.contains(&expected),
+                "{expected:?} never explored: {seen:?}"
+            );
+        }
+    }
+
+    #[test]
+    fn loom_seqlock_writers_exclude_each_other() {
+        // Each writer moves one byte from the size to the offset, reading
+        // the pair it replaces: a lost update or a torn pair shows.
+        let seen = outcomes(|| {
+            let r = Arc::new(Region::new(0, SUM));
+            let move_one = |r: &Region| {
+                r.update(|o, s| {
+                    assert_eq!(o + s, SUM, "writer saw a torn pair ({o}, {s})");
+                    Ok((o + 1, s - 1, o))
+                })
+                .unwrap()
+            };
+            let other = {
+                let r = r.clone();
+                thread::spawn(move || {
+                    let seen = move_one(&r);
+                    let (o, s) = r.get();
+                    assert_eq!(o + s, SUM, "torn read ({o}, {s})");
+                    (seen, o)
+                })
+            };
+            let mine = move_one(&r);
+            let (theirs, read) = other.join().unwrap();
+            assert_eq!(r.get(), (2, SUM - 2), "an update was lost");
+            (mine, theirs, read)
+        });
+        // Either writer can go first.
+        for expected in [(0, 1, 2), (1, 0, 1)] {
+            assert!(
+                seen.contains(&expected),
+                "{expected:?} never explored: {seen:?}"
+            );
+        }
+    }
+
+    #[test]
+    fn loom_seqlock_refused_update_changes_nothing() {
+        // A refusing writer still ends its write: the reader and the other
+        // writer get through, and only the accepted update shows.
+        let seen = outcomes(|| {
+            let r = Arc::new(Region::new(0, SUM));
+            let refuser = {
+                let r = r.clone();
+                thread::spawn(move || {
+                    let e = r.update::<()>(|_, _| Err(Error::SizeOverflow { what: "refused" }));
+                    assert!(e.is_err());
+                    r.get()
+                })
+            };
+            r.update(|o, s| Ok((o + 4, s - 4, ()))).unwrap();
+            let after_refusal = refuser.join().unwrap();
+            assert_eq!(r.get(), (4, SUM - 4));
+            after_refusal.0
+        });
+        assert_eq!(seen.len(), 2, "{seen:?}");
+    }
+}

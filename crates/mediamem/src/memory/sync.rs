@@ -32,3 +32,26 @@ pub(crate) fn yield_now() {
     #[cfg(not(all(test, loom)))]
     std::thread::yield_now();
 }
+
+/// Run `f` under `loom::model` and gather what its executions returned.
+///
+/// The loom tests assert on this set that the interleavings they are about
+/// were explored at all: loom's search can miss some (for instance after
+/// a thread's load of the same atomic), and a test that only ever saw the
+/// easy order would pass without checking anything.
+#[cfg(all(test, loom))]
+pub(crate) fn outcomes<T, F>(f: F) -> std::collections::BTreeSet<T>
+where
+    T: Ord + Send + 'static,
+    F: Fn() -> T + Send + Sync + 'static,
+{
+    use std::sync::{Arc, Mutex};
+    let seen = Arc::new(Mutex::new(std::collections::BTreeSet::new()));
+    let record = seen.clone();
+    loom::model(move || {
+        let outcome = f();
+        record.lock().unwrap().insert(outcome);
+    });
+    let seen = std::mem::take(&mut *seen.lock().unwrap());
+    seen
+}
