@@ -1,9 +1,15 @@
 //! Developer tasks: `cargo xtask <task>`.
 //!
 //! * `test`: the project's full check, as CI runs it: formatting, clippy
-//!   with warnings denied, then every test of the workspace (unit,
-//!   conformance, integration, doc tests).
+//!   with warnings denied, every test of the workspace (unit, conformance,
+//!   integration, doc tests), the loom model checks, then the device tests
+//!   under QEMU.
 //! * `test --host-only`: the same without the QEMU guest.
+//! * `loom`: the model checks of mediamem's lock-free core (`Counted`, the
+//!   lock word, the region's sequence lock) under `loom`: its unit tests
+//!   named `loom`, built with `--cfg loom` in `target/loom` so the ordinary
+//!   build cache stays as it is. `LOOM_MAX_PREEMPTIONS` defaults to 4
+//!   (seconds on a 2-core machine, after a build of a few minutes).
 //! * `vm-test`: the device tests on a real kernel under QEMU (see `vm.rs`).
 //! * `bench [--report-only]`: the benchmarks against GStreamer and the
 //!   syscall floor; writes `bench/results.md` and `bench/results.png`.
@@ -16,10 +22,26 @@ mod vm;
 
 use std::process::{Command, ExitCode};
 
+/// The preemption bound of `cargo xtask loom` when the environment sets
+/// none: every loom test explores all schedules with up to this many
+/// preemptions (about 3 s for all of them on the project's 2-core machine;
+/// unbounded takes about a minute).
+const LOOM_MAX_PREEMPTIONS: &str = "4";
+
 fn cargo(args: &[&str]) -> bool {
+    cargo_with(args, &[])
+}
+
+/// Run cargo with `args` and extra environment variables.
+fn cargo_with(args: &[&str], envs: &[(&str, &str)]) -> bool {
     let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
-    eprintln!("xtask: cargo {}", args.join(" "));
-    match Command::new(cargo).args(args).status() {
+    let shown: Vec<String> = envs.iter().map(|(k, v)| format!("{k}=\"{v}\" ")).collect();
+    eprintln!("xtask: {}cargo {}", shown.concat(), args.join(" "));
+    match Command::new(cargo)
+        .args(args)
+        .envs(envs.iter().copied())
+        .status()
+    {
         Ok(status) => status.success(),
         Err(e) => {
             eprintln!("xtask: could not run cargo: {e}");
@@ -57,6 +79,38 @@ fn lint() -> bool {
         ])
 }
 
+/// The loom model checks: mediamem's unit tests named `loom`, built with
+/// `--cfg loom` (added to any RUSTFLAGS already set) in their own target
+/// directory, in release mode as loom advises.
+fn loom() -> bool {
+    let rustflags = match std::env::var("RUSTFLAGS") {
+        Ok(flags) if !flags.trim().is_empty() => format!("{flags} --cfg loom"),
+        _ => "--cfg loom".to_owned(),
+    };
+    let preemptions =
+        std::env::var("LOOM_MAX_PREEMPTIONS").unwrap_or_else(|_| LOOM_MAX_PREEMPTIONS.into());
+    let target_dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .expect("xtask lives in the workspace")
+        .join("target/loom");
+    cargo_with(
+        &[
+            "test",
+            "-p",
+            "mediamem",
+            "--lib",
+            "--release",
+            "--target-dir",
+            &target_dir.to_string_lossy(),
+            "loom",
+        ],
+        &[
+            ("RUSTFLAGS", &rustflags),
+            ("LOOM_MAX_PREEMPTIONS", &preemptions),
+        ],
+    )
+}
+
 fn vm_test() -> bool {
     match vm::vm_test() {
         Ok(()) => true,
@@ -68,11 +122,16 @@ fn vm_test() -> bool {
 }
 
 fn test(host_only: bool) -> bool {
-    lint() && cargo(&["test", "--workspace", "--no-fail-fast"]) && (host_only || vm_test())
+    lint()
+        && cargo(&["test", "--workspace", "--no-fail-fast"])
+        && loom()
+        && (host_only || vm_test())
 }
 
 fn usage() -> ExitCode {
-    eprintln!("usage: cargo xtask <test [--host-only] | vm-test | bench [--report-only] | lint>");
+    eprintln!(
+        "usage: cargo xtask <test [--host-only] | loom | vm-test | bench [--report-only] | lint>"
+    );
     ExitCode::from(2)
 }
 
@@ -82,6 +141,7 @@ fn main() -> ExitCode {
     let ok = match (task.as_deref(), args.get(1).map(String::as_str)) {
         (Some("test"), None) => test(false),
         (Some("test"), Some("--host-only")) => test(true),
+        (Some("loom"), None) => loom(),
         (Some("vm-test"), None) => vm_test(),
         (Some("lint"), None) => lint(),
         (Some("bench"), flag) if flag.is_none() || flag == Some("--report-only") => {

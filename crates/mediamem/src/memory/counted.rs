@@ -15,7 +15,8 @@ use std::fmt;
 use std::marker::PhantomData;
 use std::ops::Deref;
 use std::ptr::NonNull;
-use std::sync::atomic::{fence, AtomicUsize, Ordering};
+
+use super::sync::{fence, AtomicUsize, Ordering};
 
 /// The heap block: the count and the value.
 struct Block<T> {
@@ -187,5 +188,170 @@ mod tests {
         let b = Counted::new(1u8);
         assert!(!Counted::ptr_eq(&a, &b));
         assert_eq!(*a, *b);
+    }
+}
+
+/// Model checks of the reference count (`cargo xtask loom`).
+#[cfg(all(test, loom))]
+mod loom_tests {
+    use super::*;
+    use crate::memory::lock::LockWord;
+    use crate::memory::region::Borrow;
+    use crate::memory::sync::outcomes;
+    use crate::memory::LockFlags;
+    use loom::cell::UnsafeCell;
+    use loom::thread;
+    use std::sync::{Arc, Mutex};
+
+    /// A value whose every use and whose drop are accesses loom checks for
+    /// races: a drop not ordered after some handle's use is reported. Who
+    /// dropped it is written down outside the block, in a mutex loom does
+    /// not see (so it adds no ordering).
+    struct Probe {
+        bytes: UnsafeCell<u32>,
+        dropped_by: Arc<Mutex<Vec<thread::ThreadId>>>,
+    }
+
+    impl Probe {
+        fn new(dropped_by: &Arc<Mutex<Vec<thread::ThreadId>>>) -> Self {
+            Probe {
+                bytes: UnsafeCell::new(0),
+                dropped_by: dropped_by.clone(),
+            }
+        }
+
+        /// A read of the value (loom records the access; the pointer itself
+        /// need not be touched).
+        fn use_it(&self) {
+            self.bytes.with(|_| ());
+        }
+    }
+
+    impl Drop for Probe {
+        fn drop(&mut self) {
+            self.bytes.with_mut(|_| ());
+            self.dropped_by.lock().unwrap().push(thread::current().id());
+        }
+    }
+
+    #[test]
+    fn loom_last_handle_drops_once_after_all_uses() {
+        // Three handles on three threads; one of them clones its handle
+        // and drops the original before its last use.
+        let seen = outcomes(|| {
+            let dropped_by = Arc::new(Mutex::new(Vec::new()));
+            let a = Counted::new(Probe::new(&dropped_by));
+            let b = a.clone();
+            let c = a.clone();
+            let t1 = thread::spawn(move || {
+                b.use_it();
+                drop(b);
+            });
+            let t2 = thread::spawn(move || {
+                let d = c.clone();
+                drop(c);
+                d.use_it();
+                drop(d);
+            });
+            a.use_it();
+            drop(a);
+            let names = [
+                (thread::current().id(), "main"),
+                (t1.thread().id(), "t1"),
+                (t2.thread().id(), "t2"),
+            ];
+            t1.join().unwrap();
+            t2.join().unwrap();
+            let dropped_by = std::mem::take(&mut *dropped_by.lock().unwrap());
+            assert_eq!(dropped_by.len(), 1, "dropped by {dropped_by:?}");
+            names.iter().find(|(id, _)| *id == dropped_by[0]).unwrap().1
+        });
+        // Each thread's handle was the last one in some execution.
+        assert_eq!(seen, ["main", "t1", "t2"].into());
+    }
+
+    /// What `Memory` keeps behind its count: the lock word and the bytes.
+    struct Block {
+        lock: LockWord,
+        bytes: UnsafeCell<u32>,
+    }
+
+    /// How the model's `map_mut` went.
+    #[derive(Debug, PartialEq, Eq, PartialOrd, Ord)]
+    enum MapMut {
+        /// Unique handle: no lock word.
+        Unlocked,
+        /// Through the lock word, granted.
+        Locked,
+        /// Through the lock word, refused (the other thread's read map).
+        Refused,
+    }
+
+    #[test]
+    fn loom_unique_handle_maps_without_the_lock_word() {
+        // `Memory::map_mut`: when `is_unique` says so, the handle writes the
+        // bytes without touching the lock word (after checking it is idle,
+        // as `owns_block` does with a relaxed load). Another thread meanwhile
+        // clones its own handle, maps for reading through the lock word and
+        // drops both handles. The unique path must see that thread's unlock
+        // and be ordered after its read; otherwise the locked path is taken.
+        let seen = outcomes(|| {
+            let dropped_by = Arc::new(Mutex::new(Vec::new()));
+            let a = Counted::new((
+                Block {
+                    lock: LockWord::default(),
+                    bytes: UnsafeCell::new(0),
+                },
+                Probe::new(&dropped_by),
+            ));
+            let b = a.clone();
+            let reader = thread::spawn(move || {
+                let c = b.clone();
+                drop(b);
+                let (block, probe) = &*c;
+                if block
+                    .lock
+                    .lock_borrow(LockFlags::READ, false, Borrow::Shared)
+                    .is_ok()
+                {
+                    block.bytes.with(|_| ());
+                    probe.use_it();
+                    block
+                        .lock
+                        .unlock_release(LockFlags::READ, Borrow::Shared)
+                        .unwrap();
+                }
+                drop(c);
+            });
+            let (block, probe) = &*a;
+            probe.use_it();
+            let how = if Counted::is_unique(&a) {
+                assert!(block.lock.is_idle(), "unique handle, busy lock word");
+                block.bytes.with_mut(|_| ());
+                MapMut::Unlocked
+            } else if block
+                .lock
+                .lock_borrow(LockFlags::WRITE, false, Borrow::Exclusive)
+                .is_ok()
+            {
+                block.bytes.with_mut(|_| ());
+                block
+                    .lock
+                    .unlock_release(LockFlags::WRITE, Borrow::Exclusive)
+                    .unwrap();
+                MapMut::Locked
+            } else {
+                MapMut::Refused
+            };
+            reader.join().unwrap();
+            assert!(Counted::is_unique(&a));
+            drop(a);
+            assert_eq!(dropped_by.lock().unwrap().len(), 1);
+            how
+        });
+        assert_eq!(
+            seen,
+            [MapMut::Unlocked, MapMut::Locked, MapMut::Refused].into()
+        );
     }
 }

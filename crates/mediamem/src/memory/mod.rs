@@ -81,6 +81,7 @@ mod flags;
 mod lock;
 mod map;
 mod region;
+mod sync;
 pub mod system;
 
 use std::fmt;

@@ -2,7 +2,7 @@
 //! consistent with a sequence lock, and the kinds of byte borrow a map
 //! takes (tracked in the lock word).
 
-use std::sync::atomic::{fence, AtomicU32, AtomicUsize, Ordering};
+use super::sync::{self, fence, AtomicU32, AtomicUsize, Ordering};
 
 #[cfg(test)]
 use crate::error::Error;
@@ -44,12 +44,13 @@ impl Region {
                     return (offset, size);
                 }
             }
-            std::hint::spin_loop();
+            sync::spin_loop();
         }
     }
 
     /// Replace the pair with `f(offset, size)` as one atomic step; `f` may
-    /// refuse, and then nothing changes.
+    /// refuse, and then nothing changes. If `f` panics nothing changes
+    /// either, and the sequence lock is released all the same.
     pub(crate) fn update<T>(
         &self,
         f: impl FnOnce(usize, usize) -> Result<(usize, usize, T)>,
@@ -73,26 +74,40 @@ impl Region {
             }
             spins += 1;
             if spins > 64 {
-                std::thread::yield_now();
+                sync::yield_now();
             } else {
-                std::hint::spin_loop();
+                sync::spin_loop();
             }
+        };
+        // From here on the sequence is odd; the guard makes it even again
+        // however this function is left, so readers never spin for ever.
+        let _unlock = WriteGuard {
+            seq: &self.seq,
+            end: start.wrapping_add(2),
         };
         fence(Ordering::Release);
-        let result = f(
+        let (offset, size, out) = f(
             self.offset.load(Ordering::Relaxed),
             self.size.load(Ordering::Relaxed),
-        );
-        let out = match result {
-            Ok((offset, size, out)) => {
-                self.offset.store(offset, Ordering::Relaxed);
-                self.size.store(size, Ordering::Relaxed);
-                Ok(out)
-            }
-            Err(e) => Err(e),
-        };
-        self.seq.store(start.wrapping_add(2), Ordering::Release);
-        out
+        )?;
+        self.offset.store(offset, Ordering::Relaxed);
+        self.size.store(size, Ordering::Relaxed);
+        Ok(out)
+    }
+}
+
+/// The write side of [`Region`]'s sequence lock, held: dropping it ends the
+/// write with the next even sequence number.
+struct WriteGuard<'a> {
+    seq: &'a AtomicU32,
+    end: u32,
+}
+
+impl Drop for WriteGuard<'_> {
+    #[inline]
+    fn drop(&mut self) {
+        // Release: a reader that sees `end` sees the stores before it.
+        self.seq.store(self.end, Ordering::Release);
     }
 }
 
@@ -138,6 +153,21 @@ mod tests {
     }
 
     #[test]
+    fn a_panicking_update_releases_the_lock() {
+        let r = Region::new(1, 2);
+        let caught = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+            r.update::<()>(|_, _| panic!("the update closure panics (expected)"))
+        }));
+        assert!(caught.is_err());
+        // Looked at directly first: left odd, the lock would make `get` spin
+        // for ever instead of failing.
+        assert_eq!(r.seq.load(Ordering::Relaxed) & 1, 0, "sequence left odd");
+        assert_eq!(r.get(), (1, 2), "a panicking update changes nothing");
+        r.update(|o, s| Ok((o + 1, s + 1, ()))).unwrap();
+        assert_eq!(r.get(), (2, 3));
+    }
+
+    #[test]
     fn region_pairs_stay_consistent_under_contention() {
         // Writers keep offset + size == 1000; a torn read would break the
         // sum. The reader goes on until the writers have made many updates
@@ -175,5 +205,108 @@ mod tests {
             updates.load(Ordering::Relaxed) >= 10_000,
             "writers never ran"
         );
+    }
+}
+
+/// Model checks of the sequence lock (`cargo xtask loom`).
+#[cfg(all(test, loom))]
+mod loom_tests {
+    use super::*;
+    use crate::memory::sync::outcomes;
+    use loom::sync::Arc;
+    use loom::thread;
+
+    /// Every pair the writers store keeps this sum.
+    const SUM: usize = 10;
+
+    #[test]
+    fn loom_seqlock_readers_never_see_a_torn_pair() {
+        // The reader runs on a spawned thread, the writer on the model's
+        // own: loom finds the reader's conflicts with the writer's stores.
+        let seen = outcomes(|| {
+            let r = Arc::new(Region::new(0, SUM));
+            let reader = {
+                let r = r.clone();
+                thread::spawn(move || {
+                    let mut pairs = [(0, 0); 2];
+                    for pair in &mut pairs {
+                        *pair = r.get();
+                        assert_eq!(pair.0 + pair.1, SUM, "torn read {pair:?}");
+                    }
+                    pairs
+                })
+            };
+            for o in [3, 7] {
+                r.update(|_, _| Ok((o, SUM - o, ()))).unwrap();
+            }
+            let pairs = reader.join().unwrap();
+            assert_eq!(r.get(), (7, SUM - 7));
+            pairs.map(|(o, _)| o)
+        });
+        // The reader saw every pair, and both before and during the writes.
+        for expected in [[0, 0], [0, 3], [3, 7], [7, 7], [0, 7]] {
+            assert!(
+                seen.contains(&expected),
+                "{expected:?} never explored: {seen:?}"
+            );
+        }
+    }
+
+    #[test]
+    fn loom_seqlock_writers_exclude_each_other() {
+        // Each writer moves one byte from the size to the offset, reading
+        // the pair it replaces: a lost update or a torn pair shows.
+        let seen = outcomes(|| {
+            let r = Arc::new(Region::new(0, SUM));
+            let move_one = |r: &Region| {
+                r.update(|o, s| {
+                    assert_eq!(o + s, SUM, "writer saw a torn pair ({o}, {s})");
+                    Ok((o + 1, s - 1, o))
+                })
+                .unwrap()
+            };
+            let other = {
+                let r = r.clone();
+                thread::spawn(move || {
+                    let seen = move_one(&r);
+                    let (o, s) = r.get();
+                    assert_eq!(o + s, SUM, "torn read ({o}, {s})");
+                    (seen, o)
+                })
+            };
+            let mine = move_one(&r);
+            let (theirs, read) = other.join().unwrap();
+            assert_eq!(r.get(), (2, SUM - 2), "an update was lost");
+            (mine, theirs, read)
+        });
+        // Either writer can go first.
+        for expected in [(0, 1, 2), (1, 0, 1)] {
+            assert!(
+                seen.contains(&expected),
+                "{expected:?} never explored: {seen:?}"
+            );
+        }
+    }
+
+    #[test]
+    fn loom_seqlock_refused_update_changes_nothing() {
+        // A refusing writer still ends its write: the reader and the other
+        // writer get through, and only the accepted update shows.
+        let seen = outcomes(|| {
+            let r = Arc::new(Region::new(0, SUM));
+            let refuser = {
+                let r = r.clone();
+                thread::spawn(move || {
+                    let e = r.update::<()>(|_, _| Err(Error::SizeOverflow { what: "refused" }));
+                    assert!(e.is_err());
+                    r.get()
+                })
+            };
+            r.update(|o, s| Ok((o + 4, s - 4, ()))).unwrap();
+            let after_refusal = refuser.join().unwrap();
+            assert_eq!(r.get(), (4, SUM - 4));
+            after_refusal.0
+        });
+        assert_eq!(seen.len(), 2, "{seen:?}");
     }
 }
