@@ -1,12 +1,20 @@
 //! [`MemoryPool`]: a bounded pool of equal-sized memories from any
 //! allocator, recycled when released, locally or by an IPC peer.
 //!
-//! A [`PooledMemory`] derefs to its [`Memory`]. Dropping it returns the
-//! memory to the pool when nothing else holds it (no clone, no share, no
-//! map), with its region reset; a memory still held elsewhere is let go
-//! and the pool may allocate a replacement. The pool never holds more than
-//! `max` memories at once: when they are all out, [`MemoryPool::acquire`]
-//! is [`Error::PoolExhausted`] and [`MemoryPool::acquire_timeout`] waits.
+//! A [`PooledMemory`] derefs to its [`Memory`]. Recycling follows the
+//! block: a buffer comes back, its region reset, when the last handle of
+//! its block is gone, wherever that handle is: the pooled handle itself, a
+//! clone, a share, a frame an IPC sender holds for its peer, or a memory
+//! still alive in a receiver in this process. (Each pool memory carries a
+//! [`set_on_block_free`](Memory::set_on_block_free) hook; the common case,
+//! the pooled handle being the last, takes the memory back without even
+//! running it.) The pool never has more than `max` memories in existence:
+//! when they are all out, [`MemoryPool::acquire`] is
+//! [`Error::PoolExhausted`] and [`MemoryPool::acquire_timeout`] waits.
+//!
+//! | GStreamer's `GstBufferPool` | mediamem |
+//! |---|---|
+//! | a buffer returns when its refcount drops to zero; a memory shared out of it (`gst_memory_share`) keeps the memory but not the buffer, so the pool allocates anew | the block returns when its last handle, shares included, is gone: never more than `max` blocks |
 //!
 //! ```
 //! use mediamem::{pool::MemoryPool, Allocator};
@@ -28,7 +36,7 @@ use std::time::{Duration, Instant};
 
 use crate::allocator::{AllocationParams, Allocator};
 use crate::error::{Error, Result};
-use crate::memory::Memory;
+use crate::memory::{BlockFreeHook, FreedBlock, Memory};
 
 struct State {
     /// Free memories. Its capacity is kept at least `live`, so a memory
@@ -48,6 +56,8 @@ type Factory = Box<dyn Fn() -> Result<Memory> + Send + Sync>;
 
 struct PoolInner {
     factory: Factory,
+    /// Armed on every memory of the pool: brings its block back.
+    hook: BlockFreeHook,
     mem_type: String,
     /// The visible region every memory is reset to when it comes back
     /// (the first memory's).
@@ -93,10 +103,34 @@ impl PoolInner {
             }
         }
         let slot = Slot(self);
-        let m = (self.factory)()?;
+        let mut m = (self.factory)()?;
+        m.set_on_block_free(self.hook.clone())
+            .map_err(|_| Error::Unsupported {
+                mem_type: self.mem_type.clone(),
+                operation: "pooling a memory that is not a fresh root (a share, a clone or one with a hook)",
+            })?;
         std::mem::forget(slot);
         let _ = self.region.set((m.offset(), m.size()));
         Ok(m)
+    }
+
+    /// The hook's work: a block whose last handle went comes back.
+    fn take_back(&self, freed: FreedBlock) {
+        let (size, offset, _) = freed.sizes();
+        let (offset, size) = self.region().unwrap_or((offset, size));
+        let back = freed.into_memory(offset, size).and_then(|mut m| {
+            m.set_on_block_free(self.hook.clone())?;
+            Ok(m)
+        });
+        let mut st = self.lock();
+        match back {
+            Ok(m) => st.free.push(m),
+            // Cannot be reused: it is gone, and its slot with it.
+            Err(_) => st.live -= 1,
+        }
+        if st.waiters > 0 {
+            self.returned.notify_one();
+        }
     }
 
     fn region(&self) -> Option<(usize, usize)> {
@@ -175,17 +209,27 @@ impl MemoryPool {
                 what: "pool min..max",
             });
         }
-        let inner = Arc::new(PoolInner {
-            factory,
-            mem_type,
-            region: OnceLock::new(),
-            max,
-            state: Mutex::new(State {
-                free: Vec::new(),
-                live: 0,
-                waiters: 0,
-            }),
-            returned: Condvar::new(),
+        let inner = Arc::new_cyclic(|weak: &std::sync::Weak<PoolInner>| {
+            let weak = weak.clone();
+            let hook: BlockFreeHook = Arc::new(move |freed: FreedBlock| {
+                // A pool that is gone frees the block (by dropping it).
+                if let Some(pool) = weak.upgrade() {
+                    pool.take_back(freed);
+                }
+            });
+            PoolInner {
+                factory,
+                hook,
+                mem_type,
+                region: OnceLock::new(),
+                max,
+                state: Mutex::new(State {
+                    free: Vec::new(),
+                    live: 0,
+                    waiters: 0,
+                }),
+                returned: Condvar::new(),
+            }
         });
         for _ in 0..min {
             let reserved = inner.reserve_slot(&mut inner.lock())?;
@@ -326,13 +370,17 @@ impl PooledMemory {
     }
 
     /// Keep the memory and take it out of the pool for good (the pool may
-    /// allocate a replacement).
+    /// allocate a replacement). A memory that is still shared or cloned
+    /// when detached cannot leave: its block comes back to the pool when
+    /// its last handle goes, as any pooled block does.
     pub fn detach(mut self) -> Memory {
-        let m = self.memory.take().expect("present until drop");
-        let mut st = self.pool.lock();
-        st.live -= 1;
-        if st.waiters > 0 {
-            self.pool.returned.notify_one();
+        let mut m = self.memory.take().expect("present until drop");
+        if m.take_on_block_free().is_some() {
+            let mut st = self.pool.lock();
+            st.live -= 1;
+            if st.waiters > 0 {
+                self.pool.returned.notify_one();
+            }
         }
         m
     }
@@ -363,8 +411,7 @@ impl Drop for PooledMemory {
             return;
         };
         let pool = &self.pool;
-        // Reusable only when nothing else can see it: no clone, no share
-        // (each holds a reference), no map.
+        // The last handle, nothing held: straight back, memory and all.
         let reusable = memory.ref_count() == 1
             && memory.lock_state() == 0
             && pool.region().is_some_and(|(offset, size)| {
@@ -372,12 +419,14 @@ impl Drop for PooledMemory {
                 (now_offset, now_size) == (offset, size)
                     || memory.resize_maxsize(offset..offset + size).is_ok()
             });
-        let mut st = pool.lock();
-        if reusable {
-            st.free.push(memory);
-        } else {
-            st.live -= 1;
+        if !reusable {
+            // Others still hold the block (or it cannot be reset): it
+            // comes back through its hook when the last of them goes.
+            drop(memory);
+            return;
         }
+        let mut st = pool.lock();
+        st.free.push(memory);
         if st.waiters > 0 {
             pool.returned.notify_one();
         }
@@ -409,15 +458,23 @@ mod tests {
     }
 
     #[test]
-    fn held_memories_are_not_reused() {
+    fn held_memories_come_back_when_their_last_share_goes() {
         let pool = MemoryPool::new(Allocator::system(), 64, None, 1, 1).unwrap();
         let a = pool.acquire().unwrap();
+        let addr = a.map_readable().unwrap().as_ptr();
         let keep = a.share(..8).unwrap();
-        drop(a); // a share still sees it: let go, not recycled
+        drop(a); // a share still sees it: still out
         assert_eq!(pool.free_count(), 0);
-        assert_eq!(pool.outstanding(), 0);
-        let b = pool.acquire().unwrap(); // a replacement
-        assert!(!b.ptr_eq(keep.parent().unwrap()));
+        assert_eq!(pool.outstanding(), 1);
+        assert!(matches!(
+            pool.acquire(),
+            Err(Error::PoolExhausted { max: 1 })
+        ));
+        drop(keep); // the block's last handle: back
+        assert_eq!(pool.free_count(), 1);
+        let b = pool.acquire().unwrap();
+        assert_eq!(b.map_readable().unwrap().as_ptr(), addr, "the same block");
+        assert_eq!((b.offset(), b.size()), (0, 64));
     }
 
     #[test]

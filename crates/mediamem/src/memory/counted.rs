@@ -75,6 +75,20 @@ impl<T> Counted<T> {
         Counted::count(this) == 1
     }
 
+    /// `&mut` access to the value when `this` is the only handle.
+    #[inline]
+    pub(crate) fn get_mut(this: &mut Self) -> Option<&mut T> {
+        if Counted::is_unique(this) {
+            // SAFETY: the only handle, borrowed mutably: no other handle
+            // exists or can be made (cloning needs a handle) while the
+            // borrow lives, and the acquire load in `is_unique` ordered the
+            // other handles' uses before this.
+            Some(unsafe { &mut (*this.block.as_ptr()).value })
+        } else {
+            None
+        }
+    }
+
     /// Whether both handles point at the same block.
     #[inline]
     pub(crate) fn ptr_eq(a: &Self, b: &Self) -> bool {

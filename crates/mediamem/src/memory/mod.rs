@@ -85,6 +85,7 @@ mod sync;
 pub mod system;
 
 use std::fmt;
+use std::mem::ManuallyDrop;
 use std::ops::{Bound, RangeBounds};
 use std::ptr::NonNull;
 use std::sync::atomic::{AtomicU32, Ordering};
@@ -150,7 +151,10 @@ enum Origin {
     Root {
         /// Shares reach their allocator through the root.
         allocator: Allocator,
-        backend: BackendSlot,
+        /// Dropped with the root, or handed to `on_free` (see `Drop`).
+        backend: ManuallyDrop<BackendSlot>,
+        /// Runs when the block's last handle is gone, with what is left.
+        on_free: Option<BlockFreeHook>,
         /// The block's address when the backend says it never needs a map
         /// (system memory): map and unmap then skip the backend. 0 if not.
         static_base: usize,
@@ -163,13 +167,130 @@ enum Origin {
     },
 }
 
+/// A hook run when a root block's last handle is gone
+/// ([`Memory::set_on_block_free`]). Shared, so one hook (a pool's) can be
+/// armed on many blocks without an allocation each.
+pub type BlockFreeHook = std::sync::Arc<dyn Fn(FreedBlock) + Send + Sync>;
+
 impl Drop for Inner {
     fn drop(&mut self) {
-        if let Origin::Share { root } = &self.origin {
-            // Balanced with the lock taken in `share_abs`.
-            let released = root.inner.lock.unlock(LockFlags::EXCLUSIVE);
-            debug_assert!(released.is_ok(), "share lock was not held");
+        match &mut self.origin {
+            Origin::Share { root } => {
+                // Balanced with the lock taken in `share_abs`.
+                let released = root.inner.lock.unlock(LockFlags::EXCLUSIVE);
+                debug_assert!(released.is_ok(), "share lock was not held");
+            }
+            Origin::Root {
+                allocator,
+                backend,
+                on_free,
+                static_base,
+                alias,
+            } => match on_free.take() {
+                Some(hook) => {
+                    // SAFETY: `backend` is never used again: this is the
+                    // root's drop, and the field is not dropped on its own
+                    // (ManuallyDrop).
+                    let backend = unsafe { ManuallyDrop::take(backend) };
+                    let (offset, size) = self.region.get();
+                    hook(FreedBlock {
+                        allocator: allocator.clone(),
+                        backend: Some(backend),
+                        static_base: *static_base,
+                        alias: alias.take(),
+                        maxsize: self.maxsize,
+                        align: self.align,
+                        flags: MemoryFlags::from_bits_retain(*self.flags.get_mut()),
+                        offset,
+                        size,
+                    });
+                }
+                // SAFETY: as above: the root's drop, the field's only drop.
+                None => unsafe { ManuallyDrop::drop(backend) },
+            },
         }
+    }
+}
+
+/// What is left of a root block when its last handle (shares included) is
+/// gone: its storage, untouched, and what it was. A
+/// [`set_on_block_free`](Memory::set_on_block_free) hook receives it and
+/// can make a fresh memory of it ([`FreedBlock::into_memory`]: a pool takes
+/// its buffer back) or drop it (the storage is freed as usual).
+pub struct FreedBlock {
+    allocator: Allocator,
+    backend: Option<BackendSlot>,
+    static_base: usize,
+    alias: Option<BlockAlias>,
+    maxsize: usize,
+    align: usize,
+    flags: MemoryFlags,
+    offset: usize,
+    size: usize,
+}
+
+impl fmt::Debug for FreedBlock {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("FreedBlock")
+            .field("mem_type", &self.allocator.mem_type())
+            .field("maxsize", &self.maxsize)
+            .field("offset", &self.offset)
+            .field("size", &self.size)
+            .finish()
+    }
+}
+
+impl FreedBlock {
+    /// The allocator that made the block.
+    pub fn allocator(&self) -> &Allocator {
+        &self.allocator
+    }
+
+    /// `(size, offset, maxsize)` of the root when it was freed.
+    pub fn sizes(&self) -> (usize, usize, usize) {
+        (self.size, self.offset, self.maxsize)
+    }
+
+    /// The block's flags when it was freed.
+    pub fn flags(&self) -> MemoryFlags {
+        self.flags
+    }
+
+    /// A new root memory over the same storage, visible at
+    /// `[offset, offset + size)`, with a fresh lock word and no hook.
+    ///
+    /// # Errors
+    /// [`Error::OutOfRange`] when the region does not fit the block (the
+    /// storage is then freed).
+    pub fn into_memory(mut self, offset: usize, size: usize) -> Result<Memory> {
+        let end = offset.checked_add(size).ok_or(Error::SizeOverflow {
+            what: "offset + size",
+        })?;
+        if end > self.maxsize {
+            return Err(Error::OutOfRange {
+                start: offset,
+                end,
+                bound: self.maxsize,
+                what: "maxsize of the freed block",
+            });
+        }
+        let backend = self.backend.take().expect("present until used");
+        Ok(Memory {
+            inner: Counted::new(Inner {
+                origin: Origin::Root {
+                    allocator: self.allocator.clone(),
+                    backend: ManuallyDrop::new(backend),
+                    on_free: None,
+                    static_base: self.static_base,
+                    alias: self.alias.take(),
+                },
+                maxsize: self.maxsize,
+                align: self.align,
+                flags: AtomicU32::new((self.flags | MemoryFlags::LOCKABLE).bits()),
+                lock: LockWord::default(),
+                region: Region::new(offset, size),
+            }),
+        })
     }
 }
 
@@ -242,7 +363,8 @@ impl Memory {
                         .static_ptr()
                         .map_or(0, |p| p.as_ptr() as usize),
                     alias: parts.backend.get().alias().cloned(),
-                    backend: parts.backend,
+                    backend: ManuallyDrop::new(parts.backend),
+                    on_free: None,
                 },
                 maxsize: parts.maxsize,
                 align: parts.align,
@@ -336,6 +458,62 @@ impl Memory {
     /// The number of handles to this memory (shares hold one on their root).
     pub fn ref_count(&self) -> usize {
         Counted::count(&self.inner)
+    }
+
+    /// Run `hook` when this root block's last handle is gone (this one,
+    /// every clone and every share), with the block's remains: a pool takes
+    /// its buffer back, a receiver tells the sender. It runs on the thread
+    /// that drops the last handle, so it must not block.
+    ///
+    /// ```
+    /// use std::sync::{Arc, Mutex};
+    /// use mediamem::Memory;
+    ///
+    /// let back = Arc::new(Mutex::new(None));
+    /// let mut mem = Memory::with_size(64)?;
+    /// let slot = back.clone();
+    /// mem.set_on_block_free(Arc::new(move |freed| {
+    ///     *slot.lock().unwrap() = freed.into_memory(0, 64).ok();
+    /// }))?;
+    /// let share = mem.share(..8)?;
+    /// drop(mem);
+    /// assert!(back.lock().unwrap().is_none(), "the share still holds it");
+    /// drop(share);
+    /// assert!(back.lock().unwrap().is_some(), "the same block, again");
+    /// # Ok::<(), mediamem::Error>(())
+    /// ```
+    ///
+    /// # Errors
+    /// [`Error::Unsupported`] when this is a share, another handle exists,
+    /// or a hook is already set.
+    pub fn set_on_block_free(&mut self, hook: BlockFreeHook) -> Result<()> {
+        let mem_type = self.allocator().mem_type().to_owned();
+        let refuse = move |why: &'static str| Error::Unsupported {
+            mem_type,
+            operation: why,
+        };
+        let inner = match Counted::get_mut(&mut self.inner) {
+            Some(inner) => inner,
+            None => return Err(refuse("set_on_block_free with other handles alive")),
+        };
+        match &mut inner.origin {
+            Origin::Root { on_free, .. } if on_free.is_none() => {
+                *on_free = Some(hook);
+                Ok(())
+            }
+            Origin::Root { .. } => Err(refuse("a second set_on_block_free")),
+            Origin::Share { .. } => Err(refuse("set_on_block_free on a share")),
+        }
+    }
+
+    /// Take back the hook of [`set_on_block_free`](Memory::set_on_block_free)
+    /// (`None` when there is none, or when this is not the only handle of
+    /// a root: the hook then stays).
+    pub fn take_on_block_free(&mut self) -> Option<BlockFreeHook> {
+        match &mut Counted::get_mut(&mut self.inner)?.origin {
+            Origin::Root { on_free, .. } => on_free.take(),
+            Origin::Share { .. } => None,
+        }
     }
 
     /// Whether both handles are the same memory.
