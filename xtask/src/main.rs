@@ -2,14 +2,18 @@
 //!
 //! * `test`: the project's full check, as CI runs it: formatting, clippy
 //!   with warnings denied, then every test of the workspace (unit,
-//!   conformance, integration, doc tests).
+//!   conformance, integration, doc tests), then each fuzz target briefly.
 //! * `test --host-only`: the same without the QEMU guest.
 //! * `vm-test`: the device tests on a real kernel under QEMU (see `vm.rs`).
 //! * `bench [--report-only]`: the benchmarks against GStreamer and the
 //!   syscall floor; writes `bench/results.md` and `bench/results.png`.
-//! * `lint`: formatting and clippy only.
+//! * `fuzz [--time SECONDS] [--runs N] [TARGET...]`: libFuzzer on the IPC
+//!   receiver's decoding (see `fuzz.rs`); 60 s per target by default.
+//!   `test` runs every target for 20 s after the host tests.
+//! * `lint`: formatting and clippy only (the fuzz crate's formatting too).
 
 mod bench;
+mod fuzz;
 mod vm;
 
 use std::process::{Command, ExitCode};
@@ -26,8 +30,22 @@ fn cargo(args: &[&str]) -> bool {
     }
 }
 
+fn root() -> &'static std::path::Path {
+    std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .expect("xtask lives in the workspace")
+}
+
 fn lint() -> bool {
+    let fuzz_manifest = root().join("fuzz/Cargo.toml");
     cargo(&["fmt", "--all", "--", "--check"])
+        && cargo(&[
+            "fmt",
+            "--manifest-path",
+            &fuzz_manifest.to_string_lossy(),
+            "--",
+            "--check",
+        ])
         && cargo(&[
             "clippy",
             "--workspace",
@@ -48,12 +66,51 @@ fn vm_test() -> bool {
     }
 }
 
+fn fuzz(targets: &[String], budget: &fuzz::Budget) -> bool {
+    match fuzz::fuzz(root(), targets, budget) {
+        Ok(()) => true,
+        Err(e) => {
+            eprintln!("fuzz: {e}");
+            false
+        }
+    }
+}
+
+/// `fuzz` arguments: `--time SECONDS`, `--runs N`, target names.
+fn fuzz_args(args: &[String]) -> Option<(Vec<String>, fuzz::Budget)> {
+    let mut budget = fuzz::Budget {
+        seconds: 60,
+        runs: None,
+    };
+    let mut targets = Vec::new();
+    let mut it = args.iter();
+    while let Some(a) = it.next() {
+        match a.as_str() {
+            "--time" => budget.seconds = it.next()?.parse().ok()?,
+            "--runs" => budget.runs = Some(it.next()?.parse().ok()?),
+            t if !t.starts_with('-') => targets.push(t.to_owned()),
+            _ => return None,
+        }
+    }
+    Some((targets, budget))
+}
+
 fn test(host_only: bool) -> bool {
-    lint() && cargo(&["test", "--workspace", "--no-fail-fast"]) && (host_only || vm_test())
+    let brief = fuzz::Budget {
+        seconds: 20,
+        runs: None,
+    };
+    lint()
+        && cargo(&["test", "--workspace", "--no-fail-fast"])
+        && fuzz(&[], &brief)
+        && (host_only || vm_test())
 }
 
 fn usage() -> ExitCode {
-    eprintln!("usage: cargo xtask <test [--host-only] | vm-test | bench [--report-only] | lint>");
+    eprintln!(
+        "usage: cargo xtask <test [--host-only] | vm-test | bench [--report-only] | \
+         fuzz [--time SECONDS] [--runs N] [TARGET...] | lint>"
+    );
     ExitCode::from(2)
 }
 
@@ -65,11 +122,12 @@ fn main() -> ExitCode {
         (Some("test"), Some("--host-only")) => test(true),
         (Some("vm-test"), None) => vm_test(),
         (Some("lint"), None) => lint(),
+        (Some("fuzz"), _) => match fuzz_args(&args[1..]) {
+            Some((targets, budget)) => fuzz(&targets, &budget),
+            None => return usage(),
+        },
         (Some("bench"), flag) if flag.is_none() || flag == Some("--report-only") => {
-            let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
-                .parent()
-                .expect("xtask lives in the workspace");
-            match bench::bench(root, flag.is_some()) {
+            match bench::bench(root(), flag.is_some()) {
                 Ok(()) => true,
                 Err(e) => {
                     eprintln!("bench: {e}");
