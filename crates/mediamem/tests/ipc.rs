@@ -574,10 +574,13 @@ fn releases_queued_before_recv_go_out_while_it_waits() -> Result<()> {
     tx.set_timeout(Some(Duration::from_secs(20)))?;
     rx.set_timeout(Some(Duration::from_secs(20)))?;
     // Empty frames are released as they arrive: most of them queue up.
-    for _ in 0..N {
-        tx.send_frame(Vec::<Memory>::new(), b"")?;
-        rx.recv()?.expect("a frame");
-    }
+    let (mut tx, mut rx) = finishes("receiving frames", move || -> Result<_> {
+        for _ in 0..N {
+            tx.send_frame(Vec::<Memory>::new(), b"")?;
+            rx.recv()?.expect("a frame");
+        }
+        Ok((tx, rx))
+    })?;
     assert!(rx.pending_releases() > 0);
     // The receiver waits for its next frame; the sender only sends it once
     // every release arrived, which needs the waiting recv to write them.
