@@ -12,7 +12,7 @@
 //! Each target runs one after the other (never two at once) from the
 //! committed seeds in `fuzz/corpus/<target>` plus a working corpus in
 //! `target/fuzz/corpus/<target>` (which keeps what a run learnt for the
-//! next); a crash, leak, hang or failed invariant writes its input under
+//! next; `cargo xtask test` starts from the seeds alone instead); a crash, leak, hang or failed invariant writes its input under
 //! `target/fuzz/artifacts/<target>/` and fails the task.
 
 use std::io::{BufRead, BufReader};
@@ -40,6 +40,10 @@ pub struct Budget {
     pub seconds: u64,
     /// At most this many inputs per target (`-runs`), if given.
     pub runs: Option<u64>,
+    /// Start from the committed seeds alone, in a working corpus emptied
+    /// first (`cargo xtask test`: its result depends on no earlier run).
+    /// Otherwise the working corpus keeps growing from run to run.
+    pub fresh: bool,
 }
 
 fn host_triple() -> Result<String, String> {
@@ -77,7 +81,15 @@ fn build(root: &Path, triple: &str, asan: bool) -> bool {
 
 /// Run one target; returns the number of inputs it executed.
 fn run(root: &Path, binary: &Path, target: &str, budget: &Budget) -> Result<u64, String> {
-    let work = root.join("target/fuzz/corpus").join(target);
+    let corpora = if budget.fresh {
+        "target/fuzz/corpus-fresh"
+    } else {
+        "target/fuzz/corpus"
+    };
+    let work = root.join(corpora).join(target);
+    if budget.fresh && work.exists() {
+        std::fs::remove_dir_all(&work).map_err(|e| format!("{}: {e}", work.display()))?;
+    }
     let artifacts = root.join("target/fuzz/artifacts").join(target);
     for dir in [&work, &artifacts] {
         std::fs::create_dir_all(dir).map_err(|e| format!("{}: {e}", dir.display()))?;

@@ -81,6 +81,7 @@ fn fuzz_args(args: &[String]) -> Option<(Vec<String>, fuzz::Budget)> {
     let mut budget = fuzz::Budget {
         seconds: 60,
         runs: None,
+        fresh: false,
     };
     let mut targets = Vec::new();
     let mut it = args.iter();
@@ -99,6 +100,7 @@ fn test(host_only: bool) -> bool {
     let brief = fuzz::Budget {
         seconds: 20,
         runs: None,
+        fresh: true,
     };
     lint()
         && cargo(&["test", "--workspace", "--no-fail-fast"])
