@@ -2,8 +2,8 @@
 //!
 //! * `test`: the project's full check, as CI runs it: formatting, clippy
 //!   with warnings denied, every test of the workspace (unit, conformance,
-//!   integration, doc tests), the loom model checks, then the device tests
-//!   under QEMU.
+//!   integration, doc tests), the loom model checks, each fuzz target
+//!   briefly, then the device tests under QEMU.
 //! * `test --host-only`: the same without the QEMU guest.
 //! * `loom`: the model checks of mediamem's lock-free core (`Counted`, the
 //!   lock word, the region's sequence lock) under `loom`: its unit tests
@@ -13,11 +13,16 @@
 //! * `vm-test`: the device tests on a real kernel under QEMU (see `vm.rs`).
 //! * `bench [--report-only]`: the benchmarks against GStreamer and the
 //!   syscall floor; writes `bench/results.md` and `bench/results.png`.
+//! * `fuzz [--time SECONDS] [--runs N] [TARGET...]`: libFuzzer on the IPC
+//!   receiver's decoding (see `fuzz.rs`); 60 s per target by default.
+//!   `test` runs every target for 20 s after the host tests.
 //! * `lint`: the architecture rules (`arch.rs`: where `unsafe` may be,
-//!   layers that read bottom-up), formatting and clippy.
+//!   layers that read bottom-up), formatting (the fuzz crate's too) and
+//!   clippy.
 
 mod arch;
 mod bench;
+mod fuzz;
 mod vm;
 
 use std::process::{Command, ExitCode};
@@ -50,13 +55,15 @@ fn cargo_with(args: &[&str], envs: &[(&str, &str)]) -> bool {
     }
 }
 
-/// The architecture rules of `arch.rs` on the library's sources.
-fn arch_lint() -> bool {
-    let src = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+fn root() -> &'static std::path::Path {
+    std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
         .parent()
         .expect("xtask lives in the workspace")
-        .join("crates/mediamem/src");
-    let problems = arch::check(&src);
+}
+
+/// The architecture rules of `arch.rs` on the library's sources.
+fn arch_lint() -> bool {
+    let problems = arch::check(&root().join("crates/mediamem/src"));
     for p in &problems {
         eprintln!("xtask lint: {p}");
     }
@@ -67,8 +74,16 @@ fn arch_lint() -> bool {
 }
 
 fn lint() -> bool {
+    let fuzz_manifest = root().join("fuzz/Cargo.toml");
     arch_lint()
         && cargo(&["fmt", "--all", "--", "--check"])
+        && cargo(&[
+            "fmt",
+            "--manifest-path",
+            &fuzz_manifest.to_string_lossy(),
+            "--",
+            "--check",
+        ])
         && cargo(&[
             "clippy",
             "--workspace",
@@ -121,16 +136,53 @@ fn vm_test() -> bool {
     }
 }
 
+fn fuzz(targets: &[String], budget: &fuzz::Budget) -> bool {
+    match fuzz::fuzz(root(), targets, budget) {
+        Ok(()) => true,
+        Err(e) => {
+            eprintln!("fuzz: {e}");
+            false
+        }
+    }
+}
+
+/// `fuzz` arguments: `--time SECONDS`, `--runs N`, target names.
+fn fuzz_args(args: &[String]) -> Option<(Vec<String>, fuzz::Budget)> {
+    let mut budget = fuzz::Budget {
+        seconds: 60,
+        runs: None,
+        fresh: false,
+    };
+    let mut targets = Vec::new();
+    let mut it = args.iter();
+    while let Some(a) = it.next() {
+        match a.as_str() {
+            "--time" => budget.seconds = it.next()?.parse().ok()?,
+            "--runs" => budget.runs = Some(it.next()?.parse().ok()?),
+            t if !t.starts_with('-') => targets.push(t.to_owned()),
+            _ => return None,
+        }
+    }
+    Some((targets, budget))
+}
+
 fn test(host_only: bool) -> bool {
+    let brief = fuzz::Budget {
+        seconds: 20,
+        runs: None,
+        fresh: true,
+    };
     lint()
         && cargo(&["test", "--workspace", "--no-fail-fast"])
         && loom()
+        && fuzz(&[], &brief)
         && (host_only || vm_test())
 }
 
 fn usage() -> ExitCode {
     eprintln!(
-        "usage: cargo xtask <test [--host-only] | loom | vm-test | bench [--report-only] | lint>"
+        "usage: cargo xtask <test [--host-only] | loom | vm-test | bench [--report-only] | \
+         fuzz [--time SECONDS] [--runs N] [TARGET...] | lint>"
     );
     ExitCode::from(2)
 }
@@ -144,11 +196,12 @@ fn main() -> ExitCode {
         (Some("loom"), None) => loom(),
         (Some("vm-test"), None) => vm_test(),
         (Some("lint"), None) => lint(),
+        (Some("fuzz"), _) => match fuzz_args(&args[1..]) {
+            Some((targets, budget)) => fuzz(&targets, &budget),
+            None => return usage(),
+        },
         (Some("bench"), flag) if flag.is_none() || flag == Some("--report-only") => {
-            let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
-                .parent()
-                .expect("xtask lives in the workspace");
-            match bench::bench(root, flag.is_some()) {
+            match bench::bench(root(), flag.is_some()) {
                 Ok(()) => true,
                 Err(e) => {
                     eprintln!("bench: {e}");

@@ -453,6 +453,12 @@ pub fn consumer(fd: i32, mode: &str, out: &mut dyn Write) -> Result<(), String> 
                 }
                 verified += 1;
             }
+            // Releases the socket could not take at once are queued: hand
+            // them over before going (the producer waits for every one).
+            // A producer that is already gone needs none.
+            rx.set_timeout(Some(Duration::from_secs(10)))
+                .map_err(|e| e.to_string())?;
+            let _ = rx.flush();
         }
         "copy" => {
             let mut sock = sock;

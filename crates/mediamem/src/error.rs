@@ -263,17 +263,20 @@ pub enum Error {
     #[error("IPC protocol error: {0}")]
     Protocol(String),
 
-    /// An IPC read waited longer than the timeout set on its end
+    /// An IPC read or write waited longer than the timeout set on its end
     /// ([`Receiver::set_timeout`](crate::ipc::Receiver::set_timeout),
     /// [`Sender::set_timeout`](crate::ipc::Sender::set_timeout)).
-    #[error("IPC read timed out {}", if *.inside_message {
-        "inside a message (the stream is out of sync)"
+    #[error("IPC {} timed out", if *.inside_message {
+        "transfer inside a message (the stream is out of sync)"
     } else {
-        "waiting for the next message"
+        "wait"
     })]
     TimedOut {
-        /// Whether part of a message had arrived: the connection cannot be
-        /// read on. Otherwise it is still in sync and can be read again.
+        /// Whether the timeout cut a message that cannot be completed (the
+        /// receiver had read part of it, or the sender had written part of
+        /// it): that end is out of sync and refuses further calls.
+        /// Otherwise nothing is lost (a release the sender read in part is
+        /// kept) and the call can be made again.
         inside_message: bool,
     },
 

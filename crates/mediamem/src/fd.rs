@@ -368,7 +368,6 @@ pub(crate) fn own_fd_backend(
         maxsize,
         dmabuf: kind == FdKind::DmaBuf,
         phys: None,
-        _on_free: None,
         pinned: None,
         alias,
         mapping,
@@ -386,8 +385,6 @@ pub struct FdBackend {
     alias: BlockAlias,
     /// Physical address of offset 0, for physically contiguous blocks.
     phys: Option<u64>,
-    /// Dropped with the block (the IPC receiver's release notice).
-    _on_free: Option<Box<dyn std::any::Any + Send + Sync>>,
     /// Mapped read-write for the backend's whole life (shm): maps never
     /// reach the backend (see [`FdBackend::pin_mapped`]); the address.
     pinned: Option<PinnedPtr>,
@@ -433,11 +430,6 @@ impl FdBackend {
     /// Record the physical address of the block (phys allocators only).
     pub(crate) fn set_phys_addr(&mut self, addr: u64) {
         self.phys = Some(addr);
-    }
-
-    /// Keep `guard` until the block is freed (after every share is gone).
-    pub(crate) fn set_on_free(&mut self, guard: Box<dyn std::any::Any + Send + Sync>) {
-        self._on_free = Some(guard);
     }
 
     /// Map the block read-write (through the backend, so a dma-buf gets

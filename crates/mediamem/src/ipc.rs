@@ -34,27 +34,64 @@
 //! Wrong magic or version, an unknown type or memory kind, a payload over
 //! the limit or of the wrong length for its type, an fd count that differs
 //! from the memory count, truncated control data, a region outside its
-//! maxsize, a maxsize beyond the received file, and a memfd a peer could
-//! still shrink (no `F_SEAL_SHRINK`; [`ReceivePolicy::copy_unsealed`]
-//! copies it with `pread` instead) are all errors that close every received
-//! fd. A frame refused for its content is released to the sender and the
-//! connection stays usable; a framing error leaves the stream out of sync,
-//! so the receiver refuses further reads. End of file between messages is
-//! the end of the stream; inside one, an error. Writes use `MSG_NOSIGNAL`:
-//! a vanished peer is an error, not a `SIGPIPE`. A peer that stops sending
-//! in the middle of a message would block a read for ever: give either end
-//! a timeout ([`Receiver::set_timeout`], [`Sender::set_timeout`]) and it
-//! is [`Error::TimedOut`] instead, with every fd of the partial message
-//! closed.
+//! maxsize, a maxsize beyond the received file, a memfd a peer could still
+//! shrink (no `F_SEAL_SHRINK`; [`ReceivePolicy::copy_unsealed`] copies it
+//! with `pread` instead), and more bytes to copy than
+//! [`ReceivePolicy::max_copy_bytes`] are all errors that close every
+//! received fd. Two kinds of error differ in what follows:
+//!
+//! * a frame refused for its content (its payload's fields, or the fds
+//!   they describe) was read whole: it is released to the sender and the
+//!   next [`Receiver::recv`] goes on;
+//! * a framing error (a bad header, fds that do not match it, an end of
+//!   file or a timeout inside a message, a message type the receiver never
+//!   gets) leaves the stream out of sync, so the receiver refuses further
+//!   reads.
+//!
+//! End of file between messages is the end of the stream (and so is
+//! `ECONNRESET`, which is how a Unix socket reports a peer that closed
+//! with some of our messages unread); inside one, an error. Writes use
+//! `MSG_NOSIGNAL`: a vanished peer is an error, not a `SIGPIPE`.
+//!
+//! The sender checks what comes back the same way: anything but a whole
+//! release message (a bad header, another type, fds) leaves it out of
+//! sync, and every later call returns [`Error::Protocol`] instead of
+//! writing or reading garbage; a release of a frame it does not hold is
+//! an error that leaves it usable.
+//!
+//! # Nothing blocks for ever, nothing blocks in `Drop`
+//!
+//! Neither end ever blocks in the kernel: sockets are read and written with
+//! `MSG_DONTWAIT`, and waits are `poll`s bounded by the end's timeout
+//! ([`Receiver::set_timeout`], [`Sender::set_timeout`]; none by default).
+//! A peer that stops in the middle of a message, stops reading, or never
+//! sends gives [`Error::TimedOut`] instead of a hang; `inside_message`
+//! says whether that end is now out of sync (the receiver inside a
+//! message: its fds are closed; the sender after writing part of one).
+//! The sender keeps a release read in part, so
+//! [`Sender::poll_releases`] returns at once and the next call completes
+//! it.
+//!
+//! Dropping the last memory of a received frame, on any thread, queues its
+//! release in the receiver's queue and writes what the socket takes at
+//! once, without blocking. What it cannot take stays queued, in order (a
+//! release written in part is completed before the next): the next drop,
+//! the next [`Receiver::recv`] (which also writes while it waits for
+//! input, woken by drops on other threads) or [`Receiver::flush`] (which
+//! waits for room, up to the timeout) writes it. None is lost while the
+//! sender is there to read it; when the sender is gone they are dropped.
+//! A sender that never reads releases thus only grows the receiver's
+//! queue (24 bytes a frame), and its pool runs dry.
 
 use std::collections::HashMap;
 use std::io::{IoSlice, IoSliceMut};
 use std::mem::MaybeUninit;
-use std::os::fd::{AsFd, OwnedFd};
+use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
 use std::os::unix::net::UnixStream;
-use std::sync::Arc;
-use std::time::Duration;
+use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
+use std::time::{Duration, Instant};
 
+use rustix::event::{PollFd, PollFlags, Timespec};
 use rustix::net::{
     RecvAncillaryBuffer, RecvAncillaryMessage, RecvFlags, ReturnFlags, SendAncillaryBuffer,
     SendAncillaryMessage, SendFlags,
@@ -62,8 +99,8 @@ use rustix::net::{
 
 use crate::dmabuf::{is_dmabuf_memory, DmaBufAllocator};
 use crate::error::{Error, Result};
-use crate::fd::{fd_backend, FdAllocator, FdHandle, FdKind, FdMemoryFlags};
-use crate::memory::{Memory, MemoryFlags, MemoryParts};
+use crate::fd::{fd_parts, FdAllocator, FdHandle, FdKind, FdMemoryFlags};
+use crate::memory::{Memory, MemoryFlags};
 use crate::shm::ShmAllocator;
 
 /// `"MMIP"` read as a little-endian u32.
@@ -257,28 +294,61 @@ pub fn parse_frame(p: &[u8], n_fds: usize) -> Result<FramePayload> {
     })
 }
 
-/// Write all of `bytes`, the first write carrying `fds`.
-fn send_all(sock: &UnixStream, bytes: &[u8], fds: &[std::os::fd::BorrowedFd<'_>]) -> Result<()> {
-    let mut space = [MaybeUninit::uninit(); rustix::cmsg_space!(ScmRights(MAX_MEMORIES))];
-    let mut sent = 0;
-    while sent < bytes.len() {
-        let mut control = SendAncillaryBuffer::new(&mut space);
-        if sent == 0 && !fds.is_empty() && !control.push(SendAncillaryMessage::ScmRights(fds)) {
-            return Err(Error::Protocol("too many fds for one message".into()));
-        }
-        match rustix::net::sendmsg(
-            sock,
-            &[IoSlice::new(&bytes[sent..])],
-            &mut control,
-            SendFlags::NOSIGNAL,
-        ) {
-            Ok(0) => return Err(Error::Protocol("the peer stopped reading".into())),
-            Ok(n) => sent += n,
+/// When a wait of `timeout` that starts now ends (`None`: never).
+fn deadline(timeout: Option<Duration>) -> Option<Instant> {
+    timeout.and_then(|t| Instant::now().checked_add(t))
+}
+
+/// Wait until `sock` is ready for `events` (or has an error or hang-up to
+/// report), or `wake` is readable, until `deadline`. `Ok(None)` when the
+/// time ran out; otherwise the events of `sock` and whether `wake` fired.
+fn wait_for(
+    sock: BorrowedFd<'_>,
+    events: PollFlags,
+    wake: Option<BorrowedFd<'_>>,
+    deadline: Option<Instant>,
+) -> Result<Option<(PollFlags, bool)>> {
+    loop {
+        let left = match deadline {
+            Some(d) => {
+                let now = Instant::now();
+                if now >= d {
+                    return Ok(None);
+                }
+                Timespec::try_from(d - now).ok()
+            }
+            None => None,
+        };
+        let mut fds = [
+            PollFd::from_borrowed_fd(sock, events),
+            PollFd::from_borrowed_fd(wake.unwrap_or(sock), PollFlags::IN),
+        ];
+        let used = if wake.is_some() { 2 } else { 1 };
+        match rustix::event::poll(&mut fds[..used], left.as_ref()) {
+            // The time ran out (or nearly): the deadline check decides.
+            Ok(0) => continue,
+            Ok(_) => {
+                let woken = used == 2 && !fds[1].revents().is_empty();
+                return Ok(Some((fds[0].revents(), woken)));
+            }
             Err(rustix::io::Errno::INTR) => continue,
-            Err(e) => return Err(Error::os("sendmsg", e)),
+            Err(e) => return Err(Error::os("poll", e)),
         }
     }
-    Ok(())
+}
+
+/// Give `sock` a read and write timeout: the socket options bound any
+/// blocking call, and the calls here, which never block in the kernel,
+/// poll with the same bound.
+fn set_timeouts(sock: &UnixStream, timeout: Option<Duration>) -> Result<()> {
+    sock.set_read_timeout(timeout).map_err(|e| Error::Os {
+        op: "setsockopt(SO_RCVTIMEO)",
+        source: e,
+    })?;
+    sock.set_write_timeout(timeout).map_err(|e| Error::Os {
+        op: "setsockopt(SO_SNDTIMEO)",
+        source: e,
+    })
 }
 
 /// A message read off the socket, not yet interpreted.
@@ -288,35 +358,32 @@ struct RawMessage {
     fds: Vec<OwnedFd>,
 }
 
-/// Read one message. `Ok(None)` at end of file between messages, or when
-/// `nonblocking` and nothing is there yet.
-fn read_message(sock: &UnixStream, nonblocking: bool) -> Result<Option<RawMessage>> {
+/// Read one message for the receiver, never blocking in the kernel: while
+/// nothing is there it waits (writing pending releases as room appears) for
+/// at most `timeout` at a time. `Ok(None)` at end of file between messages
+/// (or `ECONNRESET`: the peer closed with some of our releases unread).
+fn read_message(conn: &Conn, timeout: Option<Duration>) -> Result<Option<RawMessage>> {
+    let sock = &conn.stream;
     let mut head = [0u8; HEADER_LEN];
     let mut got = 0;
     let mut fds: Vec<OwnedFd> = Vec::new();
     let mut space = [MaybeUninit::uninit(); rustix::cmsg_space!(ScmRights(MAX_MEMORIES))];
     while got < HEADER_LEN {
         let mut control = RecvAncillaryBuffer::new(&mut space);
-        let mut flags = RecvFlags::CMSG_CLOEXEC;
-        if nonblocking && got == 0 {
-            flags |= RecvFlags::DONTWAIT;
-        }
         let r = rustix::net::recvmsg(
             sock,
             &mut [IoSliceMut::new(&mut head[got..])],
             &mut control,
-            flags,
+            RecvFlags::CMSG_CLOEXEC | RecvFlags::DONTWAIT,
         );
         let msg = match r {
             Ok(m) => m,
             Err(rustix::io::Errno::INTR) => continue,
-            Err(rustix::io::Errno::AGAIN) if nonblocking && got == 0 => return Ok(None),
-            // SO_RCVTIMEO ran out (a blocking read with a timeout).
             Err(rustix::io::Errno::AGAIN) => {
-                return Err(Error::TimedOut {
-                    inside_message: got > 0 || !fds.is_empty(),
-                })
+                conn.wait_readable(timeout, got > 0 || !fds.is_empty())?;
+                continue;
             }
+            Err(rustix::io::Errno::CONNRESET) if got == 0 && fds.is_empty() => return Ok(None),
             Err(e) => return Err(Error::os("recvmsg", e)),
         };
         for c in control.drain() {
@@ -351,21 +418,19 @@ fn read_message(sock: &UnixStream, nonblocking: bool) -> Result<Option<RawMessag
     let mut payload = vec![0u8; header.payload_len as usize];
     let mut read = 0;
     while read < payload.len() {
-        match rustix::io::read(sock, &mut payload[read..]) {
-            Ok(0) => {
+        // No control buffer: fds sent with payload bytes are closed by the
+        // kernel (they were not announced).
+        match rustix::net::recv(sock, &mut payload[read..], RecvFlags::DONTWAIT) {
+            Ok((0, _)) | Err(rustix::io::Errno::CONNRESET) => {
                 return Err(Error::Protocol(format!(
                     "end of stream after {read} of {} payload bytes",
                     payload.len()
                 )))
             }
-            Ok(n) => read += n,
+            Ok((n, _)) => read += n,
             Err(rustix::io::Errno::INTR) => continue,
-            Err(rustix::io::Errno::AGAIN) => {
-                return Err(Error::TimedOut {
-                    inside_message: true,
-                })
-            }
-            Err(e) => return Err(Error::os("read", e)),
+            Err(rustix::io::Errno::AGAIN) => conn.wait_readable(timeout, true)?,
+            Err(e) => return Err(Error::os("recv", e)),
         }
     }
     Ok(Some(RawMessage {
@@ -375,15 +440,11 @@ fn read_message(sock: &UnixStream, nonblocking: bool) -> Result<Option<RawMessag
     }))
 }
 
-fn set_read_timeout(sock: &UnixStream, timeout: Option<Duration>) -> Result<()> {
-    sock.set_read_timeout(timeout).map_err(|e| Error::Os {
-        op: "setsockopt(SO_RCVTIMEO)",
-        source: e,
-    })
-}
+/// Bytes of one release message.
+const RELEASE_LEN: usize = HEADER_LEN + 8;
 
-fn release_bytes(id: u64) -> [u8; HEADER_LEN + 8] {
-    let mut m = [0u8; HEADER_LEN + 8];
+fn release_bytes(id: u64) -> [u8; RELEASE_LEN] {
+    let mut m = [0u8; RELEASE_LEN];
     m[..HEADER_LEN].copy_from_slice(&header_bytes(T_RELEASE, 8, 0));
     m[HEADER_LEN..].copy_from_slice(&id.to_le_bytes());
     m
@@ -394,6 +455,13 @@ pub struct Sender {
     sock: UnixStream,
     next_id: u64,
     held: HashMap<u64, Box<dyn std::any::Any + Send>>,
+    timeout: Option<Duration>,
+    /// The release being read: its bytes stay here across calls until it
+    /// is whole.
+    partial: [u8; RELEASE_LEN],
+    partial_len: usize,
+    /// Why the stream is out of sync: nothing more is read or written.
+    broken: Option<String>,
 }
 
 impl std::fmt::Debug for Sender {
@@ -401,6 +469,8 @@ impl std::fmt::Debug for Sender {
         f.debug_struct("Sender")
             .field("next_id", &self.next_id)
             .field("in_flight", &self.held.len())
+            .field("timeout", &self.timeout)
+            .field("broken", &self.broken)
             .finish()
     }
 }
@@ -412,22 +482,102 @@ impl Sender {
             sock,
             next_id: 1,
             held: HashMap::new(),
+            timeout: None,
+            partial: [0; RELEASE_LEN],
+            partial_len: 0,
+            broken: None,
         }
     }
 
-    /// Make [`wait_release`](Sender::wait_release) give up with
-    /// [`Error::TimedOut`] after `timeout` without a message (`None`: wait
-    /// for ever, the default).
+    /// Bound every wait of this sender by `timeout` (`None`: wait for ever,
+    /// the default): [`wait_release`](Sender::wait_release) gives up after
+    /// `timeout` without a whole release, and a write
+    /// ([`send_frame`](Sender::send_frame), [`send_eos`](Sender::send_eos))
+    /// after `timeout` without room in the socket (a peer that stopped
+    /// reading). Both are [`Error::TimedOut`]: a release read in part is
+    /// kept for the next call (`inside_message: false`), but a message
+    /// written in part cannot be completed (`inside_message: true`), and
+    /// the sender is then out of sync.
     ///
     /// # Errors
     /// [`Error::Os`] when the socket refuses the timeout (a zero duration).
-    pub fn set_timeout(&self, timeout: Option<Duration>) -> Result<()> {
-        set_read_timeout(&self.sock, timeout)
+    pub fn set_timeout(&mut self, timeout: Option<Duration>) -> Result<()> {
+        set_timeouts(&self.sock, timeout)?;
+        self.timeout = timeout;
+        Ok(())
     }
 
     /// Frames sent and not yet released.
     pub fn in_flight(&self) -> usize {
         self.held.len()
+    }
+
+    fn check_sync(&self) -> Result<()> {
+        match &self.broken {
+            Some(why) => Err(Error::Protocol(format!(
+                "connection is out of sync after: {why}"
+            ))),
+            None => Ok(()),
+        }
+    }
+
+    /// Record that the stream is out of sync because of `e`, and return it.
+    fn out_of_sync(&mut self, e: Error) -> Error {
+        self.broken = Some(e.to_string());
+        e
+    }
+
+    /// Write all of `bytes`, the first write carrying `fds`, never blocking
+    /// in the kernel: waits for room for at most the timeout at a time. A
+    /// failure after part of the message went out leaves the sender out of
+    /// sync.
+    fn send_message(&mut self, bytes: &[u8], fds: &[BorrowedFd<'_>]) -> Result<()> {
+        self.check_sync()?;
+        let mut space = [MaybeUninit::uninit(); rustix::cmsg_space!(ScmRights(MAX_MEMORIES))];
+        let mut sent = 0;
+        while sent < bytes.len() {
+            let mut control = SendAncillaryBuffer::new(&mut space);
+            if sent == 0 && !fds.is_empty() && !control.push(SendAncillaryMessage::ScmRights(fds)) {
+                return Err(Error::Protocol("too many fds for one message".into()));
+            }
+            let e = match rustix::net::sendmsg(
+                &self.sock,
+                &[IoSlice::new(&bytes[sent..])],
+                &mut control,
+                SendFlags::NOSIGNAL | SendFlags::DONTWAIT,
+            ) {
+                Ok(0) => Error::Protocol("the peer stopped reading".into()),
+                Ok(n) => {
+                    sent += n;
+                    continue;
+                }
+                Err(rustix::io::Errno::INTR) => continue,
+                Err(rustix::io::Errno::AGAIN) => {
+                    match wait_for(
+                        self.sock.as_fd(),
+                        PollFlags::OUT,
+                        None,
+                        deadline(self.timeout),
+                    ) {
+                        // Room, or an error the next sendmsg reports.
+                        Ok(Some(_)) => continue,
+                        Ok(None) => Error::TimedOut {
+                            inside_message: sent > 0,
+                        },
+                        Err(e) => e,
+                    }
+                }
+                Err(e) => Error::os("sendmsg", e),
+            };
+            if sent > 0 {
+                self.broken = Some(format!(
+                    "a message was cut after {sent} of {} bytes: {e}",
+                    bytes.len()
+                ));
+            }
+            return Err(e);
+        }
+        Ok(())
     }
 
     /// Send `memories` as one frame with `meta`; keep them until the peer
@@ -436,12 +586,17 @@ impl Sender {
     /// # Errors
     /// [`Error::WrongKind`] for memory without an fd (export DRM dumb
     /// memory first), [`Error::Protocol`] for too many memories or too much
-    /// metadata, and I/O errors (a vanished peer).
+    /// metadata or a sender out of sync, [`Error::TimedOut`] when the peer
+    /// left no room for the timeout (see [`set_timeout`](Sender::set_timeout)),
+    /// and I/O errors (a vanished peer). When part of the frame went out
+    /// (the sender is then out of sync), its memories are kept with the
+    /// frames in flight, since the peer may hold their fds.
     pub fn send_frame<T: AsRef<Memory> + Send + 'static>(
         &mut self,
         memories: Vec<T>,
         meta: &[u8],
     ) -> Result<u64> {
+        self.check_sync()?;
         if memories.len() > MAX_MEMORIES {
             return Err(Error::Protocol(format!(
                 "{} memories, at most {MAX_MEMORIES}",
@@ -477,55 +632,153 @@ impl Sender {
             fds.push(fd);
         }
         msg.extend_from_slice(meta);
-        send_all(&self.sock, &msg, &fds)?;
+        let sent = self.send_message(&msg, &fds);
         drop(fds);
-        self.next_id += 1;
-        self.held.insert(id, Box::new(memories));
-        Ok(id)
+        if sent.is_ok() || self.broken.is_some() {
+            // Sent, or cut (the fds went with the first bytes): held until
+            // released, or until the sender goes.
+            self.next_id += 1;
+            self.held.insert(id, Box::new(memories));
+        }
+        sent.map(|()| id)
     }
 
     /// Tell the peer the stream ended.
+    ///
+    /// # Errors
+    /// As [`send_frame`](Sender::send_frame).
     pub fn send_eos(&mut self) -> Result<()> {
-        send_all(&self.sock, &header_bytes(T_EOS, 0, 0), &[])
+        self.send_message(&header_bytes(T_EOS, 0, 0), &[])
     }
 
-    /// Handle one message from the peer; `Ok(None)` when there was none
-    /// (nonblocking) or the peer closed.
-    fn take_release(&mut self, nonblocking: bool) -> Result<Option<u64>> {
-        let Some(m) = read_message(&self.sock, nonblocking)? else {
-            return Ok(None);
-        };
-        if m.header.kind != T_RELEASE {
-            return Err(Error::Protocol(format!(
-                "sender got message type {}",
-                m.header.kind
-            )));
+    /// Read the next release. `block`: wait for at most the timeout;
+    /// otherwise `Ok(None)` as soon as nothing more is there. `Ok(None)`
+    /// also when the peer closed between messages. A release that arrived
+    /// in part stays buffered for the next call.
+    fn take_release(&mut self, block: bool) -> Result<Option<u64>> {
+        self.check_sync()?;
+        let deadline = deadline(self.timeout);
+        let mut space = [MaybeUninit::uninit(); rustix::cmsg_space!(ScmRights(MAX_MEMORIES))];
+        loop {
+            let want = if self.partial_len < HEADER_LEN {
+                HEADER_LEN
+            } else {
+                RELEASE_LEN
+            };
+            let mut control = RecvAncillaryBuffer::new(&mut space);
+            let r = rustix::net::recvmsg(
+                &self.sock,
+                &mut [IoSliceMut::new(&mut self.partial[self.partial_len..want])],
+                &mut control,
+                RecvFlags::CMSG_CLOEXEC | RecvFlags::DONTWAIT,
+            );
+            let mut fds = 0;
+            for c in control.drain() {
+                if let RecvAncillaryMessage::ScmRights(received) = c {
+                    // Counting drops (closes) them.
+                    fds += received.count();
+                }
+            }
+            let msg = match r {
+                Ok(m) => m,
+                Err(rustix::io::Errno::INTR) => continue,
+                Err(rustix::io::Errno::AGAIN) if !block => return Ok(None),
+                Err(rustix::io::Errno::AGAIN) => {
+                    match wait_for(self.sock.as_fd(), PollFlags::IN, None, deadline)? {
+                        Some(_) => continue,
+                        // What arrived of a release is kept: still in sync.
+                        None => {
+                            return Err(Error::TimedOut {
+                                inside_message: false,
+                            })
+                        }
+                    }
+                }
+                // A Unix socket reports ECONNRESET once the queued data is
+                // read when the peer closed with some of ours unread: the
+                // end of the stream.
+                Err(rustix::io::Errno::CONNRESET) if self.partial_len == 0 => return Ok(None),
+                Err(rustix::io::Errno::CONNRESET) => {
+                    return Err(
+                        self.out_of_sync(Error::Protocol("end of stream inside a release".into()))
+                    )
+                }
+                Err(e) => return Err(self.out_of_sync(Error::os("recvmsg", e))),
+            };
+            if fds > 0 || msg.flags.contains(ReturnFlags::CTRUNC) {
+                return Err(self.out_of_sync(Error::Protocol(format!(
+                    "{fds} fds came with a message to the sender"
+                ))));
+            }
+            if msg.bytes == 0 {
+                if self.partial_len == 0 {
+                    return Ok(None);
+                }
+                return Err(
+                    self.out_of_sync(Error::Protocol("end of stream inside a release".into()))
+                );
+            }
+            self.partial_len += msg.bytes;
+            if self.partial_len == HEADER_LEN {
+                let head: &[u8; HEADER_LEN] = self.partial[..HEADER_LEN]
+                    .try_into()
+                    .expect("a header's bytes");
+                match parse_header(head) {
+                    Ok(h) if h.kind == T_RELEASE => {}
+                    Ok(h) => {
+                        return Err(self.out_of_sync(Error::Protocol(format!(
+                            "sender got message type {}",
+                            h.kind
+                        ))))
+                    }
+                    Err(e) => return Err(self.out_of_sync(e)),
+                }
+            }
+            if self.partial_len == RELEASE_LEN {
+                self.partial_len = 0;
+                let id = le_u64(&self.partial, HEADER_LEN);
+                // A whole message was read: still in sync.
+                if self.held.remove(&id).is_none() {
+                    return Err(Error::Protocol(format!("release of unknown frame {id}")));
+                }
+                return Ok(Some(id));
+            }
         }
-        let id = le_u64(&m.payload, 0);
-        if self.held.remove(&id).is_none() {
-            return Err(Error::Protocol(format!("release of unknown frame {id}")));
-        }
-        Ok(Some(id))
     }
 
     /// Wait for the next release; `Ok(None)` when the peer closed.
+    ///
+    /// # Errors
+    /// [`Error::TimedOut`] after the timeout (the sender stays usable),
+    /// [`Error::Protocol`] for anything but a release of a frame in flight
+    /// (after a malformed message, the sender is out of sync and every
+    /// later call fails), and I/O errors.
     pub fn wait_release(&mut self) -> Result<Option<u64>> {
-        self.take_release(false)
+        self.take_release(true)
     }
 
-    /// Handle every release already received, without waiting; returns how
-    /// many frames were released.
+    /// Handle every release already received, without waiting (half a
+    /// release waits in the sender for its other half); returns how many
+    /// frames were released.
+    ///
+    /// # Errors
+    /// As [`wait_release`](Sender::wait_release), without the timeout.
     pub fn poll_releases(&mut self) -> Result<usize> {
         let mut n = 0;
-        while self.take_release(true)?.is_some() {
+        while self.take_release(false)?.is_some() {
             n += 1;
         }
         Ok(n)
     }
 }
 
+/// Bytes copied out of unsealed memfds per frame by default
+/// ([`ReceivePolicy::max_copy_bytes`]): 64 MiB, a 4K NV12 frame's size
+/// five times over.
+pub const DEFAULT_MAX_COPY_BYTES: usize = 64 << 20;
+
 /// What the receiver accepts.
-#[derive(Debug, Clone, Copy, Default)]
+#[derive(Debug, Clone, Copy)]
 pub struct ReceivePolicy {
     /// Copy memfds that are not sealed against shrinking into local shm
     /// memory (with `pread`, which a shrink cannot turn into `SIGBUS`),
@@ -547,6 +800,24 @@ pub struct ReceivePolicy {
     /// memfds always need the write seal, since a hole punched in one can
     /// leave no page to refault (`SIGBUS`).
     pub require_write_seal: bool,
+    /// Most bytes [`copy_unsealed`](ReceivePolicy::copy_unsealed) copies
+    /// for one frame, all its memories together
+    /// ([`DEFAULT_MAX_COPY_BYTES`] by default). A sparse file costs its
+    /// sender nothing whatever size it claims, the receiver a copy of that
+    /// size; a frame over the bound is refused with [`Error::TooLarge`]
+    /// (and released).
+    pub max_copy_bytes: usize,
+}
+
+impl Default for ReceivePolicy {
+    fn default() -> Self {
+        ReceivePolicy {
+            copy_unsealed: false,
+            guard_unsealed: false,
+            require_write_seal: false,
+            max_copy_bytes: DEFAULT_MAX_COPY_BYTES,
+        }
+    }
 }
 
 /// What the receiver does with one received fd.
@@ -609,35 +880,172 @@ pub struct Frame {
     pub meta: Vec<u8>,
 }
 
+/// Releases waiting to be written, as bytes: a release cut by a short write
+/// is completed before anything else goes out.
+#[derive(Default)]
+struct Outbox {
+    bytes: Vec<u8>,
+    written: usize,
+    /// Why the peer can no longer be written to; releases are then dropped.
+    gone: Option<rustix::io::Errno>,
+}
+
+impl Outbox {
+    /// Write what is queued without blocking; whether some remains.
+    fn write_nonblocking(&mut self, sock: &UnixStream) -> bool {
+        while self.written < self.bytes.len() {
+            match rustix::net::send(
+                sock,
+                &self.bytes[self.written..],
+                SendFlags::DONTWAIT | SendFlags::NOSIGNAL,
+            ) {
+                Ok(0) => return true,
+                Ok(n) => self.written += n,
+                Err(rustix::io::Errno::INTR) => continue,
+                Err(rustix::io::Errno::AGAIN) => {
+                    // Keep the unwritten tail only, so a queue that never
+                    // empties does not keep what went out long ago.
+                    if self.written >= 1 << 16 {
+                        self.bytes.drain(..self.written);
+                        self.written = 0;
+                    }
+                    return true;
+                }
+                Err(e) => {
+                    log::debug!(
+                        "{} bytes of releases dropped: the peer is gone ({e})",
+                        self.bytes.len() - self.written
+                    );
+                    self.gone = Some(e);
+                    self.bytes = Vec::new();
+                    self.written = 0;
+                    return false;
+                }
+            }
+        }
+        self.bytes.clear();
+        self.written = 0;
+        false
+    }
+}
+
+/// The receiver's end of the connection: the socket, and the releases of
+/// frames dropped anywhere, which wait here until the socket takes them.
+struct Conn {
+    stream: UnixStream,
+    /// Signalled (an eventfd) when a drop leaves a release unwritten, so a
+    /// `recv` blocked for input waits for room to write it as well.
+    wake: Option<OwnedFd>,
+    out: Mutex<Outbox>,
+}
+
+impl Conn {
+    fn new(stream: UnixStream) -> Self {
+        let wake = rustix::event::eventfd(
+            0,
+            rustix::event::EventfdFlags::CLOEXEC | rustix::event::EventfdFlags::NONBLOCK,
+        );
+        if let Err(e) = &wake {
+            log::debug!("no eventfd ({e}): releases left over by other threads wait for the next recv or flush");
+        }
+        Conn {
+            stream,
+            wake: wake.ok(),
+            out: Mutex::new(Outbox::default()),
+        }
+    }
+
+    /// The queue (never blocks long: nobody holds it across a wait).
+    fn outbox(&self) -> MutexGuard<'_, Outbox> {
+        self.out.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    /// Queue the release of frame `id` and write what can be written
+    /// without blocking.
+    fn release(&self, id: u64) {
+        let pending = {
+            let mut out = self.outbox();
+            if out.gone.is_some() {
+                return;
+            }
+            out.bytes.extend_from_slice(&release_bytes(id));
+            out.write_nonblocking(&self.stream)
+        };
+        if pending {
+            if let Some(w) = &self.wake {
+                // Full or failing: the receiver flushes anyway on its next
+                // call.
+                let _ = rustix::io::write(w, &1u64.to_ne_bytes());
+            }
+        }
+    }
+
+    /// Write queued releases without blocking; whether some remain.
+    fn flush_nonblocking(&self) -> bool {
+        self.outbox().write_nonblocking(&self.stream)
+    }
+
+    /// Wait until the socket has something to read (or an error or hang-up
+    /// to report), writing pending releases whenever there is room; at
+    /// most `timeout` from now.
+    fn wait_readable(&self, timeout: Option<Duration>, inside_message: bool) -> Result<()> {
+        let deadline = deadline(timeout);
+        loop {
+            let pending = self.flush_nonblocking();
+            let events = if pending {
+                PollFlags::IN | PollFlags::OUT
+            } else {
+                PollFlags::IN
+            };
+            let wake = self.wake.as_ref().map(|w| w.as_fd());
+            let Some((ready, woken)) = wait_for(self.stream.as_fd(), events, wake, deadline)?
+            else {
+                return Err(Error::TimedOut { inside_message });
+            };
+            if woken {
+                if let Some(w) = &self.wake {
+                    let mut count = [0u8; 8];
+                    let _ = rustix::io::read(w, &mut count);
+                }
+            }
+            if ready.intersects(PollFlags::IN | PollFlags::HUP | PollFlags::ERR | PollFlags::NVAL) {
+                return Ok(());
+            }
+        }
+    }
+}
+
 /// Sends the release of one frame when dropped (the last memory of the
-/// frame, shares included, is gone).
+/// frame, shares included, is gone), without blocking: what the socket
+/// cannot take now waits in the receiver's queue.
 struct ReleaseOnDrop {
     id: u64,
-    sock: Arc<UnixStream>,
+    sock: Arc<Conn>,
 }
 
 impl Drop for ReleaseOnDrop {
     fn drop(&mut self) {
-        if let Err(e) = send_all(&self.sock, &release_bytes(self.id), &[]) {
-            log::debug!("release of frame {} not delivered: {e}", self.id);
-        }
+        self.sock.release(self.id);
     }
 }
 
 /// Receives frames.
 pub struct Receiver {
-    sock: Arc<UnixStream>,
+    sock: Arc<Conn>,
     policy: ReceivePolicy,
     fd_alloc: FdAllocator,
     dmabuf_alloc: DmaBufAllocator,
     broken: Option<String>,
+    timeout: Option<Duration>,
 }
 
 impl std::fmt::Debug for Receiver {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Receiver")
             .field("policy", &self.policy)
+            .field("timeout", &self.timeout)
             .field("broken", &self.broken)
+            .field("pending_releases", &self.pending_releases())
             .finish()
     }
 }
@@ -646,18 +1054,21 @@ impl Receiver {
     /// A receiver on a connected stream socket.
     pub fn new(sock: UnixStream, policy: ReceivePolicy) -> Self {
         Receiver {
-            sock: Arc::new(sock),
+            sock: Arc::new(Conn::new(sock)),
             policy,
             fd_alloc: FdAllocator::new(),
             dmabuf_alloc: DmaBufAllocator::new(),
             broken: None,
+            timeout: None,
         }
     }
 
-    /// Make [`recv`](Receiver::recv) give up with [`Error::TimedOut`] after
-    /// `timeout` without progress (`None`: wait for ever, the default). A
-    /// timeout between messages leaves the connection usable; one inside a
-    /// message does not.
+    /// Bound every wait of this receiver by `timeout` (`None`: wait for
+    /// ever, the default): [`recv`](Receiver::recv) gives up with
+    /// [`Error::TimedOut`] after `timeout` without progress, and
+    /// [`flush`](Receiver::flush) after `timeout` without room for the
+    /// pending releases. A timeout between messages leaves the connection
+    /// usable; one inside a message does not.
     ///
     /// ```
     /// use std::os::unix::net::UnixStream;
@@ -674,25 +1085,38 @@ impl Receiver {
     ///
     /// # Errors
     /// [`Error::Os`] when the socket refuses the timeout (a zero duration).
-    pub fn set_timeout(&self, timeout: Option<Duration>) -> Result<()> {
-        set_read_timeout(&self.sock, timeout)
+    pub fn set_timeout(&mut self, timeout: Option<Duration>) -> Result<()> {
+        set_timeouts(&self.sock.stream, timeout)?;
+        self.timeout = timeout;
+        Ok(())
     }
 
     /// The next frame; `Ok(None)` at end of stream (or end of file between
-    /// messages).
+    /// messages). Releases still queued are written first, and while it
+    /// waits for input, as the socket has room for them.
     ///
     /// # Errors
-    /// [`Error::Protocol`] for malformed input, after which the receiver
-    /// refuses to read on; [`Error::Refused`] and fd errors for a frame
-    /// whose content is refused, which is released, and the next `recv`
-    /// goes on.
+    /// * [`Error::Protocol`] for a malformed message. When the framing
+    ///   itself is wrong (a bad header, a wrong fd count, truncated
+    ///   control data, an end of file or a timeout inside a message, a
+    ///   message type a receiver never gets), the stream is out of sync and
+    ///   every later call fails. When only a frame's payload is wrong (its
+    ///   memory count, kinds, regions or lengths), the message was read
+    ///   whole: the frame is released and the next `recv` goes on.
+    /// * [`Error::Refused`], [`Error::BeyondFile`], [`Error::TooLarge`] and
+    ///   other import errors for a frame whose content is refused: it is
+    ///   released, every fd it brought is closed, and the next `recv` goes
+    ///   on.
+    /// * [`Error::TimedOut`] after the timeout (see
+    ///   [`set_timeout`](Receiver::set_timeout)).
     pub fn recv(&mut self) -> Result<Option<Frame>> {
         if let Some(why) = &self.broken {
             return Err(Error::Protocol(format!(
                 "connection is out of sync after: {why}"
             )));
         }
-        let raw = match read_message(&self.sock, false) {
+        self.sock.flush_nonblocking();
+        let raw = match read_message(&self.sock, self.timeout) {
             Ok(Some(m)) => m,
             Ok(None) => return Ok(None),
             // Nothing of a message arrived: still in sync.
@@ -733,11 +1157,47 @@ impl Receiver {
         }
     }
 
+    /// Write every queued release, waiting for room for at most the
+    /// timeout at a time (see [`set_timeout`](Receiver::set_timeout)).
+    /// Dropping a frame never blocks: a release the socket cannot take at
+    /// once is queued, and written by this, by the next
+    /// [`recv`](Receiver::recv), or by the next drop. Call it before
+    /// dropping the receiver, which only writes what fits without waiting.
+    ///
+    /// # Errors
+    /// [`Error::TimedOut`] when the peer left no room for the timeout (what
+    /// is left stays queued, the stream in sync), and the write's error
+    /// when the peer is gone (its releases are dropped).
+    pub fn flush(&self) -> Result<()> {
+        loop {
+            if !self.sock.flush_nonblocking() {
+                return match self.sock.outbox().gone {
+                    Some(e) => Err(Error::os("send", e)),
+                    None => Ok(()),
+                };
+            }
+            let ready = wait_for(
+                self.sock.stream.as_fd(),
+                PollFlags::OUT,
+                None,
+                deadline(self.timeout),
+            )?;
+            if ready.is_none() {
+                return Err(Error::TimedOut {
+                    inside_message: false,
+                });
+            }
+        }
+    }
+
+    /// Releases queued and not yet written in full.
+    pub fn pending_releases(&self) -> usize {
+        let out = self.sock.outbox();
+        (out.bytes.len() - out.written).div_ceil(RELEASE_LEN)
+    }
+
     fn release(&self, id: u64) {
-        drop(ReleaseOnDrop {
-            id,
-            sock: self.sock.clone(),
-        });
+        self.sock.release(id);
     }
 
     fn import(&self, payload: FramePayload, fds: Vec<OwnedFd>) -> Result<Frame> {
@@ -746,6 +1206,7 @@ impl Receiver {
             sock: self.sock.clone(),
         });
         let mut memories = Vec::with_capacity(fds.len());
+        let mut copied = 0;
         for (i, (desc, fd)) in payload.memories.iter().zip(fds).enumerate() {
             let (offset, size, maxsize) = (
                 desc.offset as usize,
@@ -762,7 +1223,12 @@ impl Receiver {
                     e => e,
                 })?;
             if admission == Admission::Copy {
-                memories.push(copy_by_pread(&fd, offset, size, maxsize)?);
+                memories.push(copy_by_pread(
+                    &fd,
+                    (offset, size, maxsize),
+                    &mut copied,
+                    self.policy.max_copy_bytes,
+                )?);
                 continue;
             }
             let (alloc, kind) = if admission == Admission::DmaBuf {
@@ -774,14 +1240,15 @@ impl Receiver {
             if admission == Admission::Guarded {
                 fd_flags |= FdMemoryFlags::GUARD_SIGBUS;
             }
-            let mut backend = fd_backend(FdHandle::Owned(fd), maxsize, fd_flags, kind)?;
-            backend.set_on_free(Box::new(token.clone()));
-            memories.push(Memory::from_parts(
-                alloc,
-                MemoryParts::new(Box::new(backend), maxsize)
-                    .flags(flags)
-                    .region(offset, size),
-            )?);
+            let parts = fd_parts(FdHandle::Owned(fd), maxsize, offset, size, fd_flags, kind)?;
+            let mut memory = Memory::from_parts(alloc, parts.flags(flags))?;
+            // The frame's release goes when the last block of the frame
+            // is freed, shares included.
+            let release = token.clone();
+            memory.set_on_block_free(Arc::new(move |_freed| {
+                let _ = &release;
+            }))?;
+            memories.push(memory);
         }
         // Copies (and empty frames) hold nothing of the sender's: the
         // release goes with the last imported memory, or right here.
@@ -794,10 +1261,34 @@ impl Receiver {
     }
 }
 
+impl Drop for Receiver {
+    fn drop(&mut self) {
+        // Never blocks: what does not fit is lost with the connection
+        // unless frames still alive write it when they go.
+        self.sock.flush_nonblocking();
+    }
+}
+
 /// Copy `[offset, offset + size)` of an unsealed file into new shm memory,
 /// reading with `pread` (a concurrent truncation shortens the read instead
-/// of raising `SIGBUS`).
-fn copy_by_pread(fd: &OwnedFd, offset: usize, size: usize, maxsize: usize) -> Result<Memory> {
+/// of raising `SIGBUS`). `copied` counts the bytes the frame has copied so
+/// far; past `limit` ([`ReceivePolicy::max_copy_bytes`]) the copy is
+/// refused before anything is allocated.
+fn copy_by_pread(
+    fd: &OwnedFd,
+    (offset, size, maxsize): (usize, usize, usize),
+    copied: &mut usize,
+    limit: usize,
+) -> Result<Memory> {
+    let total = copied.saturating_add(size);
+    if total > limit {
+        return Err(Error::TooLarge {
+            what: "bytes copied from unsealed memfds for one frame (ReceivePolicy::max_copy_bytes)",
+            requested: total,
+            limit,
+        });
+    }
+    *copied = total;
     let file_size = crate::fd::fd_size(fd.as_fd())?;
     if maxsize as u64 > file_size {
         return Err(Error::BeyondFile {

@@ -228,7 +228,9 @@ fn a_file_announced_as_dmabuf_is_refused_and_its_fds_closed() -> Result<()> {
         );
         assert_eq!(tx.wait_release()?, Some(id));
     }
-    assert!(common::open_fds() <= fds + 2, "received fds are closed");
+    // Other tests of this binary open fds meanwhile; a leak of one per
+    // round (50) still shows.
+    assert!(common::open_fds() <= fds + 16, "received fds are closed");
     Ok(())
 }
 

@@ -506,39 +506,754 @@ fn no_fd_leaks_over_many_frames() -> Result<()> {
     Ok(())
 }
 
-proptest! {
-    #![proptest_config(ProptestConfig::with_cases(2_000))]
+// ---------------------------------------------------------------------------
+// Slow and hostile peers of the sender and the receiver.
+// ---------------------------------------------------------------------------
 
-    #[test]
-    fn parsers_never_panic(bytes in prop::collection::vec(any::<u8>(), 0..256), n_fds in 0usize..4) {
-        if bytes.len() >= 16 {
-            let _ = parse_header(bytes[..16].try_into().unwrap());
+/// Run `f` on its own thread and return its result; fail the test if it
+/// has not finished after a minute (a hang, not a slow machine: the work
+/// takes milliseconds). The stuck thread is left behind.
+fn finishes<T: Send + 'static>(what: &str, f: impl FnOnce() -> T + Send + 'static) -> T {
+    let (done, result) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        let _ = done.send(f());
+    });
+    match result.recv_timeout(Duration::from_secs(60)) {
+        Ok(r) => r,
+        Err(_) => panic!("{what} never returned: it blocks"),
+    }
+}
+
+#[test]
+fn a_sender_that_never_reads_releases_blocks_nothing_and_loses_nothing() -> Result<()> {
+    const N: usize = 3_000;
+    let (mut tx, mut rx) = pair(ReceivePolicy::default());
+    tx.set_timeout(Some(Duration::from_secs(20)))?;
+    rx.set_timeout(Some(Duration::from_secs(20)))?;
+    let shm = ShmAllocator::get().alloc(4096, None)?;
+    let (go, wait_for_go) = std::sync::mpsc::channel::<()>();
+    // The sender sends everything, reads nothing until told to, then
+    // expects every release exactly once (a duplicate would be a release
+    // of an unknown frame).
+    let sender = std::thread::spawn(move || -> Result<()> {
+        let mut sent = Vec::new();
+        for i in 0..N {
+            sent.push(tx.send_frame(vec![shm.clone()], &(i as u64).to_le_bytes())?);
         }
-        let _ = parse_frame(&bytes, n_fds);
+        wait_for_go.recv().unwrap();
+        let mut released = Vec::new();
+        while released.len() < N {
+            released.push(tx.wait_release()?.expect("a release"));
+        }
+        assert_eq!(tx.poll_releases()?, 0, "nothing more than one each");
+        assert_eq!(tx.in_flight(), 0);
+        released.sort();
+        assert_eq!(released, sent, "every release exactly once");
+        Ok(())
+    });
+    // Receive everything; drop half the frames here, half on another
+    // thread. Nothing of this may wait for the sender.
+    let rx = finishes(
+        "receiving and dropping frames",
+        move || -> Result<Receiver> {
+            let (to_dropper, frames) = std::sync::mpsc::channel::<mediamem::ipc::Frame>();
+            let dropper = std::thread::spawn(move || frames.into_iter().for_each(drop));
+            for i in 0..N {
+                let frame = rx.recv()?.expect("a frame");
+                assert_eq!(frame.meta, (i as u64).to_le_bytes());
+                if i % 2 == 0 {
+                    drop(frame);
+                } else {
+                    to_dropper.send(frame).unwrap();
+                }
+            }
+            drop(to_dropper);
+            dropper.join().unwrap();
+            Ok(rx)
+        },
+    )?;
+    assert!(
+        rx.pending_releases() > 0,
+        "the socket filled up, so releases were queued"
+    );
+    go.send(()).unwrap();
+    rx.flush()?;
+    assert_eq!(rx.pending_releases(), 0);
+    sender.join().unwrap()
+}
+
+#[test]
+fn releases_queued_before_recv_go_out_while_it_waits() -> Result<()> {
+    const N: usize = 2_000;
+    let (mut tx, mut rx) = pair(ReceivePolicy::default());
+    tx.set_timeout(Some(Duration::from_secs(20)))?;
+    rx.set_timeout(Some(Duration::from_secs(20)))?;
+    // Empty frames are released as they arrive: most of them queue up.
+    let (mut tx, mut rx) = finishes("receiving frames", move || -> Result<_> {
+        for _ in 0..N {
+            tx.send_frame(Vec::<Memory>::new(), b"")?;
+            rx.recv()?.expect("a frame");
+        }
+        Ok((tx, rx))
+    })?;
+    assert!(rx.pending_releases() > 0);
+    // The receiver waits for its next frame; the sender only sends it once
+    // every release arrived, which needs the waiting recv to write them.
+    let producer = std::thread::spawn(move || -> Result<()> {
+        while tx.in_flight() > 0 {
+            tx.wait_release()?.expect("a release");
+        }
+        tx.send_eos()
+    });
+    assert!(finishes("recv", move || rx.recv())?.is_none());
+    producer.join().unwrap()
+}
+
+#[test]
+fn poll_releases_keeps_half_a_release_until_the_rest_comes() -> Result<()> {
+    let (a, mut peer) = UnixStream::pair().unwrap();
+    let mut tx = Sender::new(a);
+    tx.set_timeout(Some(Duration::from_millis(50)))?;
+    let ids = [
+        tx.send_frame(vec![ShmAllocator::get().alloc(8, None)?], b"")?,
+        tx.send_frame(vec![ShmAllocator::get().alloc(8, None)?], b"")?,
+    ];
+    let mut releases = header(2, 8, 0);
+    releases.extend_from_slice(&ids[0].to_le_bytes());
+    releases.extend(releases.clone());
+    releases[40..48].copy_from_slice(&ids[1].to_le_bytes());
+    // Cut inside the first header, then inside the second payload.
+    peer.write_all(&releases[..10]).unwrap();
+    let (mut tx, n) = finishes("poll_releases on half a header", move || {
+        let n = tx.poll_releases();
+        (tx, n)
+    });
+    assert_eq!(n?, 0, "nothing whole yet");
+    assert!(matches!(
+        tx.wait_release(),
+        Err(Error::TimedOut {
+            inside_message: false
+        })
+    ));
+    peer.write_all(&releases[10..44]).unwrap();
+    assert_eq!(tx.poll_releases()?, 1);
+    assert_eq!(tx.in_flight(), 1);
+    peer.write_all(&releases[44..]).unwrap();
+    assert_eq!(tx.wait_release()?, Some(ids[1]));
+    assert_eq!(tx.in_flight(), 0);
+    // The stream is in sync and still usable.
+    tx.send_eos()?;
+    drop(peer);
+    assert_eq!(tx.wait_release()?, None);
+    Ok(())
+}
+
+#[test]
+fn a_write_to_a_peer_that_never_reads_times_out() -> Result<()> {
+    let timeout = Some(Duration::from_millis(50));
+    // Small messages: each goes whole or not at all, so the timeout leaves
+    // the sender in sync.
+    let (a, _peer) = UnixStream::pair().unwrap();
+    let mut tx = Sender::new(a);
+    tx.set_timeout(timeout)?;
+    let (mut tx, e) = finishes("send_eos to a full socket", move || {
+        let e = loop {
+            if let Err(e) = tx.send_eos() {
+                break e;
+            }
+        };
+        (tx, e)
+    });
+    assert!(
+        matches!(
+            e,
+            Error::TimedOut {
+                inside_message: false
+            }
+        ),
+        "{e}"
+    );
+    assert!(matches!(
+        tx.send_eos(),
+        Err(Error::TimedOut {
+            inside_message: false
+        })
+    ));
+
+    // A frame larger than the socket buffer goes out in part: the sender is
+    // out of sync and refuses everything after, and keeps the frame's
+    // memory (the peer may hold its fd).
+    let (a, _peer) = UnixStream::pair().unwrap();
+    let mut tx = Sender::new(a);
+    tx.set_timeout(timeout)?;
+    let big_meta = vec![7u8; MAX_PAYLOAD - 64];
+    let m = ShmAllocator::get().alloc(8, None)?;
+    let (mut tx, e) = finishes("send_frame to a full socket", move || {
+        let e = tx.send_frame(vec![m], &big_meta);
+        (tx, e)
+    });
+    assert!(
+        matches!(
+            e,
+            Err(Error::TimedOut {
+                inside_message: true
+            })
+        ),
+        "{e:?}"
+    );
+    assert_eq!(tx.in_flight(), 1, "the cut frame is kept");
+    for e in [
+        tx.send_eos().unwrap_err(),
+        tx.wait_release().unwrap_err(),
+        tx.poll_releases().unwrap_err(),
+        tx.send_frame(vec![ShmAllocator::get().alloc(8, None)?], b"")
+            .unwrap_err(),
+    ] {
+        assert!(
+            matches!(e, Error::Protocol(ref w) if w.contains("out of sync")),
+            "{e}"
+        );
+    }
+    Ok(())
+}
+
+#[test]
+fn the_sender_is_out_of_sync_after_a_framing_error() -> Result<()> {
+    // Each bad message, and what the first error says.
+    let fd = sealed_memfd(4096);
+    let mut eos = header(3, 0, 0);
+    let mut bad_magic = eos.clone();
+    bad_magic[0] ^= 1;
+    let cases: Vec<(Vec<u8>, bool, &str)> = vec![
+        (bad_magic, false, "magic"),
+        (std::mem::take(&mut eos), false, "message type 3"),
+        (
+            [header(2, 8, 0), 1u64.to_le_bytes().to_vec()].concat(),
+            true,
+            "fds came",
+        ),
+    ];
+    for (bytes, with_fd, says) in cases {
+        let (a, peer) = UnixStream::pair().unwrap();
+        let mut tx = Sender::new(a);
+        let id = tx.send_frame(vec![ShmAllocator::get().alloc(8, None)?], b"")?;
+        assert_eq!(id, 1);
+        let fds = if with_fd { vec![fd.as_fd()] } else { vec![] };
+        send_raw(&peer, &bytes, &fds);
+        let e = tx.wait_release().unwrap_err();
+        assert!(
+            matches!(e, Error::Protocol(ref w) if w.contains(says)),
+            "{e}"
+        );
+        // A valid release now would be read as garbage: refused.
+        let mut release = header(2, 8, 0);
+        release.extend_from_slice(&1u64.to_le_bytes());
+        send_raw(&peer, &release, &[]);
+        for e in [
+            tx.wait_release().unwrap_err(),
+            tx.poll_releases().unwrap_err(),
+            tx.send_eos().unwrap_err(),
+        ] {
+            assert!(
+                matches!(e, Error::Protocol(ref w) if w.contains("out of sync")),
+                "{e}"
+            );
+        }
+        assert_eq!(tx.in_flight(), 1);
+    }
+    // A release of an unknown frame is an error, but the message was whole:
+    // the sender goes on.
+    let (a, peer) = UnixStream::pair().unwrap();
+    let mut tx = Sender::new(a);
+    let id = tx.send_frame(vec![ShmAllocator::get().alloc(8, None)?], b"")?;
+    for release_of in [id + 5, id] {
+        let mut release = header(2, 8, 0);
+        release.extend_from_slice(&release_of.to_le_bytes());
+        send_raw(&peer, &release, &[]);
+    }
+    assert!(matches!(tx.wait_release(), Err(Error::Protocol(ref w)) if w.contains("unknown")));
+    assert_eq!(tx.wait_release()?, Some(id));
+    Ok(())
+}
+
+#[test]
+fn a_peer_closing_with_frames_unread_is_the_end_of_the_stream() -> Result<()> {
+    let (mut tx, mut rx) = pair(ReceivePolicy::default());
+    let first = tx.send_frame(vec![ShmAllocator::get().alloc(8, None)?], b"1")?;
+    tx.send_frame(vec![ShmAllocator::get().alloc(8, None)?], b"2")?;
+    drop(rx.recv()?.expect("the first frame"));
+    // The second frame is still unread in the receiver's socket: closing
+    // it makes the kernel report ECONNRESET to the sender once the first
+    // release is read.
+    drop(rx);
+    assert_eq!(tx.wait_release()?, Some(first));
+    assert_eq!(tx.wait_release()?, None, "end of stream, not ECONNRESET");
+    assert_eq!(tx.poll_releases()?, 0);
+    assert_eq!(tx.in_flight(), 1);
+
+    // The other way round: the sender closes with releases unread, the
+    // receiver reads what was sent and then the end.
+    let (mut tx, mut rx) = pair(ReceivePolicy::default());
+    tx.send_frame(Vec::<Memory>::new(), b"a")?;
+    tx.send_frame(Vec::<Memory>::new(), b"b")?;
+    assert!(rx.recv()?.is_some());
+    drop(tx);
+    assert!(rx.recv()?.is_some());
+    assert!(rx.recv()?.is_none());
+    Ok(())
+}
+
+#[test]
+fn copies_of_unsealed_memfds_are_bounded_per_frame() -> Result<()> {
+    assert_eq!(
+        ReceivePolicy::default().max_copy_bytes,
+        mediamem::ipc::DEFAULT_MAX_COPY_BYTES
+    );
+    // A sparse memfd: claiming 1 GiB costs the sender nothing.
+    let sparse = |len: u64| -> Result<Memory> {
+        let fd = plain_memfd(0, 0);
+        rustix::fs::ftruncate(&fd, len).unwrap();
+        FdAllocator::new().alloc(fd, len as usize, FdMemoryFlags::empty())
+    };
+    let (mut tx, mut rx) = pair(ReceivePolicy {
+        copy_unsealed: true,
+        ..ReceivePolicy::default()
+    });
+    let id = tx.send_frame(vec![sparse(1 << 30)?], b"")?;
+    let e = rx.recv().unwrap_err();
+    assert!(
+        matches!(e, Error::TooLarge { requested, limit, .. }
+            if requested == 1 << 30 && limit == mediamem::ipc::DEFAULT_MAX_COPY_BYTES),
+        "{e}"
+    );
+    assert_eq!(
+        tx.wait_release()?,
+        Some(id),
+        "the refused frame is released"
+    );
+
+    // The bound is per frame: two memories of 3 KiB pass a 6 KiB bound
+    // alone and together, three do not.
+    let (mut tx, mut rx) = pair(ReceivePolicy {
+        copy_unsealed: true,
+        max_copy_bytes: 6 << 10,
+        ..ReceivePolicy::default()
+    });
+    let three_k = || sparse(3 << 10);
+    tx.send_frame(vec![three_k()?, three_k()?], b"")?;
+    let frame = rx.recv()?.expect("within the bound");
+    assert_eq!(frame.memories.len(), 2);
+    tx.send_frame(vec![three_k()?, three_k()?, three_k()?], b"")?;
+    let e = rx.recv().unwrap_err();
+    assert!(
+        matches!(e, Error::TooLarge { requested, limit, .. } if requested == 9 << 10 && limit == 6 << 10),
+        "{e}"
+    );
+    // Still in sync.
+    tx.send_frame(vec![three_k()?], b"next")?;
+    assert_eq!(rx.recv()?.expect("the next frame").meta, b"next");
+    Ok(())
+}
+
+// ---------------------------------------------------------------------------
+// Structured messages: a valid message built field by field, then at most
+// one field changed; every check of the decoder is reached and each change
+// gives its own error.
+// ---------------------------------------------------------------------------
+
+/// Size of the sealed memfd sent for every memory.
+const FILE: u64 = 8192;
+
+#[derive(Debug, Clone, Copy)]
+struct Desc {
+    kind: u8,
+    flags: u32,
+    offset: u64,
+    size: u64,
+    maxsize: u64,
+}
+
+#[derive(Debug, Clone)]
+struct FrameMsg {
+    id: u64,
+    descs: Vec<Desc>,
+    meta: Vec<u8>,
+}
+
+#[derive(Debug, Clone)]
+enum Mutation {
+    None,
+    Magic(u32),
+    Version(u16),
+    Type(u16),
+    PayloadOverLimit(u32),
+    /// Announce this many bytes fewer than the payload has.
+    PayloadShort(usize),
+    /// Announce this many bytes more (past the end of stream).
+    PayloadLong(u32),
+    HeaderFds(u32),
+    /// Attach one more fd than the header announces (or one fewer).
+    AttachedFds(bool),
+    MemCount(u32),
+    MetaLen(u32),
+    Kind(usize, u8),
+    Region(usize, u64, u64),
+    MaxsizeOverIsize(usize),
+    MaxsizeBeyondFile(usize, u64),
+}
+
+fn desc_strategy() -> impl Strategy<Value = Desc> {
+    (1..=FILE, any::<u32>(), any::<u64>(), any::<u64>()).prop_map(|(maxsize, flags, a, b)| {
+        let offset = a % (maxsize + 1);
+        let size = b % (maxsize - offset + 1);
+        Desc {
+            kind: 0,
+            flags,
+            offset,
+            size,
+            maxsize,
+        }
+    })
+}
+
+fn frame_strategy() -> impl Strategy<Value = FrameMsg> {
+    (
+        any::<u64>(),
+        prop::collection::vec(desc_strategy(), 0..4),
+        prop::collection::vec(any::<u8>(), 0..48),
+    )
+        .prop_map(|(id, descs, meta)| FrameMsg { id, descs, meta })
+}
+
+fn mutation_strategy() -> impl Strategy<Value = Mutation> {
+    prop_oneof![
+        3 => Just(Mutation::None),
+        1 => any::<u32>().prop_filter("not the magic", |m| *m != MAGIC).prop_map(Mutation::Magic),
+        1 => any::<u16>().prop_filter("not v1", |v| *v != 1).prop_map(Mutation::Version),
+        1 => any::<u16>().prop_filter("not a frame", |t| *t != 1).prop_map(Mutation::Type),
+        1 => (MAX_PAYLOAD as u32 + 1..=u32::MAX).prop_map(Mutation::PayloadOverLimit),
+        1 => (1usize..200).prop_map(Mutation::PayloadShort),
+        1 => (17u32..4096).prop_map(Mutation::PayloadLong),
+        1 => (0u32..100).prop_map(Mutation::HeaderFds),
+        1 => any::<bool>().prop_map(Mutation::AttachedFds),
+        1 => any::<u32>().prop_map(Mutation::MemCount),
+        1 => any::<u32>().prop_map(Mutation::MetaLen),
+        1 => (any::<usize>(), 2u8..=255).prop_map(|(i, k)| Mutation::Kind(i, k)),
+        1 => (any::<usize>(), any::<u64>(), any::<u64>()).prop_map(|(i, o, s)| Mutation::Region(i, o, s)),
+        1 => any::<usize>().prop_map(Mutation::MaxsizeOverIsize),
+        1 => (any::<usize>(), FILE + 1..=isize::MAX as u64)
+            .prop_map(|(i, m)| Mutation::MaxsizeBeyondFile(i, m)),
+    ]
+}
+
+/// What the receiver must say about a message.
+#[derive(Debug, PartialEq)]
+enum Expect {
+    /// The frame, unchanged.
+    Frame,
+    /// An error whose text contains this; the stream is out of sync.
+    Framing(&'static str),
+    /// A protocol error whose text contains this, for the frame's content
+    /// alone: the frame is released, the stream goes on (`in_sync`: whether
+    /// the next message is still read right).
+    Content(&'static str, bool),
+    /// The import refused a maxsize beyond the file.
+    BeyondFile(u64),
+}
+
+/// The wire bytes and fd count of `frame` with `mutation`, and what the
+/// receiver must make of them.
+fn build(frame: &FrameMsg, mutation: &Mutation) -> (Vec<u8>, usize, Expect) {
+    let mut frame = frame.clone();
+    let needs_desc = matches!(
+        mutation,
+        Mutation::Kind(..)
+            | Mutation::Region(..)
+            | Mutation::MaxsizeOverIsize(_)
+            | Mutation::MaxsizeBeyondFile(..)
+    );
+    if needs_desc && frame.descs.is_empty() {
+        frame.descs.push(Desc {
+            kind: 0,
+            flags: 0,
+            offset: 0,
+            size: 1,
+            maxsize: FILE,
+        });
+    }
+    let n = frame.descs.len();
+    let mut expect = Expect::Frame;
+    let pick = |i: usize| i % n.max(1);
+    if let Mutation::Kind(i, k) = *mutation {
+        frame.descs[pick(i)].kind = k;
+        expect = Expect::Content("unknown kind", true);
+    }
+    if let Mutation::Region(i, o, s) = *mutation {
+        let d = &mut frame.descs[pick(i)];
+        // Make the region end past the maxsize (or overflow).
+        let (o, s) = match o.checked_add(s) {
+            Some(end) if end <= d.maxsize => (o, d.maxsize - o + 1 + s % 8),
+            _ => (o, s),
+        };
+        (d.offset, d.size) = (o, s);
+        expect = Expect::Content("outside its maxsize", true);
+    }
+    if let Mutation::MaxsizeOverIsize(i) = *mutation {
+        let d = &mut frame.descs[pick(i)];
+        d.maxsize = isize::MAX as u64 + 1;
+        expect = Expect::Content("outside its maxsize", true);
+    }
+    if let Mutation::MaxsizeBeyondFile(i, m) = *mutation {
+        let d = &mut frame.descs[pick(i)];
+        d.maxsize = m;
+        expect = Expect::BeyondFile(m);
     }
 
+    let mut payload = Vec::new();
+    payload.extend_from_slice(&frame.id.to_le_bytes());
+    let mut count = n as u32;
+    let mut meta_len = frame.meta.len() as u32;
+    if let Mutation::MemCount(c) = *mutation {
+        count = if c == n as u32 { c + 1 } else { c };
+        expect = if count as usize > mediamem::ipc::MAX_MEMORIES {
+            Expect::Content("memories in a frame, at most", true)
+        } else {
+            Expect::Content("describes", true)
+        };
+    }
+    if let Mutation::MetaLen(m) = *mutation {
+        meta_len = if m == meta_len { m + 1 } else { m };
+        expect = Expect::Content("its fields say", true);
+    }
+    payload.extend_from_slice(&count.to_le_bytes());
+    payload.extend_from_slice(&meta_len.to_le_bytes());
+    for d in &frame.descs {
+        payload.extend_from_slice(&[d.kind, 0, 0, 0]);
+        payload.extend_from_slice(&d.flags.to_le_bytes());
+        payload.extend_from_slice(&d.offset.to_le_bytes());
+        payload.extend_from_slice(&d.size.to_le_bytes());
+        payload.extend_from_slice(&d.maxsize.to_le_bytes());
+    }
+    payload.extend_from_slice(&frame.meta);
+
+    let mut magic = MAGIC;
+    let mut version = 1u16;
+    let mut kind = 1u16;
+    let mut payload_len = payload.len() as u32;
+    let mut n_fds = n as u32;
+    let mut attached = n;
+    match *mutation {
+        Mutation::Magic(m) => (magic, expect) = (m, Expect::Framing("magic")),
+        Mutation::Version(v) => (version, expect) = (v, Expect::Framing("version")),
+        Mutation::Type(t) => {
+            kind = t;
+            expect = Expect::Framing(if t == 2 || t == 3 {
+                "must have"
+            } else {
+                "unknown message type"
+            });
+        }
+        Mutation::PayloadOverLimit(l) => (payload_len, expect) = (l, Expect::Framing("limit")),
+        Mutation::PayloadShort(less) => {
+            let l = payload.len().saturating_sub(less);
+            payload_len = l as u32;
+            // The rest is read as the next message.
+            expect = if l < 16 {
+                Expect::Content("too short", false)
+            } else {
+                Expect::Content("its fields say", false)
+            };
+        }
+        Mutation::PayloadLong(more) => {
+            payload_len += more;
+            expect = Expect::Framing("end of stream after");
+        }
+        Mutation::HeaderFds(h) => {
+            n_fds = if h == n as u32 { h + 1 } else { h };
+            expect = Expect::Framing(if n_fds as usize > mediamem::ipc::MAX_MEMORIES {
+                "fds announced"
+            } else {
+                "header announces"
+            });
+        }
+        Mutation::AttachedFds(more) => {
+            attached = if more || n == 0 { n + 1 } else { n - 1 };
+            expect = Expect::Framing("header announces");
+        }
+        _ => {}
+    }
+    let mut bytes = Vec::new();
+    bytes.extend_from_slice(&magic.to_le_bytes());
+    bytes.extend_from_slice(&version.to_le_bytes());
+    bytes.extend_from_slice(&kind.to_le_bytes());
+    bytes.extend_from_slice(&payload_len.to_le_bytes());
+    bytes.extend_from_slice(&n_fds.to_le_bytes());
+    bytes.extend_from_slice(&payload);
+    (bytes, attached, expect)
+}
+
+/// Read a release from the raw peer (waiting up to 5 s), or `None`.
+fn read_release(peer: &mut UnixStream) -> Option<u64> {
+    use std::io::Read;
+    peer.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+    let mut buf = [0u8; 24];
+    peer.read_exact(&mut buf).ok()?;
+    assert_eq!(buf[..16], header(2, 8, 0)[..], "a release header");
+    Some(u64::from_le_bytes(buf[16..].try_into().unwrap()))
+}
+
+/// Whether the raw peer has nothing to read (no release was sent).
+fn nothing_to_read(peer: &UnixStream) -> bool {
+    let mut buf = [0u8; 1];
+    matches!(
+        rustix::net::recv(peer, &mut buf, rustix::net::RecvFlags::DONTWAIT),
+        Err(rustix::io::Errno::AGAIN)
+    )
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig::with_cases(1_500))]
+
     #[test]
-    fn arbitrary_streams_end_in_frames_errors_or_eof(
-        chunks in prop::collection::vec(prop::collection::vec(any::<u8>(), 0..64), 0..8),
-        valid_prefix in any::<bool>(),
-    ) {
+    fn every_field_of_a_frame_is_checked(frame in frame_strategy(), mutation in mutation_strategy()) {
+        let (bytes, attached, expect) = build(&frame, &mutation);
+        let fd = sealed_memfd(FILE as usize);
+        let fds: Vec<BorrowedFd<'_>> = (0..attached).map(|_| fd.as_fd()).collect();
         let (mut peer, ours) = UnixStream::pair().unwrap();
         let mut rx = Receiver::new(ours, ReceivePolicy::default());
-        if valid_prefix {
-            // A real header so the fuzz reaches the payload parser.
-            let len: usize = chunks.iter().map(Vec::len).sum();
-            peer.write_all(&header(1, len as u32, 0)).unwrap();
+        send_raw(&peer, &bytes, &fds);
+        // Then an end of stream, then end of file.
+        send_raw(&peer, &header(3, 0, 0), &[]);
+        peer.shutdown(std::net::Shutdown::Write).unwrap();
+
+        // The parsers alone agree with the stream.
+        let head = parse_header(bytes[..16].try_into().unwrap());
+        match &expect {
+            Expect::Framing(_) => {}
+            _ => {
+                let h = head.expect("a valid header");
+                let end = (16 + h.payload_len as usize).min(bytes.len());
+                let parsed = parse_frame(&bytes[16..end], attached);
+                prop_assert_eq!(parsed.is_ok(), matches!(expect, Expect::Frame | Expect::BeyondFile(_)));
+            }
         }
-        for c in &chunks {
-            peer.write_all(c).unwrap();
-        }
-        drop(peer);
-        // EOF bounds the reads; every path ends within a few calls.
-        for _ in 0..64 {
-            match rx.recv() {
-                Ok(Some(_)) => continue,
-                Ok(None) | Err(_) => break,
+
+        let got = rx.recv();
+        match expect {
+            Expect::Frame => {
+                let f = got.expect("a valid frame").expect("a frame, not the end");
+                prop_assert_eq!(f.id, frame.id);
+                prop_assert_eq!(&f.meta, &frame.meta);
+                prop_assert_eq!(f.memories.len(), frame.descs.len());
+                for (m, d) in f.memories.iter().zip(&frame.descs) {
+                    prop_assert_eq!(
+                        (m.offset() as u64, m.size() as u64, m.maxsize() as u64),
+                        (d.offset, d.size, d.maxsize)
+                    );
+                    prop_assert!(m.is_readonly());
+                    prop_assert_eq!(m.map_readable().unwrap().len() as u64, d.size);
+                }
+                drop(f);
+                prop_assert_eq!(read_release(&mut peer), Some(frame.id));
+                prop_assert!(rx.recv().unwrap().is_none(), "then the end of stream");
+            }
+            Expect::Framing(says) => {
+                let e = got.expect_err("a framing error");
+                let ok = matches!(e, Error::Protocol(ref w) if w.contains(says));
+                prop_assert!(ok, "{:?}: expected {:?}, got {}", mutation, says, e);
+                let next = rx.recv();
+                let ok = matches!(next, Err(Error::Protocol(ref w)) if w.contains("out of sync"));
+                prop_assert!(ok, "out of sync after {:?}: {:?}", mutation, next);
+                prop_assert!(nothing_to_read(&peer), "nothing released");
+            }
+            Expect::Content(says, in_sync) => {
+                let e = got.expect_err("a content error");
+                let ok = matches!(e, Error::Protocol(ref w) if w.contains(says));
+                prop_assert!(ok, "{:?}: expected {:?}, got {}", mutation, says, e);
+                // Released when the payload read holds an id.
+                let announced = u32::from_le_bytes(bytes[8..12].try_into().unwrap());
+                if announced >= 8 {
+                    prop_assert_eq!(read_release(&mut peer), Some(frame.id), "released");
+                }
+                if in_sync {
+                    prop_assert!(rx.recv().unwrap().is_none(), "the stream goes on");
+                }
+            }
+            Expect::BeyondFile(maxsize) => {
+                let e = got.expect_err("refused");
+                let ok = matches!(e, Error::BeyondFile { requested, file_size, .. }
+                    if requested == maxsize && file_size == FILE);
+                prop_assert!(ok, "{}", e);
+                prop_assert_eq!(read_release(&mut peer), Some(frame.id), "released");
+                prop_assert!(rx.recv().unwrap().is_none(), "the stream goes on");
             }
         }
     }
+
+    #[test]
+    fn releases_and_ends_of_stream_are_checked(
+        id in any::<u64>(),
+        payload_len in prop_oneof![Just(None), (0u32..64).prop_map(Some)],
+        fds in 0usize..3,
+        eos in any::<bool>(),
+    ) {
+        // A valid end of stream ends the stream; a release is a message a
+        // receiver never gets; a wrong length or fd count is a framing
+        // error of the header.
+        let (kind, right_len) = if eos { (3u16, 0u32) } else { (2, 8) };
+        let len = payload_len.unwrap_or(right_len);
+        let mut bytes = header(kind, len, fds as u32);
+        bytes.extend_from_slice(&id.to_le_bytes()[..(len as usize).min(8)]);
+        bytes.resize(16 + len as usize, 0);
+        let fd = sealed_memfd(4096);
+        let attached: Vec<BorrowedFd<'_>> = (0..fds).map(|_| fd.as_fd()).collect();
+        let (peer, ours) = UnixStream::pair().unwrap();
+        let mut rx = Receiver::new(ours, ReceivePolicy::default());
+        send_raw(&peer, &bytes, &attached);
+        let got = rx.recv();
+        if len != right_len || fds != 0 {
+            let ok = matches!(got, Err(Error::Protocol(ref w)) if w.contains("must have"));
+            prop_assert!(ok, "{:?}", got);
+        } else if eos {
+            prop_assert!(got.unwrap().is_none());
+        } else {
+            let ok = matches!(got, Err(Error::Protocol(ref w)) if w.contains("receiver got message type 2"));
+            prop_assert!(ok, "{:?}", got);
+            let ok = matches!(rx.recv(), Err(Error::Protocol(ref w)) if w.contains("out of sync"));
+            prop_assert!(ok);
+        }
+    }
+}
+
+#[test]
+fn more_fds_than_a_message_may_carry_are_truncated_and_closed() {
+    // 200 fds with a header announcing 64: the receiver's control buffer
+    // holds 64, the kernel truncates the rest.
+    let name = format!("many-{}", std::process::id());
+    let fd = sealed_memfd_named(&name, 4096);
+    let (peer, ours) = UnixStream::pair().unwrap();
+    let mut rx = Receiver::new(ours, ReceivePolicy::default());
+    let fds: Vec<BorrowedFd<'_>> = (0..200).map(|_| fd.as_fd()).collect();
+    let descs: Vec<_> = (0..64).map(|_| (0u8, 0u64, 1u64, 4096u64)).collect();
+    let p = frame_payload(1, &descs, b"");
+    let mut msg = header(1, p.len() as u32, 64);
+    msg.extend_from_slice(&p);
+    let mut space = [MaybeUninit::uninit(); rustix::cmsg_space!(ScmRights(200))];
+    let mut control = rustix::net::SendAncillaryBuffer::new(&mut space);
+    assert!(control.push(rustix::net::SendAncillaryMessage::ScmRights(&fds)));
+    rustix::net::sendmsg(
+        &peer,
+        &[IoSlice::new(&msg)],
+        &mut control,
+        rustix::net::SendFlags::empty(),
+    )
+    .unwrap();
+    drop(fds);
+    drop(fd);
+    let e = rx.recv().unwrap_err();
+    assert!(
+        matches!(e, Error::Protocol(ref w) if w.contains("truncated")),
+        "{e}"
+    );
+    assert!(!memfd_open(&name), "every fd that arrived was closed");
 }

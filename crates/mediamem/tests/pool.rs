@@ -64,15 +64,31 @@ fn a_block_held_by_a_clone_is_not_handed_out_twice() -> Result<()> {
     Ok(())
 }
 
+/// How many of this process's fds refer to inode `ino` (other tests may
+/// open and close fds meanwhile; they never reach this inode).
+fn fds_on_inode(ino: u64) -> usize {
+    std::fs::read_dir("/proc/self/fd")
+        .unwrap()
+        .flatten()
+        .filter(|e| {
+            std::fs::metadata(e.path()).is_ok_and(|m| {
+                use std::os::unix::fs::MetadataExt;
+                m.ino() == ino
+            })
+        })
+        .count()
+}
+
 #[test]
 fn a_dropped_pool_frees_blocks_that_come_back_later() -> Result<()> {
-    let fds = std::fs::read_dir("/proc/self/fd").unwrap().count();
     let (pool, _) = counting_pool(2);
     let frame = pool.acquire()?;
+    let ino = rustix::fs::fstat(frame.fd().unwrap()).unwrap().st_ino;
     let share = frame.share(..)?;
     drop((frame, pool));
+    assert_eq!(fds_on_inode(ino), 1, "the share keeps the block");
     // The pool is gone; the block's last handle frees it.
     drop(share);
-    assert!(std::fs::read_dir("/proc/self/fd").unwrap().count() <= fds + 2);
+    assert_eq!(fds_on_inode(ino), 0, "the block is freed");
     Ok(())
 }

@@ -1,0 +1,48 @@
+//! Fuzz target `parse`: the receiver's pure decoders on arbitrary bytes.
+//!
+//! Input: 16 bytes read as a message header by `parse_header`, the rest
+//! read as a frame payload by `parse_frame`, with the header's fd count
+//! field (valid or not) as the number of fds that came with it. Inputs
+//! under 16 bytes are a payload that came with no fd.
+//!
+//! Invariants: nothing panics (overflow checks are on); an accepted header
+//! has a known type, a payload and an fd count within the limits and the
+//! right lengths for its type; an accepted frame describes exactly one
+//! memory per fd, its fields add up to the payload's length, and every
+//! region lies inside its maxsize, itself at most `isize::MAX`.
+#![no_main]
+
+use libfuzzer_sys::fuzz_target;
+use mediamem::ipc::{parse_frame, parse_header, MAX_MEMORIES, MAX_PAYLOAD};
+
+fuzz_target!(|data: &[u8]| {
+    let Some((head, payload)) = data.split_first_chunk::<16>() else {
+        if let Ok(f) = parse_frame(data, 0) {
+            assert!(f.memories.is_empty());
+            assert_eq!(data.len(), 16 + f.meta.len());
+        }
+        return;
+    };
+    if let Ok(h) = parse_header(head) {
+        assert!(h.payload_len as usize <= MAX_PAYLOAD);
+        assert!(h.n_fds as usize <= MAX_MEMORIES);
+        match h.kind {
+            1 => {}
+            2 => assert_eq!((h.payload_len, h.n_fds), (8, 0)),
+            3 => assert_eq!((h.payload_len, h.n_fds), (0, 0)),
+            other => panic!("header of unknown type {other} accepted"),
+        }
+    }
+    let n_fds = u32::from_le_bytes(head[12..16].try_into().unwrap()) as usize;
+    if let Ok(f) = parse_frame(payload, n_fds) {
+        assert_eq!(f.memories.len(), n_fds);
+        assert!(n_fds <= MAX_MEMORIES);
+        assert_eq!(payload.len(), 16 + 32 * n_fds + f.meta.len());
+        assert_eq!(payload[..8], f.id.to_le_bytes());
+        for m in &f.memories {
+            assert!(m.kind <= 1, "unknown kind {} accepted", m.kind);
+            let end = m.offset.checked_add(m.size).expect("region overflows");
+            assert!(end <= m.maxsize && m.maxsize <= isize::MAX as u64);
+        }
+    }
+});
