@@ -104,7 +104,24 @@ fn unsafe_violation(code: &str) -> bool {
             return true;
         }
         if let Some(imp) = after.strip_prefix("impl") {
-            if !imp.trim_start().starts_with("MemoryBackend for") {
+            let mut imp = imp.trim_start();
+            if imp.starts_with('<') {
+                // Skip the generics: `impl<B: MemoryBackend> ...`.
+                let mut depth = 0;
+                let end = imp
+                    .char_indices()
+                    .find(|&(_, c)| {
+                        depth += match c {
+                            '<' => 1,
+                            '>' => -1,
+                            _ => 0,
+                        };
+                        depth == 0
+                    })
+                    .map_or(imp.len(), |(i, _)| i + 1);
+                imp = imp[end..].trim_start();
+            }
+            if !imp.starts_with("MemoryBackend for") {
                 return true;
             }
         }

@@ -11,12 +11,15 @@
 //!
 //! [`is_fd_memory`]: crate::is_fd_memory
 
-use std::os::fd::{BorrowedFd, OwnedFd};
+use std::os::fd::{AsRawFd, BorrowedFd, OwnedFd};
+use std::ptr::NonNull;
 
-use crate::allocator::{AllocatorFlags, AllocatorImpl};
+use crate::allocator::{AllocationParams, Allocator, AllocatorFlags, AllocatorImpl};
 use crate::error::Result;
-use crate::fd::{dup_fd, import_owned, FdBackend, FdKind, FdMemoryFlags};
-use crate::memory::Memory;
+use crate::fd::{check_owned, dup_fd, fd_block, FdBlock, FdHandle, FdMemoryFlags};
+use crate::memory::{
+    regions_adjacent, BlockAlias, MapFlags, Memory, MemoryBackend, MemoryKind, MemoryParts,
+};
 
 /// Name (and memory type) of the dma-buf allocator.
 pub const ALLOCATOR_DMABUF: &str = "dmabuf";
@@ -60,7 +63,8 @@ impl DmaBufAllocator {
         size: usize,
         flags: FdMemoryFlags,
     ) -> Result<Memory> {
-        import_owned(&self.0, fd, size, 0, size, flags, FdKind::DmaBuf)
+        check_owned(flags)?;
+        import_dmabuf(&self.0, FdHandle::Owned(fd), size, 0, size, flags)
     }
 
     /// Wrap a duplicate of `fd`; the caller keeps its own (`DONT_CLOSE` is
@@ -78,13 +82,161 @@ impl DmaBufAllocator {
 /// Whether `mem` is dma-buf memory (`gst_is_dmabuf_memory`); shares of
 /// dma-buf memory are dma-buf memory too.
 pub fn is_dmabuf_memory(mem: &Memory) -> bool {
-    mem.backend::<FdBackend>().is_some_and(FdBackend::is_dmabuf)
+    mem.root_backend().kind() == MemoryKind::DmaBuf
 }
 
 /// The dma-buf fd of `mem`, still owned by the memory
 /// (`gst_dmabuf_memory_get_fd`); `None` when it is not dma-buf memory.
 pub fn dmabuf_memory_get_fd(mem: &Memory) -> Option<BorrowedFd<'_>> {
-    mem.backend::<FdBackend>()
-        .filter(|b| b.is_dmabuf())
-        .map(FdBackend::fd)
+    let backend = mem.root_backend();
+    (backend.kind() == MemoryKind::DmaBuf)
+        .then(|| backend.fd())
+        .flatten()
+}
+
+/// The backend of dma-buf memory: an fd block whose CPU access is
+/// bracketed with `DMA_BUF_IOCTL_SYNC`. Reach it with [`Memory::backend`].
+#[derive(Debug)]
+pub struct DmaBufBackend {
+    block: FdBlock,
+}
+
+impl DmaBufBackend {
+    /// dma-buf memory over `block`.
+    pub(crate) fn new(block: FdBlock) -> Self {
+        DmaBufBackend { block }
+    }
+
+    /// The dma-buf fd (still owned by the memory).
+    pub fn fd(&self) -> BorrowedFd<'_> {
+        self.block.fd()
+    }
+
+    /// The fd-memory flags.
+    pub fn flags(&self) -> FdMemoryFlags {
+        self.block.flags()
+    }
+
+    /// Whether the buffer is mapped into this process right now.
+    pub fn is_mapped(&self) -> bool {
+        self.block.is_mapped()
+    }
+
+    /// Maps currently held through the backend.
+    pub fn map_count(&self) -> usize {
+        self.block.map_count()
+    }
+
+    /// Map read-write once (with its syncs), keep the mapping, and lock its
+    /// pages in RAM (CMA memory, whose frames must not move). Returns the
+    /// address.
+    pub(crate) fn lock_in_ram(&mut self) -> Result<usize> {
+        self.block.keep_mapped()?;
+        self.map(self.block.maxsize(), MapFlags::READWRITE)?;
+        self.unmap(MapFlags::READWRITE);
+        self.block.lock_in_ram()
+    }
+
+    /// `DMA_BUF_IOCTL_SYNC` with `phase` and the READ/WRITE bits of `flags`.
+    /// A failure is only a warning, as in GStreamer: the map stays valid.
+    fn sync(&self, phase: u64, flags: MapFlags) {
+        let mut bits = phase;
+        if flags.contains(MapFlags::READ) {
+            bits |= crate::sys::DMA_BUF_SYNC_READ;
+        }
+        if flags.contains(MapFlags::WRITE) {
+            bits |= crate::sys::DMA_BUF_SYNC_WRITE;
+        }
+        if let Err(e) = crate::sys::dma_buf_sync(self.fd(), bits) {
+            log::warn!(
+                "DMA_BUF_IOCTL_SYNC({}) on fd {} failed: {e}",
+                if phase == crate::sys::DMA_BUF_SYNC_END {
+                    "END"
+                } else {
+                    "START"
+                },
+                self.fd().as_raw_fd()
+            );
+        }
+    }
+}
+
+// SAFETY: as fd memory's: `map` returns the block's live mapping
+// (`FileMapping`) of `maxsize` bytes of the buffer, readable, writable when
+// WRITE was asked, until the matching unmap (or, kept, until drop).
+unsafe impl MemoryBackend for DmaBufBackend {
+    fn map(&self, maxsize: usize, flags: MapFlags) -> Result<NonNull<u8>> {
+        debug_assert!(maxsize <= self.block.maxsize());
+        let ptr = self.block.map(ALLOCATOR_DMABUF, flags)?;
+        // Sync only after a successful map, on every map (GStreamer does
+        // not reference-count it either).
+        self.sync(crate::sys::DMA_BUF_SYNC_START, flags);
+        Ok(ptr)
+    }
+
+    fn unmap(&self, flags: MapFlags) {
+        // END before the mapping can go away.
+        self.sync(crate::sys::DMA_BUF_SYNC_END, flags);
+        self.block.unmap();
+    }
+
+    fn is_span(&self, first: (usize, usize), second: (usize, usize)) -> bool {
+        regions_adjacent(first, second)
+    }
+
+    fn alias(&self) -> Option<&BlockAlias> {
+        Some(self.block.alias())
+    }
+
+    fn kind(&self) -> MemoryKind {
+        MemoryKind::DmaBuf
+    }
+
+    fn fd(&self) -> Option<BorrowedFd<'_>> {
+        Some(self.block.fd())
+    }
+}
+
+/// Validate an fd and build the parts of dma-buf memory over it.
+pub(crate) fn dmabuf_parts(
+    fd: FdHandle,
+    maxsize: usize,
+    offset: usize,
+    size: usize,
+    flags: FdMemoryFlags,
+) -> Result<MemoryParts> {
+    let block = fd_block(fd, maxsize, flags)?;
+    Ok(MemoryParts::new(Box::new(DmaBufBackend::new(block)), maxsize).region(offset, size))
+}
+
+/// Make dma-buf memory of `allocator` over `fd`.
+pub(crate) fn import_dmabuf(
+    allocator: &Allocator,
+    fd: FdHandle,
+    maxsize: usize,
+    offset: usize,
+    size: usize,
+    flags: FdMemoryFlags,
+) -> Result<Memory> {
+    Memory::from_parts(allocator, dmabuf_parts(fd, maxsize, offset, size, flags)?)
+}
+
+/// The parts of dma-buf memory over a whole new buffer `fd` of `maxsize`
+/// bytes that an allocator made for `size` bytes with `params`: kept mapped,
+/// visible from `params.prefix`, with the caller's flags and align mask.
+pub(crate) fn new_dmabuf_parts(
+    fd: OwnedFd,
+    maxsize: usize,
+    size: usize,
+    params: &AllocationParams,
+) -> Result<MemoryParts> {
+    Ok(dmabuf_parts(
+        FdHandle::Owned(fd),
+        maxsize,
+        params.prefix,
+        size,
+        FdMemoryFlags::KEEP_MAPPED,
+    )?
+    .flags(params.flags)
+    .align(params.align))
 }

@@ -36,11 +36,12 @@ use rustix::fs::{Mode, OFlags};
 use rustix::mm::ProtFlags;
 
 use crate::allocator::{Allocator, AllocatorFlags, AllocatorImpl};
+use crate::dmabuf::import_dmabuf;
 use crate::dmabuf::DmaBufAllocator;
 use crate::error::{Error, Result};
-use crate::fd::{import_owned, FdKind, FdMemoryFlags};
+use crate::fd::{FdHandle, FdMemoryFlags};
 use crate::mapping::{FileMapping, MapFailure, MapOptions, Upgrade};
-use crate::memory::{BlockAlias, MapFlags, Memory, MemoryBackend, MemoryParts};
+use crate::memory::{BlockAlias, MapFlags, Memory, MemoryBackend, MemoryKind, MemoryParts};
 use crate::sys;
 
 /// Memory type of dumb memory.
@@ -483,6 +484,10 @@ unsafe impl MemoryBackend for DumbBackend {
     fn alias(&self) -> Option<&BlockAlias> {
         Some(&self.alias)
     }
+
+    fn kind(&self) -> MemoryKind {
+        MemoryKind::DrmDumb
+    }
 }
 
 impl Drop for DumbBackend {
@@ -500,7 +505,7 @@ impl Drop for DumbBackend {
 
 /// Whether `mem` is DRM dumb memory (`gst_is_drm_dumb_memory`).
 pub fn is_drm_dumb_memory(mem: &Memory) -> bool {
-    mem.backend::<DumbBackend>().is_some()
+    mem.root_backend().kind() == MemoryKind::DrmDumb
 }
 
 /// The GEM handle of dumb memory (`gst_drm_dumb_memory_get_handle`);
@@ -537,14 +542,13 @@ pub fn drm_dumb_memory_export_dmabuf(mem: &Memory) -> Result<Memory> {
     // The export and the dumb mapping reach the same pages: one rule.
     backend.alias.add_file(fd.as_fd())?;
     let (size, offset, _) = mem.sizes();
-    import_owned(
+    import_dmabuf(
         imp.dmabuf.allocator(),
-        fd,
+        FdHandle::Owned(fd),
         backend.size,
         offset,
         size,
         FdMemoryFlags::KEEP_MAPPED,
-        FdKind::DmaBuf,
     )
 }
 

@@ -62,7 +62,9 @@ use rustix::mm::ProtFlags;
 use crate::allocator::{Allocator, AllocatorFlags, AllocatorImpl};
 use crate::error::{Error, Result};
 use crate::mapping::{FileMapping, MapFailure, MapOptions, PinnedPtr, Upgrade};
-use crate::memory::{regions_adjacent, BlockAlias, MapFlags, Memory, MemoryBackend, MemoryParts};
+use crate::memory::{
+    regions_adjacent, BlockAlias, MapFlags, Memory, MemoryBackend, MemoryKind, MemoryParts,
+};
 pub(crate) use crate::sys::FdHandle;
 use crate::sys::FsKind;
 
@@ -151,7 +153,7 @@ impl FdAllocator {
         size: usize,
         flags: FdMemoryFlags,
     ) -> Result<Memory> {
-        import_owned(&self.0, fd, maxsize, offset, size, flags, FdKind::Plain)
+        import_owned(&self.0, fd, maxsize, offset, size, flags)
     }
 
     /// Wrap a duplicate of `fd`; the caller keeps its own fd, which is
@@ -190,7 +192,6 @@ impl FdAllocator {
             offset,
             size,
             flags | FdMemoryFlags::DONT_CLOSE,
-            FdKind::Plain,
         )
     }
 }
@@ -226,15 +227,6 @@ pub(crate) fn fd_size(fd: BorrowedFd<'_>) -> Result<u64> {
     }
 }
 
-/// What kind of fd memory to make.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub(crate) enum FdKind {
-    /// Plain fd memory (fd, shm).
-    Plain,
-    /// dma-buf: map and unmap issue `DMA_BUF_IOCTL_SYNC`.
-    DmaBuf,
-}
-
 /// Make fd memory of `allocator` that owns `fd`. `DONT_CLOSE` is refused:
 /// with an owned fd it could only leak.
 pub(crate) fn import_owned(
@@ -244,8 +236,13 @@ pub(crate) fn import_owned(
     offset: usize,
     size: usize,
     flags: FdMemoryFlags,
-    kind: FdKind,
 ) -> Result<Memory> {
+    check_owned(flags)?;
+    import(allocator, FdHandle::Owned(fd), maxsize, offset, size, flags)
+}
+
+/// `DONT_CLOSE` is refused with an owned fd: it could only leak.
+pub(crate) fn check_owned(flags: FdMemoryFlags) -> Result<()> {
     if flags.contains(FdMemoryFlags::DONT_CLOSE) {
         return Err(Error::BadFd {
             reason: "DONT_CLOSE with an owned fd would leak it; import a borrowed fd \
@@ -253,15 +250,7 @@ pub(crate) fn import_owned(
                 .into(),
         });
     }
-    import(
-        allocator,
-        FdHandle::Owned(fd),
-        maxsize,
-        offset,
-        size,
-        flags,
-        kind,
-    )
+    Ok(())
 }
 
 /// Make fd memory of `allocator`: validate and wrap.
@@ -272,9 +261,8 @@ pub(crate) fn import(
     offset: usize,
     size: usize,
     flags: FdMemoryFlags,
-    kind: FdKind,
 ) -> Result<Memory> {
-    Memory::from_parts(allocator, fd_parts(fd, maxsize, offset, size, flags, kind)?)
+    Memory::from_parts(allocator, fd_parts(fd, maxsize, offset, size, flags)?)
 }
 
 /// Validate an fd and build the parts of fd memory (the region is checked
@@ -285,40 +273,13 @@ pub(crate) fn fd_parts(
     offset: usize,
     size: usize,
     flags: FdMemoryFlags,
-    kind: FdKind,
 ) -> Result<MemoryParts> {
-    let backend = fd_backend(fd, maxsize, flags, kind)?;
-    Ok(MemoryParts::new(Box::new(backend), maxsize).region(offset, size))
+    let block = fd_block(fd, maxsize, flags)?;
+    Ok(MemoryParts::new(Box::new(FdBackend::new(block)), maxsize).region(offset, size))
 }
 
-/// The parts of dma-buf memory over a whole new buffer `fd` of `maxsize`
-/// bytes that an allocator made for `size` bytes with `params`: kept mapped,
-/// visible from `params.prefix`, with the caller's flags and align mask.
-pub(crate) fn new_dmabuf_parts(
-    fd: OwnedFd,
-    maxsize: usize,
-    size: usize,
-    params: &crate::AllocationParams,
-) -> Result<MemoryParts> {
-    Ok(fd_parts(
-        FdHandle::Owned(fd),
-        maxsize,
-        params.prefix,
-        size,
-        FdMemoryFlags::KEEP_MAPPED,
-        FdKind::DmaBuf,
-    )?
-    .flags(params.flags)
-    .align(params.align))
-}
-
-/// Check that `maxsize` bytes of `fd` exist and make the backend.
-pub(crate) fn fd_backend(
-    fd: FdHandle,
-    maxsize: usize,
-    flags: FdMemoryFlags,
-    kind: FdKind,
-) -> Result<FdBackend> {
+/// Check that `maxsize` bytes of `fd` exist and make the block.
+pub(crate) fn fd_block(fd: FdHandle, maxsize: usize, flags: FdMemoryFlags) -> Result<FdBlock> {
     let file_size = fd_size(fd.as_fd())?;
     if maxsize as u64 > file_size {
         return Err(Error::BeyondFile {
@@ -327,115 +288,103 @@ pub(crate) fn fd_backend(
             file_size,
         });
     }
-    own_fd_backend(fd, maxsize, flags, kind)
+    FdBlock::new(fd, maxsize, flags)
 }
 
-/// The backend for a file mediamem itself just created with at least
-/// `maxsize` bytes (and sealed against shrinking), so no size check is due.
-pub(crate) fn own_fd_backend(
-    fd: FdHandle,
-    maxsize: usize,
-    flags: FdMemoryFlags,
-    kind: FdKind,
-) -> Result<FdBackend> {
-    let file = crate::sys::file_id(fd.as_fd()).map_err(|e| Error::BadFd {
-        reason: format!("fstat/fstatfs of fd {}: {e}", fd.as_fd().as_raw_fd()),
-    })?;
-    let keep = flags.contains(FdMemoryFlags::KEEP_MAPPED);
-    let mapping = FileMapping::new(MapOptions {
-        len: maxsize,
-        private: flags.contains(FdMemoryFlags::MAP_PRIVATE),
-        keep,
-        upgrade: if keep {
-            Upgrade::WhenIdle
-        } else {
-            Upgrade::Never
-        },
-        // hugetlbfs maps and unmaps in whole huge pages (`munmap` of a
-        // length that is not a multiple fails with EINVAL); its files are
-        // always a multiple long, so the rounded mapping stays inside.
-        huge_page: (file.fs == FsKind::Hugetlb && file.blksize > 0)
-            .then_some(file.blksize as usize),
-        guard_sigbus: flags.contains(FdMemoryFlags::GUARD_SIGBUS),
-    })
-    .map_err(|_| Error::SizeOverflow {
-        what: "maxsize rounded to the huge page size",
-    })?;
-    let alias = BlockAlias::for_file(fd.as_fd())?;
-    Ok(FdBackend {
-        fd,
-        flags,
-        maxsize,
-        dmabuf: kind == FdKind::DmaBuf,
-        phys: None,
-        pinned: None,
-        alias,
-        mapping,
-    })
-}
-
-/// The backend of fd memory; reach it with [`Memory::backend`].
-pub struct FdBackend {
+/// The block of fd-backed memory, shared by every kind built on fd memory
+/// (fd, shm, dma-buf, huge page): the fd, the one mapping of the file
+/// that every map shares, and the file's borrow rule. Each kind's backend
+/// wraps one and adds what makes it that kind.
+pub(crate) struct FdBlock {
     fd: FdHandle,
     flags: FdMemoryFlags,
     maxsize: usize,
-    /// dma-buf: bracket CPU access with `DMA_BUF_IOCTL_SYNC`.
-    dmabuf: bool,
     /// The borrow rule shared with every other root of the same file.
     alias: BlockAlias,
-    /// Physical address of offset 0, for physically contiguous blocks.
-    phys: Option<u64>,
-    /// Mapped read-write for the backend's whole life (shm): maps never
-    /// reach the backend (see [`FdBackend::pin_mapped`]); the address.
+    /// Mapped read-write for the block's whole life (shm): maps never reach
+    /// the backend (see [`FdBlock::pin_mapped`]); the address.
     pinned: Option<PinnedPtr>,
     /// The one mapping of the file that every map shares.
     mapping: FileMapping,
 }
 
-impl fmt::Debug for FdBackend {
+impl fmt::Debug for FdBlock {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("FdBackend")
+        f.debug_struct("FdBlock")
             .field("fd", &self.fd.as_fd().as_raw_fd())
             .field("flags", &self.flags)
             .field("maxsize", &self.maxsize)
-            .field("dmabuf", &self.dmabuf)
-            .field("phys", &self.phys.map(|a| format!("{a:#x}")))
+            .field("mapping", &self.mapping)
             .finish()
     }
 }
 
-impl FdBackend {
+impl FdBlock {
+    /// The block of a file known to hold at least `maxsize` bytes (checked
+    /// by [`fd_block`], or made so by mediamem itself and sealed).
+    pub(crate) fn new(fd: FdHandle, maxsize: usize, flags: FdMemoryFlags) -> Result<FdBlock> {
+        let file = crate::sys::file_id(fd.as_fd()).map_err(|e| Error::BadFd {
+            reason: format!("fstat/fstatfs of fd {}: {e}", fd.as_fd().as_raw_fd()),
+        })?;
+        let keep = flags.contains(FdMemoryFlags::KEEP_MAPPED);
+        let mapping = FileMapping::new(MapOptions {
+            len: maxsize,
+            private: flags.contains(FdMemoryFlags::MAP_PRIVATE),
+            keep,
+            upgrade: if keep {
+                Upgrade::WhenIdle
+            } else {
+                Upgrade::Never
+            },
+            // hugetlbfs maps and unmaps in whole huge pages (`munmap` of a
+            // length that is not a multiple fails with EINVAL); its files
+            // are always a multiple long, so the rounded mapping stays
+            // inside.
+            huge_page: (file.fs == FsKind::Hugetlb && file.blksize > 0)
+                .then_some(file.blksize as usize),
+            guard_sigbus: flags.contains(FdMemoryFlags::GUARD_SIGBUS),
+        })
+        .map_err(|_| Error::SizeOverflow {
+            what: "maxsize rounded to the huge page size",
+        })?;
+        let alias = BlockAlias::for_file(fd.as_fd())?;
+        Ok(FdBlock {
+            fd,
+            flags,
+            maxsize,
+            alias,
+            pinned: None,
+            mapping,
+        })
+    }
+
     /// The fd (still owned by the memory).
-    pub fn fd(&self) -> BorrowedFd<'_> {
+    pub(crate) fn fd(&self) -> BorrowedFd<'_> {
         self.fd.as_fd()
     }
 
     /// The fd-memory flags.
-    pub fn flags(&self) -> FdMemoryFlags {
+    pub(crate) fn flags(&self) -> FdMemoryFlags {
         self.flags
     }
 
-    /// Whether this is a dma-buf (CPU access is bracketed by
-    /// `DMA_BUF_IOCTL_SYNC`).
-    pub fn is_dmabuf(&self) -> bool {
-        self.dmabuf
+    /// Size of the block.
+    pub(crate) fn maxsize(&self) -> usize {
+        self.maxsize
     }
 
-    /// The physical address of the block's first byte, when the block is
-    /// physically contiguous and its address was resolved.
-    pub fn phys_addr(&self) -> Option<u64> {
-        self.phys
+    /// Whether the block is mapped into this process right now.
+    pub(crate) fn is_mapped(&self) -> bool {
+        self.mapping.addr().is_some()
     }
 
-    /// Record the physical address of the block (phys allocators only).
-    pub(crate) fn set_phys_addr(&mut self, addr: u64) {
-        self.phys = Some(addr);
+    /// Maps held through the backend right now.
+    pub(crate) fn map_count(&self) -> usize {
+        self.mapping.count()
     }
 
-    /// Map the block read-write (through the backend, so a dma-buf gets
-    /// its syncs), keep the mapping, and lock its pages in RAM (phys
-    /// allocators, whose frames must not move). Returns the address.
-    pub(crate) fn lock_in_ram(&mut self) -> Result<usize> {
+    /// Keep the mapping after the last unmap from now on (`KEEP_MAPPED`).
+    pub(crate) fn keep_mapped(&mut self) -> Result<()> {
         self.flags |= FdMemoryFlags::KEEP_MAPPED;
         if !self.mapping.options().keep {
             self.mapping = FileMapping::new(MapOptions {
@@ -447,25 +396,7 @@ impl FdBackend {
                 what: "maxsize rounded to the huge page size",
             })?;
         }
-        let base = self.map(self.maxsize, MapFlags::READWRITE)?;
-        self.unmap(MapFlags::READWRITE);
-        self.mapping
-            .lock_in_ram()
-            .map_err(|e| Error::NotAvailable {
-                what: "locking contiguous memory in RAM".into(),
-                reason: format!("mlock: {e} (RLIMIT_MEMLOCK?)"),
-            })?;
-        Ok(base.as_ptr() as usize)
-    }
-
-    /// Size of the block.
-    pub(crate) fn maxsize(&self) -> usize {
-        self.maxsize
-    }
-
-    /// Whether the block is mapped into this process right now.
-    pub fn is_mapped(&self) -> bool {
-        self.mapping.addr().is_some()
+        Ok(())
     }
 
     /// Map the block read-write now and keep it mapped until the backend
@@ -473,47 +404,108 @@ impl FdBackend {
     /// backend call, no mutex). For memory this process made and owns
     /// outright (shm, huge pages); never for dma-bufs, whose maps must be
     /// bracketed by syncs.
-    pub(crate) fn pin_mapped(&mut self) -> Result<NonNull<u8>> {
-        debug_assert!(!self.dmabuf, "dma-buf maps need their syncs");
+    pub(crate) fn pin_mapped(&mut self, mem_type: &str) -> Result<NonNull<u8>> {
         if let Some(base) = self.pinned {
             return Ok(base.get());
         }
-        self.flags |= FdMemoryFlags::KEEP_MAPPED;
-        let mapping = FileMapping::new(MapOptions {
-            keep: true,
-            upgrade: Upgrade::WhenIdle,
-            ..self.mapping.options()
-        })
-        .map_err(|_| Error::SizeOverflow {
-            what: "maxsize rounded to the huge page size",
-        })?;
-        self.mapping = mapping;
+        self.keep_mapped()?;
         let base = self
             .mapping
             .pin(self.fd.as_fd())
-            .map_err(|f| self.map_failed(f))?;
+            .map_err(|f| self.map_failed(mem_type, f))?;
         self.pinned = Some(base);
         Ok(base.get())
+    }
+
+    /// Lock the kept mapping's pages in RAM (phys memory, whose frames must
+    /// not move); the block must be mapped and kept.
+    pub(crate) fn lock_in_ram(&self) -> Result<usize> {
+        self.mapping
+            .lock_in_ram()
+            .map_err(|e| Error::NotAvailable {
+                what: "locking contiguous memory in RAM".into(),
+                reason: format!("mlock: {e} (RLIMIT_MEMLOCK?)"),
+            })?;
+        self.mapping
+            .addr()
+            .map(|p| p.as_ptr() as usize)
+            .ok_or(Error::NotAvailable {
+                what: "locking contiguous memory in RAM".into(),
+                reason: "the block is not mapped".into(),
+            })
+    }
+
+    /// The address of the mapping kept for the block's whole life.
+    pub(crate) fn static_ptr(&self) -> Option<NonNull<u8>> {
+        self.pinned.map(PinnedPtr::get)
+    }
+
+    /// The borrow rule of the file.
+    pub(crate) fn alias(&self) -> &BlockAlias {
+        &self.alias
+    }
+
+    fn map_failed(&self, mem_type: &str, failure: MapFailure) -> Error {
+        match failure {
+            MapFailure::Truncated => Error::Truncated {
+                mem_type: mem_type.into(),
+            },
+            failure => Error::MapFailed {
+                mem_type: mem_type.into(),
+                reason: format!("{failure} (fd {})", self.fd().as_raw_fd()),
+                errno: failure.errno(),
+            },
+        }
+    }
+
+    /// Take a map of the whole block for `flags`.
+    pub(crate) fn map(&self, mem_type: &str, flags: MapFlags) -> Result<NonNull<u8>> {
+        self.mapping
+            .map(self.fd(), 0, prot_for(flags))
+            .map_err(|f| self.map_failed(mem_type, f))
+    }
+
+    /// Give back a map.
+    pub(crate) fn unmap(&self) {
+        if let Err(e) = self.mapping.unmap() {
+            log::warn!("munmap of fd memory failed: {e}");
+        }
+    }
+}
+
+/// The backend of fd memory (imports, shm); reach it with
+/// [`Memory::backend`].
+#[derive(Debug)]
+pub struct FdBackend {
+    block: FdBlock,
+}
+
+impl FdBackend {
+    /// fd memory over `block`.
+    pub(crate) fn new(block: FdBlock) -> Self {
+        FdBackend { block }
+    }
+
+    /// The fd (still owned by the memory).
+    pub fn fd(&self) -> BorrowedFd<'_> {
+        self.block.fd()
+    }
+
+    /// The fd-memory flags.
+    pub fn flags(&self) -> FdMemoryFlags {
+        self.block.flags()
+    }
+
+    /// Whether the block is mapped into this process right now.
+    pub fn is_mapped(&self) -> bool {
+        self.block.is_mapped()
     }
 
     /// Maps currently held on the block through the backend. A block mapped
     /// for its whole life (shm memory) is never mapped through the backend
     /// again, and reads 0 here.
     pub fn map_count(&self) -> usize {
-        self.mapping.count()
-    }
-
-    fn map_failed(&self, failure: MapFailure) -> Error {
-        match failure {
-            MapFailure::Truncated => Error::Truncated {
-                mem_type: ALLOCATOR_FD.into(),
-            },
-            failure => Error::MapFailed {
-                mem_type: ALLOCATOR_FD.into(),
-                reason: format!("{failure} (fd {})", self.fd().as_raw_fd()),
-                errno: failure.errno(),
-            },
-        }
+        self.block.map_count()
     }
 }
 
@@ -525,34 +517,24 @@ fn prot_for(flags: MapFlags) -> ProtFlags {
     }
 }
 
-// SAFETY: `map` returns the start of a live mmap of `maxsize` bytes of the
-// file (checked at import to be inside the file, and file-backed pages are
-// initialised), readable, and writable when WRITE was asked; it stays mapped
-// until the matching unmap (or, with KEEP_MAPPED, until drop).
+// SAFETY: `map` returns the start of the block's live mapping
+// (`FileMapping`) of `maxsize` bytes of the file (checked at import to be
+// inside the file, and file-backed pages are initialised), readable, and
+// writable when WRITE was asked; it stays mapped until the matching unmap
+// (or, kept, until drop). `static_ptr` is a mapping kept read-write until
+// drop.
 unsafe impl MemoryBackend for FdBackend {
     fn static_ptr(&self) -> Option<NonNull<u8>> {
-        // Pinned: mapped read-write (and never mprotected: nothing maps it
-        // again) until drop.
-        self.pinned.map(PinnedPtr::get)
+        self.block.static_ptr()
     }
 
     fn map(&self, maxsize: usize, flags: MapFlags) -> Result<NonNull<u8>> {
-        debug_assert!(maxsize <= self.maxsize);
-        let ptr = self.map_fd(flags)?;
-        // dma-buf: sync only after a successful map, on every map (GStreamer
-        // does not reference-count it either).
-        if self.dmabuf {
-            self.sync(crate::sys::DMA_BUF_SYNC_START, flags);
-        }
-        Ok(ptr)
+        debug_assert!(maxsize <= self.block.maxsize());
+        self.block.map(ALLOCATOR_FD, flags)
     }
 
-    fn unmap(&self, flags: MapFlags) {
-        // dma-buf: END before the mapping can go away.
-        if self.dmabuf {
-            self.sync(crate::sys::DMA_BUF_SYNC_END, flags);
-        }
-        self.unmap_fd();
+    fn unmap(&self, _flags: MapFlags) {
+        self.block.unmap();
     }
 
     fn is_span(&self, first: (usize, usize), second: (usize, usize)) -> bool {
@@ -560,58 +542,29 @@ unsafe impl MemoryBackend for FdBackend {
     }
 
     fn alias(&self) -> Option<&BlockAlias> {
-        Some(&self.alias)
-    }
-}
-
-impl FdBackend {
-    /// `DMA_BUF_IOCTL_SYNC` with `phase` and the READ/WRITE bits of `flags`.
-    /// A failure is only a warning, as in GStreamer: the map stays valid.
-    fn sync(&self, phase: u64, flags: MapFlags) {
-        let mut bits = phase;
-        if flags.contains(MapFlags::READ) {
-            bits |= crate::sys::DMA_BUF_SYNC_READ;
-        }
-        if flags.contains(MapFlags::WRITE) {
-            bits |= crate::sys::DMA_BUF_SYNC_WRITE;
-        }
-        if let Err(e) = crate::sys::dma_buf_sync(self.fd(), bits) {
-            log::warn!(
-                "DMA_BUF_IOCTL_SYNC({}) on fd {} failed: {e}",
-                if phase == crate::sys::DMA_BUF_SYNC_END {
-                    "END"
-                } else {
-                    "START"
-                },
-                self.fd().as_raw_fd()
-            );
-        }
+        Some(self.block.alias())
     }
 
-    fn map_fd(&self, flags: MapFlags) -> Result<NonNull<u8>> {
-        self.mapping
-            .map(self.fd(), 0, prot_for(flags))
-            .map_err(|f| self.map_failed(f))
+    fn kind(&self) -> MemoryKind {
+        MemoryKind::Fd
     }
 
-    fn unmap_fd(&self) {
-        if let Err(e) = self.mapping.unmap() {
-            log::warn!("munmap of fd memory failed: {e}");
-        }
+    fn fd(&self) -> Option<BorrowedFd<'_>> {
+        Some(self.block.fd())
     }
 }
 
 /// Whether `mem` is backed by an fd that [`fd_memory_get_fd`] returns
 /// (`gst_is_fd_memory`): fd memory and the kinds built on it.
 pub fn is_fd_memory(mem: &Memory) -> bool {
-    mem.backend::<FdBackend>().is_some()
+    fd_memory_get_fd(mem).is_some()
 }
 
 /// The fd of `mem`, still owned by the memory (`gst_fd_memory_get_fd`);
 /// `None` when it is not fd memory. Dup it ([`Memory::try_clone_fd`]) to keep
 /// it beyond the memory's life.
 pub fn fd_memory_get_fd(mem: &Memory) -> Option<BorrowedFd<'_>> {
-    mem.backend::<FdBackend>().map(FdBackend::fd)
+    mem.root_backend().fd()
 }
 
 impl Memory {

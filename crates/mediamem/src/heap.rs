@@ -10,8 +10,8 @@
 use std::os::fd::{AsFd, OwnedFd};
 
 use crate::allocator::{AllocationParams, Allocator, AllocatorImpl};
+use crate::dmabuf::new_dmabuf_parts;
 use crate::error::{Error, Result};
-use crate::fd::new_dmabuf_parts;
 use crate::kind::{open_device, page_rounded_maxsize};
 use crate::memory::MemoryParts;
 use crate::sys;

@@ -97,9 +97,9 @@ use rustix::net::{
     SendAncillaryMessage, SendFlags,
 };
 
-use crate::dmabuf::{is_dmabuf_memory, DmaBufAllocator};
+use crate::dmabuf::{dmabuf_parts, is_dmabuf_memory, DmaBufAllocator};
 use crate::error::{Error, Result};
-use crate::fd::{fd_parts, FdAllocator, FdHandle, FdKind, FdMemoryFlags};
+use crate::fd::{fd_parts, FdAllocator, FdHandle, FdMemoryFlags};
 use crate::memory::{Memory, MemoryFlags};
 use crate::shm::ShmAllocator;
 
@@ -1231,16 +1231,18 @@ impl Receiver {
                 )?);
                 continue;
             }
-            let (alloc, kind) = if admission == Admission::DmaBuf {
-                (self.dmabuf_alloc.allocator(), FdKind::DmaBuf)
-            } else {
-                (self.fd_alloc.allocator(), FdKind::Plain)
-            };
+            let dmabuf = admission == Admission::DmaBuf;
             let mut fd_flags = FdMemoryFlags::KEEP_MAPPED;
             if admission == Admission::Guarded {
                 fd_flags |= FdMemoryFlags::GUARD_SIGBUS;
             }
-            let parts = fd_parts(FdHandle::Owned(fd), maxsize, offset, size, fd_flags, kind)?;
+            let (alloc, parts) = if dmabuf {
+                let parts = dmabuf_parts(FdHandle::Owned(fd), maxsize, offset, size, fd_flags)?;
+                (self.dmabuf_alloc.allocator(), parts)
+            } else {
+                let parts = fd_parts(FdHandle::Owned(fd), maxsize, offset, size, fd_flags)?;
+                (self.fd_alloc.allocator(), parts)
+            };
             let mut memory = Memory::from_parts(alloc, parts.flags(flags))?;
             // The frame's release goes when the last block of the frame
             // is freed, shares included.

@@ -16,14 +16,19 @@
 //! numbers (they read as 0 without `CAP_SYS_ADMIN`) gets
 //! [`Error::NotAvailable`], never a 0 presented as an address.
 
-use std::os::fd::{AsFd, OwnedFd};
+use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
+use std::ptr::NonNull;
 
 use rustix::fs::{MemfdFlags, OFlags};
 
 use crate::allocator::{AllocationParams, Allocator, AllocatorFlags, AllocatorImpl};
+use crate::dmabuf::DmaBufBackend;
 use crate::error::{Error, Result};
-use crate::fd::{fd_backend, FdBackend, FdHandle, FdKind, FdMemoryFlags};
-use crate::memory::{Memory, MemoryFlags, MemoryParts, DEFAULT_ALIGN_MASK};
+use crate::fd::{fd_block, FdBackend, FdHandle, FdMemoryFlags};
+use crate::memory::{
+    BlockAlias, MapFlags, Memory, MemoryBackend, MemoryFlags, MemoryKind, MemoryParts,
+    DEFAULT_ALIGN_MASK,
+};
 
 pub use crate::memory::allocator::PhysMemoryAllocator;
 
@@ -182,12 +187,69 @@ pub fn contiguous_phys_addr(addr: usize, len: usize) -> Result<u64> {
 
 /// Map a fresh fd backend read-write (kept mapped), lock it, touch every
 /// page, and record its physical address.
-fn pin_and_resolve(mut backend: FdBackend) -> Result<FdBackend> {
-    let maxsize = backend.maxsize();
-    let addr = backend.lock_in_ram()?;
+/// The backend of physically contiguous memory: the backend of its kind
+/// (fd memory for huge pages, dma-buf memory for CMA) and the physical
+/// address of its first byte, resolved when it was made. Everything else
+/// is the inner backend's.
+#[derive(Debug)]
+pub struct PhysBackend<B> {
+    inner: B,
+    phys: u64,
+}
+
+/// The backend of [`HugePageAllocator`] memory.
+pub type HugePageBackend = PhysBackend<FdBackend>;
+/// The backend of [`CmaHeapAllocator`] memory.
+pub type CmaBackend = PhysBackend<DmaBufBackend>;
+
+impl<B> PhysBackend<B> {
+    /// The physical address of the block's first byte.
+    pub fn phys_addr(&self) -> u64 {
+        self.phys
+    }
+
+    /// The backend of the memory's kind.
+    pub fn inner(&self) -> &B {
+        &self.inner
+    }
+}
+
+// SAFETY: every pointer comes from the inner backend, whose promises hold
+// unchanged; this only adds an address.
+unsafe impl<B: MemoryBackend> MemoryBackend for PhysBackend<B> {
+    fn map(&self, maxsize: usize, flags: MapFlags) -> Result<NonNull<u8>> {
+        self.inner.map(maxsize, flags)
+    }
+    fn static_ptr(&self) -> Option<NonNull<u8>> {
+        self.inner.static_ptr()
+    }
+    fn unmap(&self, flags: MapFlags) {
+        self.inner.unmap(flags)
+    }
+    fn can_share(&self) -> bool {
+        self.inner.can_share()
+    }
+    fn is_span(&self, first: (usize, usize), second: (usize, usize)) -> bool {
+        self.inner.is_span(first, second)
+    }
+    fn alias(&self) -> Option<&BlockAlias> {
+        self.inner.alias()
+    }
+    fn kind(&self) -> MemoryKind {
+        self.inner.kind()
+    }
+    fn fd(&self) -> Option<BorrowedFd<'_>> {
+        self.inner.fd()
+    }
+    fn copy(&self, memory: &Memory, offset: usize, size: usize) -> Option<Result<Memory>> {
+        self.inner.copy(memory, offset, size)
+    }
+}
+
+/// Resolve the physical address of a block locked in RAM at `addr`.
+fn resolved<B>(inner: B, addr: usize, maxsize: usize) -> Result<PhysBackend<B>> {
     let phys = contiguous_phys_addr(addr, maxsize)?;
-    backend.set_phys_addr(phys);
-    Ok(backend)
+    Ok(PhysBackend { inner, phys })
 }
 
 /// Name of the huge page allocator.
@@ -256,17 +318,22 @@ impl AllocatorImpl for HugePageAllocatorImpl {
             &memfd,
             rustix::fs::SealFlags::SHRINK | rustix::fs::SealFlags::GROW,
         );
-        let backend = fd_backend(
+        let mut block = fd_block(
             FdHandle::Owned(memfd),
             self.huge_page,
             FdMemoryFlags::KEEP_MAPPED,
-            FdKind::Plain,
         )?;
-        let backend = pin_and_resolve(backend).map_err(out_of_huge_pages)?;
+        // Ours alone: mapped read-write for good, like shm, then locked.
+        block
+            .pin_mapped(ALLOCATOR_HUGEPAGE)
+            .map_err(out_of_huge_pages)?;
+        let addr = block.lock_in_ram()?;
+        let backend = resolved(FdBackend::new(block), addr, self.huge_page)?;
         // As shm: once our mapping exists, nobody else may write the file,
         // map it writable or punch a hole in it (a punched huge page
         // refaults with SIGBUS when the pool is empty).
-        match rustix::fs::fcntl_add_seals(backend.fd(), rustix::fs::SealFlags::FUTURE_WRITE) {
+        match rustix::fs::fcntl_add_seals(backend.inner().fd(), rustix::fs::SealFlags::FUTURE_WRITE)
+        {
             Ok(()) | Err(rustix::io::Errno::INVAL) => {}
             Err(e) => return Err(Error::os("fcntl(F_ADD_SEALS, F_SEAL_FUTURE_WRITE)", e)),
         }
@@ -301,7 +368,7 @@ fn no_huge_pages() -> Error {
 
 impl PhysMemoryAllocator for HugePageAllocatorImpl {
     fn block_phys_addr(&self, mem: &Memory) -> Option<u64> {
-        mem.backend::<FdBackend>()?.phys_addr()
+        mem.backend::<HugePageBackend>().map(PhysBackend::phys_addr)
     }
 }
 
@@ -375,13 +442,10 @@ impl AllocatorImpl for CmaHeapAllocatorImpl {
     fn alloc(&self, size: usize, params: &AllocationParams) -> Result<MemoryParts> {
         let maxsize = crate::kind::page_rounded_maxsize(size, params)?;
         let fd = crate::heap::heap_alloc_fd(self.device.as_fd(), maxsize)?;
-        let backend = fd_backend(
-            FdHandle::Owned(fd),
-            maxsize,
-            FdMemoryFlags::KEEP_MAPPED,
-            FdKind::DmaBuf,
-        )?;
-        let backend = pin_and_resolve(backend)?;
+        let block = fd_block(FdHandle::Owned(fd), maxsize, FdMemoryFlags::KEEP_MAPPED)?;
+        let mut dmabuf = DmaBufBackend::new(block);
+        let addr = dmabuf.lock_in_ram()?;
+        let backend = resolved(dmabuf, addr, maxsize)?;
         Ok(MemoryParts::new(Box::new(backend), maxsize)
             .flags(params.flags | MemoryFlags::PHYSICALLY_CONTIGUOUS)
             .align(params.align)
@@ -391,7 +455,7 @@ impl AllocatorImpl for CmaHeapAllocatorImpl {
 
 impl PhysMemoryAllocator for CmaHeapAllocatorImpl {
     fn block_phys_addr(&self, mem: &Memory) -> Option<u64> {
-        mem.backend::<FdBackend>()?.phys_addr()
+        mem.backend::<CmaBackend>().map(PhysBackend::phys_addr)
     }
 }
 

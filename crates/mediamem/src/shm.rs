@@ -23,7 +23,7 @@ use rustix::fs::SealFlags;
 
 use crate::allocator::{AllocationParams, Allocator, AllocatorFlags, AllocatorImpl};
 use crate::error::{Error, Result};
-use crate::fd::{own_fd_backend, FdHandle, FdKind, FdMemoryFlags};
+use crate::fd::{FdBackend, FdBlock, FdHandle, FdMemoryFlags};
 use crate::kind::create_memfd;
 use crate::memory::{MemoryParts, DEFAULT_ALIGN_MASK};
 
@@ -75,22 +75,17 @@ impl AllocatorImpl for ShmAllocatorImpl {
             source: e.into(),
         })?;
         // Just created, sized and sealed by us: no size check needed.
-        let mut backend = own_fd_backend(
-            FdHandle::Owned(fd),
-            maxsize,
-            FdMemoryFlags::KEEP_MAPPED,
-            FdKind::Plain,
-        )?;
+        let mut block = FdBlock::new(FdHandle::Owned(fd), maxsize, FdMemoryFlags::KEEP_MAPPED)?;
         // Map read-write once, for the memory's whole life (GStreamer keeps
         // it mapped too): every later map is then only the lock word.
-        let base = backend.pin_mapped()?;
+        let base = block.pin_mapped(ALLOCATOR_SHM)?;
         // Now that our own writable mapping exists, close the file to every
         // other writer: no new writable mapping, no write(2), and no hole
         // punched under a peer's mapping (F_SEAL_FUTURE_WRITE stops
         // fallocate(PUNCH_HOLE) too). Receivers can require it.
         // Kernels before 5.1 do not know the seal (EINVAL): the memory
         // still works, and a receiver that requires the seal says so.
-        match rustix::fs::fcntl_add_seals(backend.fd(), SealFlags::FUTURE_WRITE) {
+        match rustix::fs::fcntl_add_seals(block.fd(), SealFlags::FUTURE_WRITE) {
             Ok(()) | Err(rustix::io::Errno::INVAL) => {}
             Err(e) => {
                 return Err(Error::Os {
@@ -102,7 +97,7 @@ impl AllocatorImpl for ShmAllocatorImpl {
         // mmap is page-aligned; only masks beyond a page need an offset.
         let aoffset = (align + 1 - (base.as_ptr() as usize & align)) & align;
         // The new memfd is zero-filled, so ZERO_PREFIXED / ZERO_PADDED hold.
-        Ok(MemoryParts::new(Box::new(backend), maxsize)
+        Ok(MemoryParts::new(Box::new(FdBackend::new(block)), maxsize)
             .flags(params.flags)
             .align(align)
             .region(params.prefix + aoffset, size))

@@ -13,8 +13,8 @@ use std::os::fd::{AsFd, OwnedFd};
 use rustix::fs::SealFlags;
 
 use crate::allocator::{AllocationParams, Allocator, AllocatorImpl};
+use crate::dmabuf::new_dmabuf_parts;
 use crate::error::{Error, Result};
-use crate::fd::new_dmabuf_parts;
 use crate::kind::{create_memfd, open_device, page_rounded_maxsize};
 use crate::memory::MemoryParts;
 

@@ -2,6 +2,7 @@
 
 use std::any::Any;
 use std::fmt;
+use std::os::fd::BorrowedFd;
 use std::ptr::NonNull;
 
 use super::flags::{MapFlags, MemoryFlags};
@@ -67,6 +68,18 @@ pub unsafe trait MemoryBackend: Any + Send + Sync + fmt::Debug {
         None
     }
 
+    /// What kind of memory this is (the seed functions `is_dmabuf_memory`,
+    /// `is_drm_dumb_memory`, ... ask this).
+    fn kind(&self) -> MemoryKind {
+        MemoryKind::Other
+    }
+
+    /// The fd behind the block, for kinds that have one (fd memory and the
+    /// kinds built on it: `is_fd_memory`, `fd_memory_get_fd`).
+    fn fd(&self) -> Option<BorrowedFd<'_>> {
+        None
+    }
+
     /// A kind-specific copy of `size` bytes starting `offset` bytes into the
     /// block (`mem_copy`). `None` selects the generic copy: map for reading,
     /// allocate from this memory's allocator (or the default one when the
@@ -75,6 +88,23 @@ pub unsafe trait MemoryBackend: Any + Send + Sync + fmt::Debug {
         let _ = (memory, offset, size);
         None
     }
+}
+
+/// The kind of a memory's storage, as the seed functions tell them apart.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+#[non_exhaustive]
+pub enum MemoryKind {
+    /// Process memory: system memory, wrapped bytes.
+    System,
+    /// fd memory: an imported fd, shm, huge pages (`is_fd_memory`).
+    Fd,
+    /// dma-buf memory: fd memory whose CPU access is synced
+    /// (`is_dmabuf_memory`; `is_fd_memory` too).
+    DmaBuf,
+    /// A DRM dumb buffer (`is_drm_dumb_memory`).
+    DrmDumb,
+    /// Anything else (custom backends).
+    Other,
 }
 
 /// Where a root keeps its backend: system blocks inline (one heap

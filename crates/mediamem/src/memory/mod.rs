@@ -94,7 +94,7 @@ use std::sync::atomic::{AtomicU32, Ordering};
 pub use alias::tracked_files as alias_tracked_files;
 pub use alias::BlockAlias;
 use backend::BackendSlot;
-pub use backend::{MemoryBackend, MemoryParts};
+pub use backend::{MemoryBackend, MemoryKind, MemoryParts};
 pub use flags::{LockFlags, MapFlags, MemoryFlags};
 pub use map::{
     Dynamic, IntoMappedError, MapMode, MappedMemory, MemoryMap, MemoryMapMut, Owned, RawMap,
@@ -554,7 +554,8 @@ impl Memory {
         }
     }
 
-    pub(crate) fn root_backend(&self) -> &dyn MemoryBackend {
+    /// The root's backend (every share reaches its root's).
+    pub fn root_backend(&self) -> &dyn MemoryBackend {
         self.root_parts().0
     }
 

@@ -197,6 +197,10 @@ unsafe impl MemoryBackend for SysBlock {
     fn copy(&self, memory: &Memory, offset: usize, size: usize) -> Option<Result<Memory>> {
         Some(memory.copy_unmapped(self.ptr, offset, size))
     }
+
+    fn kind(&self) -> super::MemoryKind {
+        super::MemoryKind::System
+    }
 }
 
 /// A new system memory holding a copy of `src`, sized as `alloc(src.len())`
