@@ -100,39 +100,80 @@ fn yes(b: bool) -> &'static str {
     }
 }
 
-/// The probe rows as an aligned text table.
+/// The width the table fits (a classic terminal).
+const TABLE_WIDTH: usize = 80;
+
+/// The kind's capabilities in a few letters: `alloc,fd,dmabuf,contig`.
+fn caps_cell(r: &ProbeRow) -> String {
+    let names: Vec<&str> = [
+        (r.plain_alloc, "alloc"),
+        (r.fd_backed, "fd"),
+        (r.dmabuf, "dmabuf"),
+        (r.contiguous, "contig"),
+    ]
+    .iter()
+    .filter(|(on, _)| *on)
+    .map(|(_, n)| *n)
+    .collect();
+    if names.is_empty() {
+        "-".into()
+    } else {
+        names.join(",")
+    }
+}
+
+/// `text` wrapped at word boundaries into lines of at most `width`
+/// characters after `indent` (a word longer than that is cut).
+fn wrap(text: &str, indent: usize, width: usize) -> Vec<String> {
+    let room = width.saturating_sub(indent).max(1);
+    let mut lines = Vec::new();
+    let mut line = String::new();
+    for word in text.split_whitespace() {
+        let mut word: Vec<char> = word.chars().collect();
+        while word.len() > room {
+            if !line.is_empty() {
+                lines.push(std::mem::take(&mut line));
+            }
+            let rest = word.split_off(room);
+            lines.push(word.into_iter().collect());
+            word = rest;
+        }
+        let word: String = word.into_iter().collect();
+        if !line.is_empty() && line.chars().count() + 1 + word.chars().count() > room {
+            lines.push(std::mem::take(&mut line));
+        }
+        if !line.is_empty() {
+            line.push(' ');
+        }
+        line.push_str(&word);
+    }
+    if !line.is_empty() {
+        lines.push(line);
+    }
+    let pad = " ".repeat(indent);
+    lines.into_iter().map(|l| format!("{pad}{l}")).collect()
+}
+
+/// The probe rows as an aligned text table that fits 80 columns: one line
+/// per kind (name, available, capabilities, where copies go), its detail
+/// wrapped on indented lines below. `--json` has every field.
 fn probe_table(rows: &[ProbeRow]) -> String {
-    let header = [
-        "allocator",
-        "mem_type",
-        "available",
-        "alloc",
-        "fd",
-        "dmabuf",
-        "contiguous",
-        "copies to",
-        "detail",
-    ];
-    let cells: Vec<[String; 9]> = rows
+    let header = ["allocator", "ok", "caps", "copies to"];
+    let cells: Vec<[String; 4]> = rows
         .iter()
         .map(|r| {
             [
                 r.name.clone(),
-                r.mem_type.clone(),
                 yes(r.available).into(),
-                yes(r.plain_alloc).into(),
-                yes(r.fd_backed).into(),
-                yes(r.dmabuf).into(),
-                yes(r.contiguous).into(),
+                caps_cell(r),
                 r.copies_to.clone(),
-                r.detail.clone(),
             ]
         })
         .collect();
     let mut widths = header.map(str::len);
     for row in &cells {
         for (w, c) in widths.iter_mut().zip(row) {
-            *w = (*w).max(c.len());
+            *w = (*w).max(c.chars().count());
         }
     }
     let line = |row: &[String]| {
@@ -148,8 +189,12 @@ fn probe_table(rows: &[ProbeRow]) -> String {
     };
     let mut out = line(&header.map(String::from));
     out.push_str(&line(&widths.map(|w| "-".repeat(w))));
-    for row in &cells {
+    for (row, r) in cells.iter().zip(rows) {
         out.push_str(&line(row));
+        for l in wrap(&r.detail, 4, TABLE_WIDTH) {
+            out.push_str(&l);
+            out.push('\n');
+        }
     }
     out
 }
@@ -187,6 +232,23 @@ mod tests {
         assert!(lines[1].starts_with("---"));
         assert!(lines[2].starts_with("SystemMemory"));
         assert!(lines[2].contains("yes"));
+        assert!(lines[3].starts_with("    heap"), "{}", lines[3]);
+    }
+
+    #[test]
+    fn table_fits_80_columns_and_keeps_every_word() {
+        let mut rows = probe();
+        rows[0].detail = format!("{} {}", "wörd ".repeat(60), "#".repeat(200));
+        let t = probe_table(&rows);
+        for l in t.lines() {
+            assert!(
+                l.chars().count() <= TABLE_WIDTH,
+                "{} wide: {l}",
+                l.chars().count()
+            );
+        }
+        assert_eq!(t.matches("wörd").count(), 60, "no word lost");
+        assert_eq!(t.matches('#').count(), 200);
     }
 
     #[test]

@@ -14,7 +14,7 @@
 use std::os::fd::{AsRawFd, BorrowedFd, OwnedFd};
 use std::ptr::NonNull;
 
-use crate::allocator::{AllocationParams, Allocator, AllocatorFlags, AllocatorImpl};
+use crate::allocator::{AllocationParams, Allocator, AllocatorCaps, AllocatorFlags, AllocatorImpl};
 use crate::error::Result;
 use crate::fd::{check_owned, dup_fd, fd_block, FdBlock, FdHandle, FdMemoryFlags};
 use crate::memory::{
@@ -30,9 +30,18 @@ pub const CAPS_FEATURE_MEMORY_DMABUF: &str = "memory:DMABuf";
 /// The dma-buf allocator implementation: memory type `"dmabuf"`, flags
 /// `CUSTOM_ALLOC`.
 #[derive(Debug, Default)]
-pub struct DmaBufAllocatorImpl;
+pub(crate) struct DmaBufAllocatorImpl;
+
+impl DmaBufAllocatorImpl {
+    /// What this kind can do.
+    pub(crate) const CAPS: AllocatorCaps = AllocatorCaps::FD_BACKED.union(AllocatorCaps::DMABUF);
+}
 
 impl AllocatorImpl for DmaBufAllocatorImpl {
+    fn caps(&self) -> AllocatorCaps {
+        Self::CAPS
+    }
+
     fn mem_type(&self) -> &str {
         ALLOCATOR_DMABUF
     }

@@ -35,7 +35,7 @@ use std::sync::Arc;
 use rustix::fs::{Mode, OFlags};
 use rustix::mm::ProtFlags;
 
-use crate::allocator::{Allocator, AllocatorFlags, AllocatorImpl};
+use crate::allocator::{Allocator, AllocatorCaps, AllocatorFlags, AllocatorImpl};
 use crate::dmabuf::import_dmabuf;
 use crate::dmabuf::DmaBufAllocator;
 use crate::error::{Error, Result};
@@ -273,12 +273,21 @@ impl DrmDevice {
 
 /// The dumb allocator implementation (`"DRMDumbMemory"`, `CUSTOM_ALLOC`).
 #[derive(Debug)]
-pub struct DrmDumbAllocatorImpl {
+pub(crate) struct DrmDumbAllocatorImpl {
     device: Arc<DrmDevice>,
     dmabuf: DmaBufAllocator,
 }
 
+impl DrmDumbAllocatorImpl {
+    /// What this kind can do.
+    pub(crate) const CAPS: AllocatorCaps = AllocatorCaps::empty();
+}
+
 impl AllocatorImpl for DrmDumbAllocatorImpl {
+    fn caps(&self) -> AllocatorCaps {
+        Self::CAPS
+    }
+
     fn mem_type(&self) -> &str {
         DRM_DUMB_MEMORY_TYPE
     }

@@ -59,7 +59,7 @@ use bitflags::bitflags;
 use rustix::fs::{FileType, SeekFrom};
 use rustix::mm::ProtFlags;
 
-use crate::allocator::{Allocator, AllocatorFlags, AllocatorImpl};
+use crate::allocator::{Allocator, AllocatorCaps, AllocatorFlags, AllocatorImpl};
 use crate::error::{Error, Result};
 use crate::mapping::{FileMapping, MapFailure, MapOptions, PinnedPtr, Upgrade};
 use crate::memory::{
@@ -96,9 +96,18 @@ pub const ALLOCATOR_FD: &str = "fd";
 /// The fd allocator implementation: memory type `"fd"`, flags
 /// `CUSTOM_ALLOC` (it needs an fd, so copies go to system memory).
 #[derive(Debug, Default)]
-pub struct FdAllocatorImpl;
+pub(crate) struct FdAllocatorImpl;
+
+impl FdAllocatorImpl {
+    /// What this kind can do.
+    pub(crate) const CAPS: AllocatorCaps = AllocatorCaps::FD_BACKED;
+}
 
 impl AllocatorImpl for FdAllocatorImpl {
+    fn caps(&self) -> AllocatorCaps {
+        Self::CAPS
+    }
+
     fn mem_type(&self) -> &str {
         ALLOCATOR_FD
     }

@@ -9,7 +9,7 @@
 
 use std::os::fd::{AsFd, OwnedFd};
 
-use crate::allocator::{AllocationParams, Allocator, AllocatorImpl};
+use crate::allocator::{AllocationParams, Allocator, AllocatorCaps, AllocatorImpl};
 use crate::dmabuf::new_dmabuf_parts;
 use crate::error::{Error, Result};
 use crate::kind::{open_device, page_rounded_maxsize};
@@ -45,12 +45,23 @@ pub(crate) fn heap_alloc_fd(heap: std::os::fd::BorrowedFd<'_>, len: usize) -> Re
 
 /// The heap allocator implementation for one heap.
 #[derive(Debug)]
-pub struct DmaHeapAllocatorImpl {
+pub(crate) struct DmaHeapAllocatorImpl {
     name: String,
     device: OwnedFd,
 }
 
+impl DmaHeapAllocatorImpl {
+    /// What this kind can do.
+    pub(crate) const CAPS: AllocatorCaps = AllocatorCaps::PLAIN_ALLOC
+        .union(AllocatorCaps::FD_BACKED)
+        .union(AllocatorCaps::DMABUF);
+}
+
 impl AllocatorImpl for DmaHeapAllocatorImpl {
+    fn caps(&self) -> AllocatorCaps {
+        Self::CAPS
+    }
+
     fn mem_type(&self) -> &str {
         DMA_HEAP_MEMORY_TYPE
     }
@@ -114,13 +125,14 @@ impl DmaHeapAllocator {
 
     /// The heap allocator for `name`, registered as `"dmaheap:<name>"` on
     /// first use.
-    pub fn get(name: &str) -> Result<Allocator> {
+    pub fn get(name: &str) -> Result<DmaHeapAllocator> {
         let key = format!("{DMA_HEAP_MEMORY_TYPE}:{name}");
-        if let Some(a) = Allocator::find(Some(&key)) {
+        if let Some(a) = Allocator::find(Some(&key)).and_then(Self::from_allocator) {
             return Ok(a);
         }
         let heap = DmaHeapAllocator::new(name)?;
-        Ok(Allocator::register_once(&key, || heap.0))
+        let registered = Allocator::register_once(&key, || heap.0.clone());
+        Ok(Self::from_allocator(registered).unwrap_or(heap))
     }
 
     /// The heap's name.

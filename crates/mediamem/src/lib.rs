@@ -57,7 +57,9 @@ pub mod shm;
 mod sys;
 pub mod udmabuf;
 
-pub use allocator::{AllocationParams, Allocator, AllocatorFlags, AllocatorImpl, ALLOCATOR_SYSMEM};
+pub use allocator::{
+    AllocationParams, Allocator, AllocatorCaps, AllocatorFlags, AllocatorImpl, ALLOCATOR_SYSMEM,
+};
 pub use dmabuf::{dmabuf_memory_get_fd, is_dmabuf_memory, DmaBufAllocator};
 pub use drm::{
     drm_dumb_memory_export_dmabuf, drm_dumb_memory_get_handle, is_drm_dumb_memory, DrmDumbAllocator,

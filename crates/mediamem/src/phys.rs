@@ -21,7 +21,7 @@ use std::ptr::NonNull;
 
 use rustix::fs::{MemfdFlags, OFlags};
 
-use crate::allocator::{AllocationParams, Allocator, AllocatorFlags, AllocatorImpl};
+use crate::allocator::{AllocationParams, Allocator, AllocatorCaps, AllocatorFlags, AllocatorImpl};
 use crate::dmabuf::DmaBufBackend;
 use crate::error::{Error, Result};
 use crate::fd::{fd_block, FdBackend, FdHandle, FdMemoryFlags};
@@ -258,11 +258,22 @@ pub const ALLOCATOR_HUGEPAGE: &str = "hugepage";
 /// The huge page allocator implementation: memory type `"hugepage"`,
 /// `NO_COPY` (copies go to system memory, not to another scarce huge page).
 #[derive(Debug)]
-pub struct HugePageAllocatorImpl {
+pub(crate) struct HugePageAllocatorImpl {
     huge_page: usize,
 }
 
+impl HugePageAllocatorImpl {
+    /// What this kind can do.
+    pub(crate) const CAPS: AllocatorCaps = AllocatorCaps::PLAIN_ALLOC
+        .union(AllocatorCaps::FD_BACKED)
+        .union(AllocatorCaps::CONTIGUOUS);
+}
+
 impl AllocatorImpl for HugePageAllocatorImpl {
+    fn caps(&self) -> AllocatorCaps {
+        Self::CAPS
+    }
+
     fn mem_type(&self) -> &str {
         ALLOCATOR_HUGEPAGE
     }
@@ -425,12 +436,24 @@ pub const CMA_MEMORY_TYPE: &str = "cma";
 
 /// The CMA heap allocator implementation.
 #[derive(Debug)]
-pub struct CmaHeapAllocatorImpl {
+pub(crate) struct CmaHeapAllocatorImpl {
     name: String,
     device: OwnedFd,
 }
 
+impl CmaHeapAllocatorImpl {
+    /// What this kind can do.
+    pub(crate) const CAPS: AllocatorCaps = AllocatorCaps::PLAIN_ALLOC
+        .union(AllocatorCaps::FD_BACKED)
+        .union(AllocatorCaps::DMABUF)
+        .union(AllocatorCaps::CONTIGUOUS);
+}
+
 impl AllocatorImpl for CmaHeapAllocatorImpl {
+    fn caps(&self) -> AllocatorCaps {
+        Self::CAPS
+    }
+
     fn mem_type(&self) -> &str {
         CMA_MEMORY_TYPE
     }

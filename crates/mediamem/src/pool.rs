@@ -165,12 +165,13 @@ impl MemoryPool {
     /// [`Error::OutOfRange`] when `min > max` or `max == 0`, and any error
     /// of the first `min` allocations.
     pub fn new(
-        allocator: Allocator,
+        allocator: impl Into<Allocator>,
         size: usize,
         params: Option<&AllocationParams>,
         min: usize,
         max: usize,
     ) -> Result<Self> {
+        let allocator = allocator.into();
         let params = params.copied().unwrap_or_default();
         let mem_type = allocator.mem_type().to_owned();
         Self::build(

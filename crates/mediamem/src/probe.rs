@@ -1,8 +1,13 @@
 //! What this machine offers: one row per allocator kind mediamem knows,
 //! with whether it works here and what it can do. `mediamem probe` prints
 //! this table.
+//!
+//! A row's capabilities are its kind's [`AllocatorCaps`] (the kind says
+//! what it can do, the probe does not restate it); whether it is available
+//! comes from a real check on this machine: an allocation, a map and a
+//! free where the kind can allocate.
 
-use crate::allocator::{Allocator, AllocatorFlags};
+use crate::allocator::{Allocator, AllocatorCaps, AllocatorFlags};
 use crate::memory::{MapFlags, DEFAULT_ALIGN_MASK};
 
 /// One allocator kind and its capabilities on this machine.
@@ -14,6 +19,8 @@ pub struct ProbeRow {
     pub mem_type: String,
     /// Whether it can be used on this machine right now.
     pub available: bool,
+    /// The kind's capabilities.
+    pub caps: AllocatorCaps,
     /// Whether it allocates from a size alone (`Allocator::alloc`).
     pub plain_alloc: bool,
     /// Whether its memories carry a file descriptor.
@@ -22,10 +29,38 @@ pub struct ProbeRow {
     pub dmabuf: bool,
     /// Whether its memories are physically contiguous.
     pub contiguous: bool,
-    /// Where copies of its memories go.
+    /// Where copies of its memories go (`-` when it is not available).
     pub copies_to: String,
     /// A short note: how it was checked, or why it is unavailable.
     pub detail: String,
+}
+
+impl ProbeRow {
+    /// A row for a kind with `caps`: available with the allocator that
+    /// passed the check and what the check saw, or not, and why.
+    fn new(
+        name: &str,
+        mem_type: &str,
+        caps: AllocatorCaps,
+        check: Result<(Allocator, String), String>,
+    ) -> ProbeRow {
+        let (available, mem_type, copies_to, detail) = match check {
+            Ok((a, detail)) => (true, a.mem_type().to_owned(), copies_to(&a), detail),
+            Err(why) => (false, mem_type.to_owned(), "-".to_owned(), why),
+        };
+        ProbeRow {
+            name: name.to_owned(),
+            mem_type,
+            available,
+            caps,
+            plain_alloc: caps.contains(AllocatorCaps::PLAIN_ALLOC),
+            fd_backed: caps.contains(AllocatorCaps::FD_BACKED),
+            dmabuf: caps.contains(AllocatorCaps::DMABUF),
+            contiguous: caps.contains(AllocatorCaps::CONTIGUOUS),
+            copies_to,
+            detail,
+        }
+    }
 }
 
 /// Probe every allocator kind mediamem implements.
@@ -52,30 +87,20 @@ pub fn probe() -> Vec<ProbeRow> {
 fn phys_row(
     name: &str,
     mem_type: &str,
-    dmabuf: bool,
+    caps: AllocatorCaps,
     info: String,
     alloc: impl FnOnce() -> crate::Result<(Allocator, crate::Memory)>,
 ) -> ProbeRow {
-    match alloc() {
-        Ok((a, m)) => ProbeRow {
-            name: name.to_owned(),
-            mem_type: a.mem_type().to_owned(),
-            available: true,
-            plain_alloc: true,
-            fd_backed: true,
-            dmabuf,
-            contiguous: true,
-            copies_to: copies_to(&a),
-            detail: format!(
+    let check = alloc()
+        .map(|(a, m)| {
+            let detail = format!(
                 "{info}; allocation at physical {:#x}",
                 crate::phys::phys_memory_get_phys_addr(&m).unwrap_or(0)
-            ),
-        },
-        Err(e) => ProbeRow {
-            contiguous: true,
-            ..unavailable(name, mem_type, dmabuf, format!("{info}; {e}"))
-        },
-    }
+            );
+            (a, detail)
+        })
+        .map_err(|e| format!("{info}; {e}"));
+    ProbeRow::new(name, mem_type, caps, check)
 }
 
 fn probe_hugepage() -> ProbeRow {
@@ -84,11 +109,17 @@ fn probe_hugepage() -> ProbeRow {
         (Some(size), Some(free)) => format!("huge page {} KiB, {free} free", size / 1024),
         _ => "no hugetlb".to_owned(),
     };
-    phys_row(ALLOCATOR_HUGEPAGE, ALLOCATOR_HUGEPAGE, false, info, || {
-        let a = HugePageAllocator::new()?;
-        let m = a.alloc(4096, None)?;
-        Ok((a.allocator().clone(), m))
-    })
+    phys_row(
+        ALLOCATOR_HUGEPAGE,
+        ALLOCATOR_HUGEPAGE,
+        HugePageAllocator::CAPS,
+        info,
+        || {
+            let a = HugePageAllocator::new()?;
+            let m = a.alloc(4096, None)?;
+            Ok((a.allocator().clone(), m))
+        },
+    )
 }
 
 fn probe_cma() -> ProbeRow {
@@ -96,7 +127,7 @@ fn probe_cma() -> ProbeRow {
     phys_row(
         CMA_MEMORY_TYPE,
         CMA_MEMORY_TYPE,
-        true,
+        CmaHeapAllocator::CAPS,
         "CMA dma-heap".into(),
         || {
             let a = CmaHeapAllocator::new()?;
@@ -106,48 +137,23 @@ fn probe_cma() -> ProbeRow {
     )
 }
 
-/// A row for an allocator kind that is missing here.
-fn unavailable(name: &str, mem_type: &str, dmabuf: bool, reason: String) -> ProbeRow {
-    ProbeRow {
-        name: name.to_owned(),
-        mem_type: mem_type.to_owned(),
-        available: false,
-        plain_alloc: false,
-        fd_backed: dmabuf,
-        dmabuf,
-        contiguous: false,
-        copies_to: "-".into(),
-        detail: reason,
-    }
-}
-
 /// The row of a dma-buf allocator with a plain `alloc` (udmabuf, heaps):
 /// allocate 1 MiB and map it for writing, or say why that failed.
 fn dmabuf_alloc_row(
     name: &str,
     mem_type: &str,
+    caps: AllocatorCaps,
     node: &str,
     get: impl FnOnce() -> crate::Result<Allocator>,
 ) -> ProbeRow {
-    let check = get().and_then(|a| {
-        let m = a.alloc(1 << 20, None)?;
-        m.map_writable()?.fill(1);
-        Ok(a)
-    });
-    match check {
-        Ok(a) => ProbeRow {
-            name: name.to_owned(),
-            mem_type: a.mem_type().to_owned(),
-            available: true,
-            plain_alloc: true,
-            fd_backed: true,
-            dmabuf: true,
-            contiguous: false,
-            copies_to: copies_to(&a),
-            detail: format!("{node}; 1 MiB alloc and map checked"),
-        },
-        Err(e) => unavailable(name, mem_type, true, e.to_string()),
-    }
+    let check = get()
+        .and_then(|a| {
+            let m = a.alloc(1 << 20, None)?;
+            m.map_writable()?.fill(1);
+            Ok((a, format!("{node}; 1 MiB alloc and map checked")))
+        })
+        .map_err(|e| e.to_string());
+    ProbeRow::new(name, mem_type, caps, check)
 }
 
 fn probe_udmabuf() -> ProbeRow {
@@ -155,8 +161,9 @@ fn probe_udmabuf() -> ProbeRow {
     dmabuf_alloc_row(
         ALLOCATOR_UDMABUF,
         ALLOCATOR_UDMABUF,
+        UdmabufAllocator::CAPS,
         UDMABUF_DEVICE,
-        UdmabufAllocator::get,
+        || UdmabufAllocator::get().map(Allocator::from),
     )
 }
 
@@ -164,11 +171,11 @@ fn probe_heaps() -> Vec<ProbeRow> {
     use crate::heap::{list_heaps, DmaHeapAllocator, DMA_HEAP_DIR, DMA_HEAP_MEMORY_TYPE};
     let heaps = list_heaps();
     if heaps.is_empty() {
-        return vec![unavailable(
+        return vec![ProbeRow::new(
             DMA_HEAP_MEMORY_TYPE,
             DMA_HEAP_MEMORY_TYPE,
-            true,
-            format!("no heaps in {DMA_HEAP_DIR}"),
+            DmaHeapAllocator::CAPS,
+            Err(format!("no heaps in {DMA_HEAP_DIR}")),
         )];
     }
     heaps
@@ -177,8 +184,9 @@ fn probe_heaps() -> Vec<ProbeRow> {
             dmabuf_alloc_row(
                 &format!("{DMA_HEAP_MEMORY_TYPE}:{name}"),
                 DMA_HEAP_MEMORY_TYPE,
+                DmaHeapAllocator::CAPS,
                 &format!("{DMA_HEAP_DIR}/{name}"),
-                || DmaHeapAllocator::get(name),
+                || DmaHeapAllocator::get(name).map(Allocator::from),
             )
         })
         .collect()
@@ -188,11 +196,11 @@ fn probe_drm() -> Vec<ProbeRow> {
     use crate::drm::{fourcc, list_devices, DrmDumbAllocator, DRM_DUMB_MEMORY_TYPE};
     let devices = list_devices();
     if devices.is_empty() {
-        return vec![unavailable(
+        return vec![ProbeRow::new(
             DRM_DUMB_MEMORY_TYPE,
             DRM_DUMB_MEMORY_TYPE,
-            false,
-            "no DRM devices (/dev/dri/card*)".into(),
+            DrmDumbAllocator::CAPS,
+            Err("no DRM devices (/dev/dri/card*)".into()),
         )];
     }
     devices
@@ -205,25 +213,17 @@ fn probe_drm() -> Vec<ProbeRow> {
                 if d.dumb { "yes" } else { "no" },
                 if d.prime_export { "yes" } else { "no" }
             );
-            let check = DrmDumbAllocator::new_with_device_path(&d.path).and_then(|a| {
-                let (m, pitch) = a.alloc(fourcc(*b"XR24"), 64, 64)?;
-                m.map_writable()?.fill(1);
-                Ok((a, pitch))
-            });
-            match check {
-                Ok((a, pitch)) => ProbeRow {
-                    name,
-                    mem_type: a.mem_type().to_owned(),
-                    available: true,
-                    plain_alloc: false,
-                    fd_backed: false,
-                    dmabuf: false,
-                    contiguous: false,
-                    copies_to: copies_to(&a),
-                    detail: format!("{caps}; XR24 64x64 pitch {pitch}"),
-                },
-                Err(e) => unavailable(&name, DRM_DUMB_MEMORY_TYPE, false, format!("{caps}: {e}")),
-            }
+            let check = DrmDumbAllocator::new_with_device_path(&d.path)
+                .and_then(|a| {
+                    let (m, pitch) = a.alloc(fourcc(*b"XR24"), 64, 64)?;
+                    m.map_writable()?.fill(1);
+                    Ok((
+                        a.allocator().clone(),
+                        format!("{caps}; XR24 64x64 pitch {pitch}"),
+                    ))
+                })
+                .map_err(|e| format!("{caps}: {e}"));
+            ProbeRow::new(&name, DRM_DUMB_MEMORY_TYPE, DrmDumbAllocator::CAPS, check)
         })
         .collect()
 }
@@ -240,26 +240,27 @@ fn copies_to(a: &Allocator) -> String {
 
 fn probe_system() -> ProbeRow {
     let sys = Allocator::system();
-    let check = sys.alloc(4096, None).and_then(|m| {
-        m.map(MapFlags::READWRITE)?;
-        Ok(m.maxsize())
-    });
-    ProbeRow {
-        name: crate::allocator::ALLOCATOR_SYSMEM.to_owned(),
-        mem_type: sys.mem_type().to_owned(),
-        available: check.is_ok(),
-        plain_alloc: true,
-        fd_backed: false,
-        dmabuf: false,
-        contiguous: false,
-        copies_to: copies_to(&sys),
-        detail: match check {
-            Ok(maxsize) => format!(
+    let check = sys
+        .alloc(4096, None)
+        .and_then(|m| {
+            m.map(MapFlags::READWRITE)?;
+            Ok(m.maxsize())
+        })
+        .map(|maxsize| {
+            (
+                sys.clone(),
+                format!(
                 "heap, zeroed, align mask >= {DEFAULT_ALIGN_MASK}; alloc(4096) gave maxsize {maxsize}"
             ),
-            Err(e) => format!("allocation failed: {e}"),
-        },
-    }
+            )
+        })
+        .map_err(|e| format!("allocation failed: {e}"));
+    ProbeRow::new(
+        crate::allocator::ALLOCATOR_SYSMEM,
+        sys.mem_type(),
+        sys.caps(),
+        check,
+    )
 }
 
 fn probe_fd() -> ProbeRow {
@@ -267,63 +268,48 @@ fn probe_fd() -> ProbeRow {
     let fd = FdAllocator::new();
     // Import a real memfd, map it read-write, share it.
     let check = rustix::fs::memfd_create("mediamem-probe", rustix::fs::MemfdFlags::CLOEXEC)
-        .map_err(|e| crate::Error::NotAvailable {
-            what: "memfd_create".into(),
-            reason: e.to_string(),
-        })
+        .map_err(|e| crate::Error::os("memfd_create", e))
         .and_then(|memfd| {
-            rustix::fs::ftruncate(&memfd, 4096).map_err(|e| crate::Error::NotAvailable {
-                what: "ftruncate".into(),
-                reason: e.to_string(),
-            })?;
+            rustix::fs::ftruncate(&memfd, 4096).map_err(|e| crate::Error::os("ftruncate", e))?;
             let m = fd.alloc(memfd, 4096, FdMemoryFlags::KEEP_MAPPED)?;
             m.map_writable()?.fill(1);
             m.share(..)?;
-            Ok(())
-        });
-    ProbeRow {
-        name: crate::fd::ALLOCATOR_FD.to_owned(),
-        mem_type: fd.mem_type().to_owned(),
-        available: check.is_ok(),
-        plain_alloc: false,
-        fd_backed: true,
-        dmabuf: false,
-        contiguous: false,
-        copies_to: copies_to(&fd),
-        detail: match check {
-            Ok(()) => "imports any mappable fd; memfd import, map and share checked".into(),
-            Err(e) => format!("check failed: {e}"),
-        },
-    }
+            Ok((
+                fd.allocator().clone(),
+                "imports any mappable fd; memfd import, map and share checked".to_owned(),
+            ))
+        })
+        .map_err(|e| format!("check failed: {e}"));
+    ProbeRow::new(
+        crate::fd::ALLOCATOR_FD,
+        crate::fd::ALLOCATOR_FD,
+        FdAllocator::CAPS,
+        check,
+    )
 }
 
 fn probe_shm() -> ProbeRow {
-    let shm = crate::shm::ShmAllocator::get();
-    let check = shm.alloc(100, None).and_then(|m| {
-        m.map_writable()?.fill(1);
-        let seals = m
-            .fd()
-            .map(|fd| rustix::fs::fcntl_get_seals(fd).unwrap_or(rustix::fs::SealFlags::empty()))
-            .unwrap_or(rustix::fs::SealFlags::empty());
-        Ok((m.maxsize(), seals))
-    });
-    ProbeRow {
-        name: crate::shm::ALLOCATOR_SHM.to_owned(),
-        mem_type: shm.mem_type().to_owned(),
-        available: check.is_ok(),
-        plain_alloc: true,
-        fd_backed: true,
-        dmabuf: false,
-        contiguous: false,
-        copies_to: copies_to(&shm),
-        detail: match check {
-            Ok((maxsize, seals)) => format!(
-                "memfd; alloc(100) gave maxsize {maxsize}; seals {}",
-                seal_names(seals)
-            ),
-            Err(e) => format!("check failed: {e}"),
-        },
-    }
+    use crate::shm::{ShmAllocator, ALLOCATOR_SHM};
+    let shm = ShmAllocator::get();
+    let check = shm
+        .alloc(100, None)
+        .and_then(|m| {
+            m.map_writable()?.fill(1);
+            let seals = m
+                .fd()
+                .map(|fd| rustix::fs::fcntl_get_seals(fd).unwrap_or(rustix::fs::SealFlags::empty()))
+                .unwrap_or(rustix::fs::SealFlags::empty());
+            Ok((
+                shm.allocator().clone(),
+                format!(
+                    "memfd; alloc(100) gave maxsize {}; seals {}",
+                    m.maxsize(),
+                    seal_names(seals)
+                ),
+            ))
+        })
+        .map_err(|e| format!("check failed: {e}"));
+    ProbeRow::new(ALLOCATOR_SHM, ALLOCATOR_SHM, shm.caps(), check)
 }
 
 fn seal_names(seals: rustix::fs::SealFlags) -> String {
@@ -349,18 +335,17 @@ fn seal_names(seals: rustix::fs::SealFlags) -> String {
 }
 
 fn probe_dmabuf() -> ProbeRow {
-    let dmabuf = crate::dmabuf::DmaBufAllocator::new();
-    ProbeRow {
-        name: crate::dmabuf::ALLOCATOR_DMABUF.to_owned(),
-        mem_type: dmabuf.mem_type().to_owned(),
-        available: true,
-        plain_alloc: false,
-        fd_backed: true,
-        dmabuf: true,
-        contiguous: false,
-        copies_to: copies_to(&dmabuf),
-        detail: "imports dma-buf fds; map/unmap bracket DMA_BUF_IOCTL_SYNC".into(),
-    }
+    use crate::dmabuf::{DmaBufAllocator, ALLOCATOR_DMABUF};
+    let dmabuf = DmaBufAllocator::new();
+    ProbeRow::new(
+        ALLOCATOR_DMABUF,
+        ALLOCATOR_DMABUF,
+        DmaBufAllocator::CAPS,
+        Ok((
+            dmabuf.allocator().clone(),
+            "imports dma-buf fds; map/unmap bracket DMA_BUF_IOCTL_SYNC".into(),
+        )),
+    )
 }
 
 #[cfg(test)]
@@ -424,6 +409,29 @@ mod tests {
             huge.detail
         );
         let cma = rows.iter().find(|r| r.name == "cma").unwrap();
-        assert!(cma.contiguous && cma.dmabuf);
+        assert!(cma.contiguous && cma.dmabuf && cma.fd_backed);
+    }
+
+    /// A row keeps its kind's capabilities when the kind is not available
+    /// here (no free huge page, no CMA heap, no device).
+    #[test]
+    fn unavailable_rows_keep_their_capabilities() {
+        use crate::allocator::AllocatorCaps;
+        let caps = crate::phys::CmaHeapAllocator::CAPS;
+        let row = super::phys_row("kind", "kind", caps, "info".into(), || {
+            Err(crate::Error::NotAvailable {
+                what: "huge pages".into(),
+                reason: "none free".into(),
+            })
+        });
+        assert!(!row.available, "{row:?}");
+        assert!(
+            row.fd_backed && row.contiguous && row.dmabuf && row.plain_alloc,
+            "{row:?}"
+        );
+        assert_eq!(row.caps, caps);
+        assert!(row.caps.contains(AllocatorCaps::CONTIGUOUS));
+        assert_eq!(row.copies_to, "-");
+        assert!(row.detail.starts_with("info; ") && row.detail.contains("none free"));
     }
 }

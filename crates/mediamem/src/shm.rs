@@ -21,7 +21,7 @@
 
 use rustix::fs::SealFlags;
 
-use crate::allocator::{AllocationParams, Allocator, AllocatorFlags, AllocatorImpl};
+use crate::allocator::{AllocationParams, Allocator, AllocatorCaps, AllocatorFlags, AllocatorImpl};
 use crate::error::{Error, Result};
 use crate::fd::{FdBackend, FdBlock, FdHandle, FdMemoryFlags};
 use crate::kind::create_memfd;
@@ -37,9 +37,19 @@ pub const SHM_SEALS: SealFlags = SealFlags::SHRINK.union(SealFlags::GROW);
 /// The shm allocator implementation: memory type `"shm"`, flags
 /// `CUSTOM_ALLOC | NO_COPY` (copies go to system memory), plain `alloc`.
 #[derive(Debug, Default)]
-pub struct ShmAllocatorImpl;
+pub(crate) struct ShmAllocatorImpl;
+
+impl ShmAllocatorImpl {
+    /// What this kind can do.
+    pub(crate) const CAPS: AllocatorCaps =
+        AllocatorCaps::PLAIN_ALLOC.union(AllocatorCaps::FD_BACKED);
+}
 
 impl AllocatorImpl for ShmAllocatorImpl {
+    fn caps(&self) -> AllocatorCaps {
+        Self::CAPS
+    }
+
     fn mem_type(&self) -> &str {
         ALLOCATOR_SHM
     }
@@ -104,19 +114,20 @@ impl AllocatorImpl for ShmAllocatorImpl {
     }
 }
 
-/// The process-wide shm allocator (`GstShmAllocator`).
-///
-/// ```
-/// use mediamem::ShmAllocator;
-/// let shm = ShmAllocator::get();
-/// let mem = shm.alloc(100, None)?;
-/// assert!(mediamem::is_fd_memory(&mem));
-/// assert!(mem.maxsize() >= 4096); // page-rounded
-/// mem.map_writable()?.fill(7);
-/// # Ok::<(), mediamem::Error>(())
-/// ```
-#[derive(Debug)]
-pub struct ShmAllocator;
+crate::allocator::allocator_handle! {
+    /// The process-wide shm allocator (`GstShmAllocator`).
+    ///
+    /// ```
+    /// use mediamem::ShmAllocator;
+    /// let shm = ShmAllocator::get();
+    /// let mem = shm.alloc(100, None)?;
+    /// assert!(mediamem::is_fd_memory(&mem));
+    /// assert!(mem.maxsize() >= 4096); // page-rounded
+    /// mem.map_writable()?.fill(7);
+    /// # Ok::<(), mediamem::Error>(())
+    /// ```
+    ShmAllocator => ShmAllocatorImpl
+}
 
 impl ShmAllocator {
     /// Register the shm allocator as `"shm"` if it is not yet
@@ -127,7 +138,11 @@ impl ShmAllocator {
 
     /// The shm allocator, registered on first use (`gst_shm_allocator_get`,
     /// which in GStreamer answers NULL before `init_once`).
-    pub fn get() -> Allocator {
-        Allocator::register_once(ALLOCATOR_SHM, || Allocator::new(ShmAllocatorImpl))
+    pub fn get() -> ShmAllocator {
+        let a = Allocator::register_once(ALLOCATOR_SHM, || Allocator::new(ShmAllocatorImpl));
+        // Someone may have registered another allocator as "shm" first:
+        // this handle is always the real one.
+        ShmAllocator::from_allocator(a)
+            .unwrap_or_else(|| ShmAllocator(Allocator::new(ShmAllocatorImpl)))
     }
 }

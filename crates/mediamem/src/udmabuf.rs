@@ -12,7 +12,7 @@ use std::os::fd::{AsFd, OwnedFd};
 
 use rustix::fs::SealFlags;
 
-use crate::allocator::{AllocationParams, Allocator, AllocatorImpl};
+use crate::allocator::{AllocationParams, Allocator, AllocatorCaps, AllocatorImpl};
 use crate::dmabuf::new_dmabuf_parts;
 use crate::error::{Error, Result};
 use crate::kind::{create_memfd, open_device, page_rounded_maxsize};
@@ -26,11 +26,22 @@ pub const UDMABUF_DEVICE: &str = "/dev/udmabuf";
 
 /// The udmabuf allocator implementation; holds `/dev/udmabuf` open.
 #[derive(Debug)]
-pub struct UdmabufAllocatorImpl {
+pub(crate) struct UdmabufAllocatorImpl {
     device: OwnedFd,
 }
 
+impl UdmabufAllocatorImpl {
+    /// What this kind can do.
+    pub(crate) const CAPS: AllocatorCaps = AllocatorCaps::PLAIN_ALLOC
+        .union(AllocatorCaps::FD_BACKED)
+        .union(AllocatorCaps::DMABUF);
+}
+
 impl AllocatorImpl for UdmabufAllocatorImpl {
+    fn caps(&self) -> AllocatorCaps {
+        Self::CAPS
+    }
+
     fn mem_type(&self) -> &str {
         ALLOCATOR_UDMABUF
     }
@@ -49,9 +60,10 @@ impl AllocatorImpl for UdmabufAllocatorImpl {
     }
 }
 
-/// The process-wide udmabuf allocator.
-#[derive(Debug)]
-pub struct UdmabufAllocator;
+crate::allocator::allocator_handle! {
+    /// The process-wide udmabuf allocator (derefs to [`Allocator`]).
+    UdmabufAllocator => UdmabufAllocatorImpl
+}
 
 impl UdmabufAllocator {
     /// Open `/dev/udmabuf` and register `"udmabuf"` if that worked
@@ -62,13 +74,15 @@ impl UdmabufAllocator {
 
     /// The udmabuf allocator (`gst_udmabuf_allocator_get`), or why there is
     /// none (no device, or no permission).
-    pub fn get() -> Result<Allocator> {
-        if let Some(a) = Allocator::find(Some(ALLOCATOR_UDMABUF)) {
+    pub fn get() -> Result<UdmabufAllocator> {
+        if let Some(a) = Allocator::find(Some(ALLOCATOR_UDMABUF)).and_then(Self::from_allocator) {
             return Ok(a);
         }
         let device = open_device(UDMABUF_DEVICE, "udmabuf")?;
-        Ok(Allocator::register_once(ALLOCATOR_UDMABUF, || {
-            Allocator::new(UdmabufAllocatorImpl { device })
-        }))
+        let made = Allocator::new(UdmabufAllocatorImpl { device });
+        let registered = Allocator::register_once(ALLOCATOR_UDMABUF, || made.clone());
+        // Another allocator registered as "udmabuf" keeps the name; ours is
+        // still returned.
+        Ok(Self::from_allocator(registered).unwrap_or(UdmabufAllocator(made)))
     }
 }

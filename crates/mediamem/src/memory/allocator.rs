@@ -107,6 +107,12 @@ pub trait AllocatorImpl: Any + Send + Sync + fmt::Debug {
         AllocatorFlags::empty()
     }
 
+    /// What this kind of allocator can do. Custom allocators say nothing
+    /// unless they override it.
+    fn caps(&self) -> AllocatorCaps {
+        AllocatorCaps::empty()
+    }
+
     /// This allocator as a [`PhysMemoryAllocator`],
     /// if it is one (GStreamer's interface check). Default: no.
     fn as_phys(&self) -> Option<&dyn PhysMemoryAllocator> {
@@ -125,6 +131,24 @@ pub trait AllocatorImpl: Any + Send + Sync + fmt::Debug {
     }
 }
 
+bitflags! {
+    /// What an allocator kind can do: one value per kind, which
+    /// [`probe`](crate::probe) and callers read instead of restating it.
+    /// The typed handles expose it as a constant (`ShmAllocator::CAPS`),
+    /// so it is known even where the kind is not available.
+    #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default)]
+    pub struct AllocatorCaps: u32 {
+        /// Allocates from a size alone ([`Allocator::alloc`]).
+        const PLAIN_ALLOC = 1 << 0;
+        /// Its memories carry an fd (`is_fd_memory`).
+        const FD_BACKED = 1 << 1;
+        /// Its memories are dma-bufs (`is_dmabuf_memory`).
+        const DMABUF = 1 << 2;
+        /// Its memories are physically contiguous.
+        const CONTIGUOUS = 1 << 3;
+    }
+}
+
 /// A shared handle to an allocator (`GstAllocator*`). Cloning is a reference
 /// count increment.
 #[derive(Clone)]
@@ -137,6 +161,11 @@ impl fmt::Debug for Allocator {
 }
 
 impl Allocator {
+    /// What this allocator can do.
+    pub fn caps(&self) -> AllocatorCaps {
+        self.0.caps()
+    }
+
     /// Wrap an implementation in a handle.
     pub fn new(imp: impl AllocatorImpl) -> Self {
         Allocator(Arc::new(imp))
@@ -289,6 +318,18 @@ macro_rules! allocator_handle {
         #[derive(Debug, Clone)]
         pub struct $name($crate::Allocator);
 
+        impl From<$name> for $crate::Allocator {
+            fn from(handle: $name) -> $crate::Allocator {
+                handle.0
+            }
+        }
+
+        impl AsRef<$crate::Allocator> for $name {
+            fn as_ref(&self) -> &$crate::Allocator {
+                &self.0
+            }
+        }
+
         impl std::ops::Deref for $name {
             type Target = $crate::Allocator;
             fn deref(&self) -> &$crate::Allocator {
@@ -297,9 +338,18 @@ macro_rules! allocator_handle {
         }
 
         impl $name {
+            /// What this kind of allocator can do (also when it is not
+            /// available on this machine).
+            pub const CAPS: $crate::allocator::AllocatorCaps = <$imp>::CAPS;
+
             /// The generic allocator handle.
             pub fn allocator(&self) -> &$crate::Allocator {
                 &self.0
+            }
+
+            /// The typed handle of `allocator`, if it is of this kind.
+            pub fn from_allocator(allocator: $crate::Allocator) -> Option<Self> {
+                allocator.is::<$imp>().then_some($name(allocator))
             }
 
             /// The implementation this handle was made with.

@@ -41,6 +41,10 @@ use crate::memory::{
 pub struct SystemAllocator;
 
 impl AllocatorImpl for SystemAllocator {
+    fn caps(&self) -> crate::allocator::AllocatorCaps {
+        crate::allocator::AllocatorCaps::PLAIN_ALLOC
+    }
+
     fn mem_type(&self) -> &str {
         crate::allocator::ALLOCATOR_SYSMEM
     }
