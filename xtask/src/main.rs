@@ -4,7 +4,8 @@
 //!   with warnings denied, every test of the workspace (unit, conformance,
 //!   integration, doc tests), the loom model checks, each fuzz target
 //!   briefly, then the device tests under QEMU.
-//! * `test --host-only`: the same without the QEMU guest.
+//! * `test --host-only`: the same without the QEMU guest. Both also run
+//!   every example of the library once.
 //! * `loom`: the model checks of mediamem's lock-free core (`Counted`, the
 //!   lock word, the region's sequence lock) under `loom`: its unit tests
 //!   named `loom`, built with `--cfg loom` in `target/loom` so the ordinary
@@ -166,6 +167,21 @@ fn fuzz_args(args: &[String]) -> Option<(Vec<String>, fuzz::Budget)> {
     Some((targets, budget))
 }
 
+/// The library's examples, each run once (they check what they print
+/// about, and exit non-zero on any error).
+const EXAMPLES: &[&str] = &[
+    "alloc_and_map",
+    "pool",
+    "import_dmabuf",
+    "share_between_processes",
+];
+
+fn examples() -> bool {
+    EXAMPLES
+        .iter()
+        .all(|e| cargo(&["run", "-q", "-p", "mediamem", "--example", e]))
+}
+
 fn test(host_only: bool) -> bool {
     let brief = fuzz::Budget {
         seconds: 20,
@@ -174,6 +190,7 @@ fn test(host_only: bool) -> bool {
     };
     lint()
         && cargo(&["test", "--workspace", "--no-fail-fast"])
+        && examples()
         && loom()
         && fuzz(&[], &brief)
         && (host_only || vm_test())
