@@ -11,10 +11,13 @@ use mediamem::{
     UdmabufAllocator,
 };
 
+/// A way to get a dma-buf allocator.
+type Provider = Box<dyn Fn() -> Result<Allocator>>;
+
 /// A dma-buf from the first provider that works here, or why none did.
 fn dmabuf_from_this_machine() -> std::result::Result<Memory, String> {
     let mut why = Vec::new();
-    let providers: [(&str, Box<dyn Fn() -> Result<Allocator>>); 2] = [
+    let providers: [(&str, Provider); 2] = [
         (
             "system heap",
             Box::new(|| DmaHeapAllocator::get("system").map(Into::into)),

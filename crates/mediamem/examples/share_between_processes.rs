@@ -40,22 +40,9 @@ fn receive(path: &str) -> Result<()> {
     Ok(())
 }
 
-fn main() -> Result<()> {
-    let args: Vec<String> = std::env::args().collect();
-    if let [_, role, path] = args.as_slice() {
-        if role == "receive" {
-            return receive(path);
-        }
-    }
-    let path = std::env::temp_dir().join(format!("mediamem-example-{}.sock", std::process::id()));
-    let listener = UnixListener::bind(&path).expect("a socket in the temporary directory");
-    let mut child = Command::new(std::env::current_exe().expect("this program"))
-        .args(["receive", path.to_str().expect("a UTF-8 path")])
-        .spawn()
-        .expect("the receiver starts");
-    let (sock, _) = listener.accept().expect("the receiver connects");
-    let _ = std::fs::remove_file(&path);
-
+/// Send every frame and wait for every release; the pool's outstanding
+/// count at the end.
+fn send(sock: UnixStream) -> Result<usize> {
     let mut tx = Sender::new(sock);
     tx.set_timeout(Some(Duration::from_secs(10)))?;
     let pool = MemoryPool::new(ShmAllocator::get(), SIZE, None, 2, 2)?;
@@ -80,11 +67,35 @@ fn main() -> Result<()> {
             break;
         }
     }
+    Ok(pool.outstanding())
+}
+
+fn main() -> Result<()> {
+    let args: Vec<String> = std::env::args().collect();
+    if let [_, role, path] = args.as_slice() {
+        if role == "receive" {
+            return receive(path);
+        }
+    }
+    let path = std::env::temp_dir().join(format!("mediamem-example-{}.sock", std::process::id()));
+    let listener = UnixListener::bind(&path).expect("a socket in the temporary directory");
+    let mut child = Command::new(std::env::current_exe().expect("this program"))
+        .args(["receive", path.to_str().expect("a UTF-8 path")])
+        .spawn()
+        .expect("the receiver starts");
+    let (sock, _) = listener.accept().expect("the receiver connects");
+    let _ = std::fs::remove_file(&path);
+    let sent = send(sock);
+    // Whatever happened, the receiver is waited for.
     let status = child.wait().expect("the receiver ends");
+    let outstanding = sent?;
+    if !status.success() {
+        eprintln!("the receiver failed: {status}");
+        std::process::exit(1);
+    }
     println!(
-        "sender (pid {}): {FRAMES} frames of {SIZE} bytes sent as fds; pool outstanding {}; receiver {status}",
+        "sender (pid {}): {FRAMES} frames of {SIZE} bytes sent as fds; pool outstanding {outstanding}; receiver {status}",
         std::process::id(),
-        pool.outstanding()
     );
     Ok(())
 }
