@@ -116,24 +116,10 @@ impl DmaBufBackend {
         DmaBufBackend { block }
     }
 
-    /// The dma-buf fd (still owned by the memory).
+    /// The dma-buf fd (still owned by the memory). The block's other
+    /// accessors are reached through `Deref` ([`FdBlock`]).
     pub fn fd(&self) -> BorrowedFd<'_> {
         self.block.fd()
-    }
-
-    /// The fd-memory flags.
-    pub fn flags(&self) -> FdMemoryFlags {
-        self.block.flags()
-    }
-
-    /// Whether the buffer is mapped into this process right now.
-    pub fn is_mapped(&self) -> bool {
-        self.block.is_mapped()
-    }
-
-    /// Maps currently held through the backend.
-    pub fn map_count(&self) -> usize {
-        self.block.map_count()
     }
 
     /// Map read-write once (with its syncs), keep the mapping, and lock its
@@ -167,6 +153,13 @@ impl DmaBufBackend {
                 self.fd().as_raw_fd()
             );
         }
+    }
+}
+
+impl std::ops::Deref for DmaBufBackend {
+    type Target = FdBlock;
+    fn deref(&self) -> &FdBlock {
+        &self.block
     }
 }
 

@@ -303,8 +303,8 @@ pub(crate) fn fd_block(fd: FdHandle, maxsize: usize, flags: FdMemoryFlags) -> Re
 /// The block of fd-backed memory, shared by every kind built on fd memory
 /// (fd, shm, dma-buf, huge page): the fd, the one mapping of the file
 /// that every map shares, and the file's borrow rule. Each kind's backend
-/// wraps one and adds what makes it that kind.
-pub(crate) struct FdBlock {
+/// wraps one, adds what makes it that kind, and derefs to it.
+pub struct FdBlock {
     fd: FdHandle,
     flags: FdMemoryFlags,
     maxsize: usize,
@@ -368,12 +368,12 @@ impl FdBlock {
     }
 
     /// The fd (still owned by the memory).
-    pub(crate) fn fd(&self) -> BorrowedFd<'_> {
+    pub fn fd(&self) -> BorrowedFd<'_> {
         self.fd.as_fd()
     }
 
     /// The fd-memory flags.
-    pub(crate) fn flags(&self) -> FdMemoryFlags {
+    pub fn flags(&self) -> FdMemoryFlags {
         self.flags
     }
 
@@ -383,12 +383,14 @@ impl FdBlock {
     }
 
     /// Whether the block is mapped into this process right now.
-    pub(crate) fn is_mapped(&self) -> bool {
+    pub fn is_mapped(&self) -> bool {
         self.mapping.addr().is_some()
     }
 
-    /// Maps held through the backend right now.
-    pub(crate) fn map_count(&self) -> usize {
+    /// Maps held through the backend right now. A block mapped for its
+    /// whole life (shm memory) is never mapped through the backend again,
+    /// and reads 0 here.
+    pub fn map_count(&self) -> usize {
         self.mapping.count()
     }
 
@@ -495,26 +497,17 @@ impl FdBackend {
         FdBackend { block }
     }
 
-    /// The fd (still owned by the memory).
+    /// The fd (still owned by the memory). The block's other accessors
+    /// are reached through `Deref` ([`FdBlock`]).
     pub fn fd(&self) -> BorrowedFd<'_> {
         self.block.fd()
     }
+}
 
-    /// The fd-memory flags.
-    pub fn flags(&self) -> FdMemoryFlags {
-        self.block.flags()
-    }
-
-    /// Whether the block is mapped into this process right now.
-    pub fn is_mapped(&self) -> bool {
-        self.block.is_mapped()
-    }
-
-    /// Maps currently held on the block through the backend. A block mapped
-    /// for its whole life (shm memory) is never mapped through the backend
-    /// again, and reads 0 here.
-    pub fn map_count(&self) -> usize {
-        self.block.map_count()
+impl std::ops::Deref for FdBackend {
+    type Target = FdBlock;
+    fn deref(&self) -> &FdBlock {
+        &self.block
     }
 }
 
