@@ -17,9 +17,7 @@ use std::ptr::NonNull;
 use crate::allocator::{AllocationParams, Allocator, AllocatorCaps, AllocatorFlags, AllocatorImpl};
 use crate::error::Result;
 use crate::fd::{check_owned, dup_fd, fd_block, FdBlock, FdHandle, FdMemoryFlags};
-use crate::memory::{
-    regions_adjacent, BlockAlias, MapFlags, Memory, MemoryBackend, MemoryKind, MemoryParts,
-};
+use crate::memory::{MapFlags, Memory, MemoryBackend, MemoryKind, MemoryParts};
 
 /// Name (and memory type) of the dma-buf allocator.
 pub const ALLOCATOR_DMABUF: &str = "dmabuf";
@@ -182,20 +180,10 @@ unsafe impl MemoryBackend for DmaBufBackend {
         self.block.unmap();
     }
 
-    fn is_span(&self, first: (usize, usize), second: (usize, usize)) -> bool {
-        regions_adjacent(first, second)
-    }
-
-    fn alias(&self) -> Option<&BlockAlias> {
-        Some(self.block.alias())
-    }
+    crate::fd::fd_block_backend!();
 
     fn kind(&self) -> MemoryKind {
         MemoryKind::DmaBuf
-    }
-
-    fn fd(&self) -> Option<BorrowedFd<'_>> {
-        Some(self.block.fd())
     }
 }
 

@@ -62,9 +62,7 @@ use rustix::mm::ProtFlags;
 use crate::allocator::{Allocator, AllocatorCaps, AllocatorFlags, AllocatorImpl};
 use crate::error::{Error, Result};
 use crate::mapping::{FileMapping, MapFailure, MapOptions, PinnedPtr, Upgrade};
-use crate::memory::{
-    regions_adjacent, BlockAlias, MapFlags, Memory, MemoryBackend, MemoryKind, MemoryParts,
-};
+use crate::memory::{BlockAlias, MapFlags, Memory, MemoryBackend, MemoryKind, MemoryParts};
 pub(crate) use crate::sys::FdHandle;
 use crate::sys::FsKind;
 
@@ -484,6 +482,26 @@ impl FdBlock {
     }
 }
 
+/// The `MemoryBackend` methods every backend over an [`FdBlock`] (a field
+/// `block`) shares: spans of adjacent regions, the file's borrow rule, the
+/// fd.
+macro_rules! fd_block_backend {
+    () => {
+        fn is_span(&self, first: (usize, usize), second: (usize, usize)) -> bool {
+            $crate::memory::regions_adjacent(first, second)
+        }
+
+        fn alias(&self) -> Option<&$crate::memory::BlockAlias> {
+            Some(self.block.alias())
+        }
+
+        fn fd(&self) -> Option<std::os::fd::BorrowedFd<'_>> {
+            Some(self.block.fd())
+        }
+    };
+}
+pub(crate) use fd_block_backend;
+
 /// The backend of fd memory (imports, shm); reach it with
 /// [`Memory::backend`].
 #[derive(Debug)]
@@ -539,20 +557,10 @@ unsafe impl MemoryBackend for FdBackend {
         self.block.unmap();
     }
 
-    fn is_span(&self, first: (usize, usize), second: (usize, usize)) -> bool {
-        regions_adjacent(first, second)
-    }
-
-    fn alias(&self) -> Option<&BlockAlias> {
-        Some(self.block.alias())
-    }
+    fd_block_backend!();
 
     fn kind(&self) -> MemoryKind {
         MemoryKind::Fd
-    }
-
-    fn fd(&self) -> Option<BorrowedFd<'_>> {
-        Some(self.block.fd())
     }
 }
 
