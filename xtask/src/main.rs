@@ -18,8 +18,8 @@
 //!   receiver's decoding (see `fuzz.rs`); 60 s per target by default.
 //!   `test` runs every target for 20 s after the host tests.
 //! * `lint`: the architecture rules (`arch.rs`: where `unsafe` may be,
-//!   layers that read bottom-up), formatting (the fuzz crate's too) and
-//!   clippy.
+//!   layers that read bottom-up), formatting (the fuzz crate's too),
+//!   clippy and rustdoc, warnings denied.
 
 mod arch;
 mod bench;
@@ -93,6 +93,11 @@ fn lint() -> bool {
             "-D",
             "warnings",
         ])
+        // Broken intra-doc links and doc warnings fail too.
+        && cargo_with(
+            &["doc", "--workspace", "--no-deps", "--quiet"],
+            &[("RUSTDOCFLAGS", "-D warnings")],
+        )
 }
 
 /// The loom model checks: mediamem's unit tests named `loom`, built with
