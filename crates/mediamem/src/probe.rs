@@ -71,7 +71,10 @@ fn phys_row(
                 crate::phys::phys_memory_get_phys_addr(&m).unwrap_or(0)
             ),
         },
+        // The capabilities describe the kind, not whether it works here:
+        // huge page and CMA memories are always fd-backed and contiguous.
         Err(e) => ProbeRow {
+            fd_backed: true,
             contiguous: true,
             ..unavailable(name, mem_type, dmabuf, format!("{info}; {e}"))
         },
@@ -424,6 +427,26 @@ mod tests {
             huge.detail
         );
         let cma = rows.iter().find(|r| r.name == "cma").unwrap();
-        assert!(cma.contiguous && cma.dmabuf);
+        assert!(cma.contiguous && cma.dmabuf && cma.fd_backed);
+    }
+
+    /// A physical-memory row keeps its kind's capabilities when the
+    /// allocation fails (no free huge page, no CMA heap): whatever this
+    /// machine has, the unavailable row is built here.
+    #[test]
+    fn unavailable_phys_rows_keep_their_capabilities() {
+        for dmabuf in [false, true] {
+            let row = super::phys_row("kind", "kind", dmabuf, "info".into(), || {
+                Err(crate::Error::NotAvailable {
+                    what: "huge pages".into(),
+                    reason: "none free".into(),
+                })
+            });
+            assert!(!row.available, "{row:?}");
+            assert!(row.fd_backed && row.contiguous, "{row:?}");
+            assert_eq!(row.dmabuf, dmabuf);
+            assert!(row.detail.starts_with("info; "), "{}", row.detail);
+            assert!(row.detail.contains("none free"), "{}", row.detail);
+        }
     }
 }
