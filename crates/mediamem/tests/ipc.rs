@@ -401,6 +401,10 @@ fn the_sender_rejects_unknown_releases_and_survives_a_vanished_peer() -> Result<
     assert!(
         matches!(tx.wait_release(), Err(Error::Protocol(ref w)) if w.contains("unknown frame 99"))
     );
+    // Shut the peer down, then close it: a child process another test
+    // spawns at this moment holds a copy of every fd until it executes, so
+    // the close alone may not end the connection yet.
+    b.shutdown(std::net::Shutdown::Both).unwrap();
     drop(b);
     // Writing to a closed peer is an error, not SIGPIPE.
     let shm = ShmAllocator::get().alloc(8, None)?;
