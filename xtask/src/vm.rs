@@ -14,6 +14,11 @@
 //!    writing logs and exit codes to a results folder shared read-write.
 //! 4. Read the results back: every test that had to run must have run and
 //!    passed; print the counts and the guest's probe table.
+//!
+//! A test that cannot run somewhere (the huge page tests without root)
+//! prints a line `SKIPPED: <test>: <reason>` and returns, which libtest
+//! counts as passed. In the guest every test runs as root and must really
+//! run, so each such line is a failure here.
 
 use std::collections::BTreeMap;
 use std::fs;
@@ -308,10 +313,34 @@ fn shell_quote(p: &Path) -> String {
 struct Outcome {
     name: String,
     expected: usize,
+    /// Tests libtest counted as passed, skipped ones included.
     passed: usize,
     failed: usize,
+    /// `(test, reason)` of every `SKIPPED:` line in the log.
+    skipped: Vec<(String, String)>,
     rc: Option<i32>,
     log: String,
+}
+
+impl Outcome {
+    /// Tests that passed and really ran.
+    fn ran_and_passed(&self) -> usize {
+        self.passed.saturating_sub(self.skipped.len())
+    }
+}
+
+/// The `(test, reason)` of every skip reported in `log`. A test reports a
+/// skip with one line `SKIPPED: <test>: <reason>`; libtest may have
+/// written `test <name> ... ` in front of it on the same line.
+fn skipped_tests(log: &str) -> Vec<(String, String)> {
+    const MARK: &str = "SKIPPED: ";
+    log.lines()
+        .filter_map(|line| {
+            let rest = &line[line.find(MARK)? + MARK.len()..];
+            let (test, reason) = rest.split_once(": ").unwrap_or((rest, ""));
+            Some((test.trim().to_owned(), reason.trim().to_owned()))
+        })
+        .collect()
 }
 
 fn parse_outcome(name: &str, expected: usize, results: &Path) -> Outcome {
@@ -336,6 +365,7 @@ fn parse_outcome(name: &str, expected: usize, results: &Path) -> Outcome {
         expected,
         passed,
         failed,
+        skipped: skipped_tests(&log),
         rc,
         log,
     }
@@ -479,9 +509,10 @@ pub fn vm_test() -> Res<()> {
     for (name, &want) in &expected {
         let o = parse_outcome(name, want, &results);
         println!(
-            "vm-test: {:<8} {} passed, {} failed, {} expected{}",
+            "vm-test: {:<8} {} passed, {} skipped, {} failed, {} expected{}",
             o.name,
-            o.passed,
+            o.ran_and_passed(),
+            o.skipped.len(),
             o.failed,
             o.expected,
             if o.rc == Some(0) {
@@ -490,12 +521,25 @@ pub fn vm_test() -> Res<()> {
                 " (nonzero exit)"
             }
         );
-        total_passed += o.passed;
-        total_failed += o.failed;
-        if o.rc != Some(0) || o.failed > 0 || o.passed != o.expected {
+        total_passed += o.ran_and_passed();
+        total_failed += o.failed + o.skipped.len();
+        // Every test here must run in the guest (as root): a skip fails.
+        for (test, reason) in &o.skipped {
             problems.push(format!(
-                "{}: exit {:?}, {} passed of {} that must run, {} failed\n{}",
-                o.name, o.rc, o.passed, o.expected, o.failed, o.log
+                "{}: {test} skipped in the guest, where it must run: {reason}",
+                o.name
+            ));
+        }
+        if o.rc != Some(0) || o.failed > 0 || o.passed != o.expected || !o.skipped.is_empty() {
+            problems.push(format!(
+                "{}: exit {:?}, {} ran and passed of {} that must run, {} skipped, {} failed\n{}",
+                o.name,
+                o.rc,
+                o.ran_and_passed(),
+                o.expected,
+                o.skipped.len(),
+                o.failed,
+                o.log
             ));
         }
     }
@@ -581,6 +625,44 @@ DRMDumbMemory /dev/dri/card1  DRMDumbMemory  no         no     driver vgem
         std::fs::write(dir.join("t.rc"), "101\n").unwrap();
         let o = parse_outcome("t", 6, &dir);
         assert_eq!((o.passed, o.failed, o.rc), (3, 1, Some(101)));
+        assert!(o.skipped.is_empty());
         std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[test]
+    fn skips_are_found_and_are_not_passes() {
+        let dir = std::env::temp_dir().join(format!("xtask-skips-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        // As libtest writes it with stderr and stdout in one file: a skip
+        // line on its own, and one behind another test's name.
+        std::fs::write(
+            dir.join("phys.log"),
+            "running 3 tests\n\
+             test a ... SKIPPED: huge_pages: needs root to reserve huge pages: /proc\n\
+             ok\n\
+             SKIPPED: nobody: needs root to start a child as nobody\n\
+             test huge_pages ... ok\n\
+             test nobody ... ok\n\
+             test result: ok. 3 passed; 0 failed; 0 ignored; 0 measured\n",
+        )
+        .unwrap();
+        std::fs::write(dir.join("phys.rc"), "0\n").unwrap();
+        let o = parse_outcome("phys", 3, &dir);
+        std::fs::remove_dir_all(&dir).unwrap();
+        assert_eq!(
+            o.skipped,
+            [
+                (
+                    "huge_pages".to_owned(),
+                    "needs root to reserve huge pages: /proc".to_owned()
+                ),
+                (
+                    "nobody".to_owned(),
+                    "needs root to start a child as nobody".to_owned()
+                ),
+            ]
+        );
+        assert_eq!((o.passed, o.ran_and_passed(), o.rc), (3, 1, Some(0)));
+        assert!(skipped_tests("test x ... ok\nno skips here\n").is_empty());
     }
 }

@@ -689,6 +689,136 @@ mod tests {
         ));
     }
 
+    /// The layout of every fourcc, written out from drm_fourcc.h
+    /// independently of `FORMATS`: bits per pixel of the first plane,
+    /// horizontal and vertical chroma subsampling, number of planes.
+    const REFERENCE: &[(&[u8; 4], u32, u32, u32, u32)] = &[
+        (b"C8  ", 8, 1, 1, 1),
+        (b"R8  ", 8, 1, 1, 1),
+        (b"R16 ", 16, 1, 1, 1),
+        (b"RG88", 16, 1, 1, 1),
+        (b"GR88", 16, 1, 1, 1),
+        (b"RG16", 16, 1, 1, 1),
+        (b"BG16", 16, 1, 1, 1),
+        (b"XR15", 16, 1, 1, 1),
+        (b"XB15", 16, 1, 1, 1),
+        (b"RX15", 16, 1, 1, 1),
+        (b"BX15", 16, 1, 1, 1),
+        (b"AR15", 16, 1, 1, 1),
+        (b"AB15", 16, 1, 1, 1),
+        (b"RA15", 16, 1, 1, 1),
+        (b"BA15", 16, 1, 1, 1),
+        (b"XR12", 16, 1, 1, 1),
+        (b"XB12", 16, 1, 1, 1),
+        (b"RX12", 16, 1, 1, 1),
+        (b"BX12", 16, 1, 1, 1),
+        (b"AR12", 16, 1, 1, 1),
+        (b"AB12", 16, 1, 1, 1),
+        (b"RA12", 16, 1, 1, 1),
+        (b"BA12", 16, 1, 1, 1),
+        (b"YUYV", 16, 2, 1, 1),
+        (b"YVYU", 16, 2, 1, 1),
+        (b"UYVY", 16, 2, 1, 1),
+        (b"VYUY", 16, 2, 1, 1),
+        (b"RG24", 24, 1, 1, 1),
+        (b"BG24", 24, 1, 1, 1),
+        (b"XR24", 32, 1, 1, 1),
+        (b"XB24", 32, 1, 1, 1),
+        (b"RX24", 32, 1, 1, 1),
+        (b"BX24", 32, 1, 1, 1),
+        (b"AR24", 32, 1, 1, 1),
+        (b"AB24", 32, 1, 1, 1),
+        (b"RA24", 32, 1, 1, 1),
+        (b"BA24", 32, 1, 1, 1),
+        (b"XR30", 32, 1, 1, 1),
+        (b"XB30", 32, 1, 1, 1),
+        (b"RX30", 32, 1, 1, 1),
+        (b"BX30", 32, 1, 1, 1),
+        (b"AR30", 32, 1, 1, 1),
+        (b"AB30", 32, 1, 1, 1),
+        (b"RA30", 32, 1, 1, 1),
+        (b"BA30", 32, 1, 1, 1),
+        (b"AYUV", 32, 1, 1, 1),
+        (b"XYUV", 32, 1, 1, 1),
+        (b"RG32", 32, 1, 1, 1),
+        (b"GR32", 32, 1, 1, 1),
+        (b"XR4H", 64, 1, 1, 1),
+        (b"XB4H", 64, 1, 1, 1),
+        (b"AR4H", 64, 1, 1, 1),
+        (b"AB4H", 64, 1, 1, 1),
+        (b"XR48", 64, 1, 1, 1),
+        (b"XB48", 64, 1, 1, 1),
+        (b"AR48", 64, 1, 1, 1),
+        (b"AB48", 64, 1, 1, 1),
+        (b"NV12", 8, 2, 2, 2),
+        (b"NV21", 8, 2, 2, 2),
+        (b"NV16", 8, 2, 1, 2),
+        (b"NV61", 8, 2, 1, 2),
+        (b"NV24", 8, 1, 1, 2),
+        (b"NV42", 8, 1, 1, 2),
+        (b"NV15", 10, 2, 2, 2),
+        (b"P010", 16, 2, 2, 2),
+        (b"P012", 16, 2, 2, 2),
+        (b"P016", 16, 2, 2, 2),
+        (b"P210", 16, 2, 1, 2),
+        (b"YU12", 8, 2, 2, 3),
+        (b"YV12", 8, 2, 2, 3),
+        (b"YU16", 8, 2, 1, 3),
+        (b"YV16", 8, 2, 1, 3),
+        (b"YU24", 8, 1, 1, 3),
+        (b"YV24", 8, 1, 1, 3),
+    ];
+
+    /// What one dumb buffer holding every plane needs, derived from the
+    /// reference layout: the width rounded to whole chroma samples, the
+    /// luma rows plus the chroma planes' bytes in luma rows (two chroma
+    /// samples per subsampled position, in one interleaved plane or two).
+    fn expected_dimensions(
+        (_, bpp, hsub, vsub, planes): (&[u8; 4], u32, u32, u32, u32),
+        width: u32,
+        height: u32,
+    ) -> (u32, u32, u32) {
+        let width = width.next_multiple_of(hsub);
+        let chroma_rows = if planes == 1 {
+            0
+        } else {
+            2 * height.div_ceil(vsub) / hsub
+        };
+        (width, height + chroma_rows, bpp)
+    }
+
+    #[test]
+    fn every_fourcc_has_its_drm_layout() {
+        // The table and the reference name the same formats.
+        for f in FORMATS {
+            assert!(
+                REFERENCE.iter().any(|r| fourcc(*r.0) == f.code),
+                "{} is not in the reference",
+                fourcc_name(f.code)
+            );
+        }
+        assert_eq!(FORMATS.len(), REFERENCE.len());
+        for &r in REFERENCE {
+            let code = fourcc(*r.0);
+            for (w, h) in [(64, 4), (63, 5), (1, 1), (1920, 1080), (4095, 2161)] {
+                assert_eq!(
+                    dumb_dimensions(code, w, h).unwrap(),
+                    expected_dimensions(r, w, h),
+                    "{} at {w}x{h}",
+                    fourcc_name(code)
+                );
+            }
+        }
+        // Spelled out: the 24-bit formats are 24 bpp (not 16 or 32), and an
+        // odd 4:2:0 size gets whole chroma samples.
+        assert_eq!(
+            dumb_dimensions(fourcc(*b"RG24"), 640, 480).unwrap(),
+            (640, 480, 24)
+        );
+        assert_eq!(dumb_dimensions(fourcc(*b"BG24"), 3, 3).unwrap(), (3, 3, 24));
+        assert_eq!(dumb_dimensions(fourcc(*b"YU12"), 5, 5).unwrap(), (6, 8, 8));
+    }
+
     #[test]
     fn table_has_no_duplicates() {
         for (i, a) in FORMATS.iter().enumerate() {

@@ -489,22 +489,76 @@ mod tests {
         assert_eq!((b.offset(), b.size()), (16, 100));
     }
 
+    /// Start a thread waiting in `acquire_timeout` with a timeout far longer
+    /// than any test may take, and return once it is waiting (counted in
+    /// `waiters` under the lock, which the condvar wait then releases).
+    fn start_waiter(pool: &MemoryPool) -> std::sync::mpsc::Receiver<Result<PooledMemory>> {
+        let (tx, rx) = std::sync::mpsc::channel();
+        let p2 = pool.clone();
+        std::thread::spawn(move || {
+            let _ = tx.send(p2.acquire_timeout(Duration::from_secs(3600)));
+        });
+        let started = Instant::now();
+        while pool.inner.lock().waiters == 0 {
+            assert!(
+                started.elapsed() < Duration::from_secs(60),
+                "the waiter never started waiting"
+            );
+            std::thread::sleep(Duration::from_millis(1));
+        }
+        rx
+    }
+
+    /// The waiter's result, which must come long before its timeout: only
+    /// a wake-up can deliver it. The bound is no timing claim; it only keeps
+    /// a missing wake-up from hanging the suite for an hour.
+    fn woken(rx: std::sync::mpsc::Receiver<Result<PooledMemory>>) -> PooledMemory {
+        rx.recv_timeout(Duration::from_secs(120))
+            .expect("the waiter was not woken by the release")
+            .expect("the waiter got a memory")
+    }
+
     #[test]
     fn acquire_timeout_waits_for_a_release() {
         let pool = MemoryPool::new(Allocator::system(), 64, None, 1, 1).unwrap();
         let a = pool.acquire().unwrap();
-        let p2 = pool.clone();
-        let t = std::thread::spawn(move || {
-            p2.acquire_timeout(Duration::from_secs(30))
-                .map(|m| m.size())
-        });
-        std::thread::sleep(Duration::from_millis(50));
+        let block = a.map_readable().unwrap().as_ptr();
+        let rx = start_waiter(&pool);
         drop(a);
-        assert_eq!(t.join().unwrap().unwrap(), 64);
+        let got = woken(rx);
+        // The released buffer itself, and it is out again.
+        assert_eq!(got.map_readable().unwrap().as_ptr(), block);
+        assert_eq!(got.size(), 64);
+        assert_eq!(pool.outstanding(), 1);
         assert!(matches!(
-            pool.acquire_timeout(Duration::from_millis(1)).map(|_| ()),
-            Ok(()) | Err(Error::PoolExhausted { .. })
+            pool.acquire_timeout(Duration::from_millis(1)),
+            Err(Error::PoolExhausted { max: 1 })
         ));
+        drop(got);
+        assert_eq!(pool.free_count(), 1);
+    }
+
+    #[test]
+    fn a_detach_or_a_block_coming_back_wakes_a_waiter() {
+        // Detached: the slot frees up and the waiter gets a new memory.
+        let pool = MemoryPool::new(Allocator::system(), 32, None, 1, 1).unwrap();
+        let a = pool.acquire().unwrap();
+        let rx = start_waiter(&pool);
+        let kept = a.detach();
+        let got = woken(rx);
+        assert!(!got.ptr_eq(&kept));
+        drop(got);
+
+        // Held by a share after its pooled handle went: the block comes
+        // back, and the waiter is woken, when the share goes.
+        let b = pool.acquire().unwrap();
+        let addr = b.map_readable().unwrap().as_ptr();
+        let share = b.share(..4).unwrap();
+        let rx = start_waiter(&pool);
+        drop(b);
+        drop(share);
+        let got = woken(rx);
+        assert_eq!(got.map_readable().unwrap().as_ptr(), addr, "the same block");
     }
 
     #[test]

@@ -1,12 +1,16 @@
 //! Allocator behaviour: the registry, the copy redirect of CUSTOM_ALLOC /
 //! NO_COPY allocators, per-backend share and span rules.
+//!
+//! Nothing here changes the process-wide default allocator, which most of
+//! these tests use: `Allocator::set_default` is tested in its own process
+//! (`tests/default_allocator.rs`).
 
 use std::ptr::NonNull;
 use std::sync::Mutex;
 
 use mediamem::{
     AllocationParams, Allocator, AllocatorFlags, AllocatorImpl, Error, MapFlags, Memory,
-    MemoryBackend, MemoryParts, Result, SystemAllocator,
+    MemoryBackend, MemoryParts, Result,
 };
 
 /// A heap-backed test allocator with configurable flags and a plain alloc.
@@ -178,24 +182,6 @@ fn registry_register_replace_find() {
     });
     assert!(once.ptr_eq(&again));
     assert_eq!(again.mem_type(), "once-1");
-}
-
-#[test]
-fn set_default_changes_find_none_not_names() -> Result<()> {
-    // This is the only test in this binary that touches the default.
-    let custom = vec_alloc("default-test", AllocatorFlags::empty());
-    let previous = Allocator::default_allocator();
-    assert!(previous.is::<SystemAllocator>());
-    Allocator::set_default(custom.clone());
-    assert!(Allocator::find(None).unwrap().ptr_eq(&custom));
-    assert_eq!(Memory::with_size(4)?.allocator().mem_type(), "default-test");
-    assert!(
-        Allocator::find(Some("default-test")).is_none(),
-        "not registered by name"
-    );
-    Allocator::set_default(previous);
-    assert!(Allocator::find(None).unwrap().is::<SystemAllocator>());
-    Ok(())
 }
 
 #[test]

@@ -341,7 +341,9 @@ fn test_map_resize() -> Result<()> {
     {
         let r = mem.map_readable()?;
         assert_eq!(r.size(), 99);
-        assert!(r.maxsize() + 1 >= 100);
+        assert!(r.maxsize() >= 100);
+        // GstMapInfo.maxsize is the block's maxsize less the offset.
+        assert_eq!(r.maxsize(), maxalloc - 1);
     }
     {
         let _r = mem.map_readable()?;
@@ -446,7 +448,8 @@ impl AllocatorImpl for OpaqueAllocator {
 
 #[test]
 fn test_no_error_and_no_warning_on_map_failure() -> Result<()> {
-    let before = common::warnings().len();
+    // Only this test's warnings (other tests may log at the same time).
+    let before = common::my_warnings().len();
 
     Allocator::register("MyOpaqueMemory", Allocator::new(OpaqueAllocator));
     let alloc = Allocator::find(Some("MyOpaqueMemory")).unwrap();
@@ -468,7 +471,7 @@ fn test_no_error_and_no_warning_on_map_failure() -> Result<()> {
     // Its copy cannot map the source either, and says so.
     assert!(matches!(mem.copy(), Err(Error::MapFailed { .. })));
 
-    let logged = common::warnings();
+    let logged = common::my_warnings();
     assert_eq!(logged.len(), before, "warnings were logged: {logged:?}");
     Ok(())
 }
@@ -655,5 +658,108 @@ fn probe_make_mapped_copies_readonly() -> Result<()> {
     // Readable: no copy.
     let mapped = keep.clone().make_mapped(MapFlags::READ)?;
     assert!(mapped.memory().ptr_eq(&keep));
+    Ok(())
+}
+
+// ---------------------------------------------------------------------------
+// Second, independent checks of rules that one test above guards.
+// ---------------------------------------------------------------------------
+
+/// ZERO_PREFIXED goes as soon as the visible start moves right, whichever
+/// resize form moves it, and stays while the start does not move right
+/// (also after a move left, which only uncovers zeroed prefix).
+#[test]
+fn zero_prefixed_is_cleared_by_every_resize_that_moves_the_start_right() -> Result<()> {
+    let zero = MemoryFlags::ZERO_PREFIXED | MemoryFlags::ZERO_PADDED;
+    let p = AllocationParams::new(zero, 0, 8, 8);
+    let fresh = || Allocator::system().alloc(32, Some(&p));
+
+    // Trimming the end, or moving the start left, keeps the prefix zeroed.
+    let m = fresh()?;
+    m.resize(..16)?;
+    assert!(m.flags().contains(MemoryFlags::ZERO_PREFIXED));
+    m.resize_by(-8, 8)?;
+    assert_eq!((m.offset(), m.size()), (0, 8));
+    assert!(m.flags().contains(MemoryFlags::ZERO_PREFIXED));
+
+    // Each form that moves the start right clears it (and only then).
+    let m = fresh()?;
+    m.resize(1..)?;
+    assert!(!m.flags().contains(MemoryFlags::ZERO_PREFIXED));
+    let m = fresh()?;
+    m.resize_by(4, 28)?;
+    assert!(!m.flags().contains(MemoryFlags::ZERO_PREFIXED));
+    let m = fresh()?;
+    m.resize_maxsize(9..40)?;
+    assert!(!m.flags().contains(MemoryFlags::ZERO_PREFIXED));
+    // Cleared for good: moving back does not bring it back.
+    m.resize_maxsize(0..40)?;
+    assert!(!m.flags().contains(MemoryFlags::ZERO_PREFIXED));
+
+    // A share resizes by its own rules: its start moving right clears its
+    // flag, not the root's.
+    let root = fresh()?;
+    let share = root.share(..)?;
+    assert!(share.flags().contains(MemoryFlags::ZERO_PREFIXED));
+    share.resize(2..)?;
+    assert!(!share.flags().contains(MemoryFlags::ZERO_PREFIXED));
+    assert!(root.flags().contains(MemoryFlags::ZERO_PREFIXED));
+    Ok(())
+}
+
+/// REF_MEMORY: the map holds its own reference, through every map form,
+/// for as long as it lives, and gives it back when it goes.
+#[test]
+fn ref_memory_maps_hold_a_reference_until_unmapped() -> Result<()> {
+    struct Notify(Vec<u8>, Arc<AtomicUsize>);
+    impl AsRef<[u8]> for Notify {
+        fn as_ref(&self) -> &[u8] {
+            &self.0
+        }
+    }
+    impl Drop for Notify {
+        fn drop(&mut self) {
+            self.1.fetch_add(1, Ordering::SeqCst);
+        }
+    }
+    let freed = Arc::new(AtomicUsize::new(0));
+    let mem = Memory::from_slice(Notify(b"kept alive".to_vec(), freed.clone()));
+    let read_ref = MapFlags::READ | MapFlags::REF_MEMORY;
+
+    // An owning map: the memory it owns plus the map's own reference.
+    let mapped = mem.into_mapped(read_ref)?;
+    assert_eq!(mapped.memory().ref_count(), 2);
+    let other = mapped.memory().clone();
+    assert_eq!(other.ref_count(), 3);
+    let mem = mapped.into_memory();
+    assert_eq!(mem.ref_count(), 2, "unmapping gave the reference back");
+    drop(other);
+
+    // Nested borrowed maps each hold one; a plain map holds none.
+    {
+        let a = mem.map(read_ref)?;
+        let b = mem.map(read_ref)?;
+        let plain = mem.map(MapFlags::READ)?;
+        assert_eq!(mem.ref_count(), 3);
+        drop(a);
+        assert_eq!(mem.ref_count(), 2);
+        drop((b, plain));
+    }
+    assert_eq!(mem.ref_count(), 1);
+
+    // On a share: the share's count, not the root's.
+    let share = mem.share(5..)?;
+    let root_refs = mem.ref_count();
+    {
+        let m = share.map(read_ref)?;
+        assert_eq!(&*m, b"alive");
+        assert_eq!(share.ref_count(), 2);
+        assert_eq!(mem.ref_count(), root_refs);
+    }
+    assert_eq!(share.ref_count(), 1);
+    drop(share);
+    assert_eq!(freed.load(Ordering::SeqCst), 0);
+    drop(mem);
+    assert_eq!(freed.load(Ordering::SeqCst), 1, "freed once, at the end");
     Ok(())
 }

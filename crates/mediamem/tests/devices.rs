@@ -179,6 +179,7 @@ fn dumb_pitch_and_size_for_a_table_of_formats() -> Result<()> {
 #[test]
 #[ignore = "device test: runs in the QEMU guest (cargo xtask vm-test)"]
 fn prime_export_shares_bytes_both_ways_and_syncs() -> Result<()> {
+    common::warnings(); // record from the start: the no-warning checks below
     let dumb = bochs();
     assert!(dumb.has_prime_export());
     let (mem, _) = dumb.alloc(fourcc(*b"XR24"), 640, 480)?;
@@ -307,6 +308,7 @@ fn map_protection_follows_the_map_flags() -> Result<()> {
 #[test]
 #[ignore = "device test: runs in the QEMU guest (cargo xtask vm-test)"]
 fn udmabuf_allocator() -> Result<()> {
+    common::warnings(); // record from the start: the no-warning checks below
     UdmabufAllocator::init_once()?;
     let a = Allocator::find(Some("udmabuf")).expect("registered");
     assert!(a.ptr_eq(UdmabufAllocator::get()?.allocator()));
@@ -335,6 +337,7 @@ fn udmabuf_allocator() -> Result<()> {
 #[test]
 #[ignore = "device test: runs in the QEMU guest (cargo xtask vm-test)"]
 fn dma_heap_allocator() -> Result<()> {
+    common::warnings(); // record from the start: the no-warning checks below
     let heaps = list_heaps();
     assert!(heaps.iter().any(|h| h == "system"), "{heaps:?}");
     let heap = DmaHeapAllocator::new("system")?;

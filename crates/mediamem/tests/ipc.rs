@@ -417,6 +417,10 @@ fn the_sender_rejects_unknown_releases_and_survives_a_vanished_peer() -> Result<
     assert!(
         matches!(tx.wait_release(), Err(Error::Protocol(ref w)) if w.contains("unknown frame 99"))
     );
+    // Shut the peer down, then close it: a child process another test
+    // spawns at this moment holds a copy of every fd until it executes, so
+    // the close alone may not end the connection yet.
+    b.shutdown(std::net::Shutdown::Both).unwrap();
     drop(b);
     // Writing to a closed peer is an error, not SIGPIPE.
     let shm = ShmAllocator::get().alloc(8, None)?;
@@ -1256,4 +1260,129 @@ fn more_fds_than_a_message_may_carry_are_truncated_and_closed() {
         "{e}"
     );
     assert!(!memfd_open(&name), "every fd that arrived was closed");
+}
+
+// ---------------------------------------------------------------------------
+// SIGPIPE and the seal check, each by a second, independent route.
+// ---------------------------------------------------------------------------
+
+/// Whether `e` is the OS error EPIPE.
+fn is_epipe(e: &Error) -> bool {
+    matches!(e, Error::Os { source, .. } if source.raw_os_error() == Some(libc::EPIPE))
+}
+
+/// Rust programs (and so this test binary) ignore SIGPIPE, which would hide
+/// a write without `MSG_NOSIGNAL`. The child re-executes this test with
+/// SIGPIPE at its default disposition (terminate), as in a C program
+/// embedding the library, and writes to vanished peers from both ends.
+#[test]
+fn writes_to_a_vanished_peer_fail_with_sigpipe_at_its_default() {
+    const TEST: &str = "writes_to_a_vanished_peer_fail_with_sigpipe_at_its_default";
+    const ROLE: &str = "MEDIAMEM_IPC_SIGPIPE_CHILD";
+    if std::env::var_os(ROLE).is_some() {
+        // SAFETY: setting a signal's disposition to SIG_DFL installs no
+        // handler; nothing in this process relies on SIGPIPE being ignored.
+        let previous = unsafe { libc::signal(libc::SIGPIPE, libc::SIG_DFL) };
+        assert_ne!(previous, libc::SIG_ERR);
+
+        // A sender whose receiver is gone: frames and end of stream.
+        let (a, b) = UnixStream::pair().unwrap();
+        drop(b);
+        let mut tx = Sender::new(a);
+        let shm = ShmAllocator::get().alloc(64, None).unwrap();
+        let e = tx.send_frame(vec![shm], b"meta").unwrap_err();
+        assert!(is_epipe(&e), "{e}");
+        assert_eq!(tx.in_flight(), 0);
+        let e = tx.send_eos().unwrap_err();
+        assert!(is_epipe(&e), "{e}");
+
+        // A receiver whose sender is gone: dropping the frame writes its
+        // release into the closed socket.
+        let (a, b) = UnixStream::pair().unwrap();
+        let (mut tx, mut rx) = (Sender::new(a), Receiver::new(b, ReceivePolicy::default()));
+        tx.send_frame(vec![ShmAllocator::get().alloc(64, None).unwrap()], b"")
+            .unwrap();
+        let frame = rx.recv().unwrap().expect("a frame");
+        drop(tx);
+        drop(frame);
+        println!("child: both writes failed with EPIPE, no signal");
+        return;
+    }
+    let out = std::process::Command::new(std::env::current_exe().unwrap())
+        .args(["--exact", TEST, "--nocapture", "--test-threads=1"])
+        .env(ROLE, "1")
+        .output()
+        .unwrap();
+    let text =
+        String::from_utf8_lossy(&out.stdout).into_owned() + &String::from_utf8_lossy(&out.stderr);
+    use std::os::unix::process::ExitStatusExt;
+    assert_eq!(
+        out.status.signal(),
+        None,
+        "the child was killed by a signal (SIGPIPE is {}):\n{text}",
+        libc::SIGPIPE
+    );
+    assert!(out.status.success(), "the child failed:\n{text}");
+    assert!(
+        text.contains("no signal") && text.contains("1 passed"),
+        "the child ran the test:\n{text}"
+    );
+}
+
+/// A memfd whose seals are `seals` (sealing allowed), named `name`.
+fn memfd_with_seals(name: &str, len: usize, seals: rustix::fs::SealFlags) -> OwnedFd {
+    let fd = rustix::fs::memfd_create(
+        name,
+        rustix::fs::MemfdFlags::CLOEXEC | rustix::fs::MemfdFlags::ALLOW_SEALING,
+    )
+    .unwrap();
+    rustix::fs::ftruncate(&fd, len as u64).unwrap();
+    if !seals.is_empty() {
+        rustix::fs::fcntl_add_seals(&fd, seals).unwrap();
+    }
+    fd
+}
+
+/// The default policy refuses a memfd its peer could shrink, judged by
+/// its seals alone: a hand-made frame (no `Sender`) of a memfd that allows
+/// sealing but is not sealed against shrinking, even sealed against
+/// growing and writing, is refused, released and closed; the same frame
+/// sealed against shrinking is accepted.
+#[test]
+fn the_default_policy_refuses_memfds_not_sealed_against_shrinking() {
+    use rustix::fs::SealFlags as S;
+    let (mut peer, ours) = UnixStream::pair().unwrap();
+    let mut rx = Receiver::new(ours, ReceivePolicy::default());
+    let send = |peer: &UnixStream, id: u64, fd: &OwnedFd| {
+        let p = frame_payload(id, &[(0, 0, 4096, 4096)], b"");
+        let mut msg = header(1, p.len() as u32, 1);
+        msg.extend_from_slice(&p);
+        send_raw(peer, &msg, &[fd.as_fd()]);
+    };
+    for (id, seals) in [
+        (1, S::empty()),
+        (2, S::GROW),
+        (3, S::GROW | S::WRITE | S::SEAL),
+    ] {
+        let name = format!("unsealed-{}-{id}", std::process::id());
+        let fd = memfd_with_seals(&name, 4096, seals);
+        send(&peer, id, &fd);
+        drop(fd);
+        let e = rx.recv().unwrap_err();
+        assert!(
+            matches!(e, Error::Refused(ref why) if why.contains("sealed against shrinking")),
+            "seals {seals:?}: {e}"
+        );
+        assert!(!memfd_open(&name), "seals {seals:?}: the fd was closed");
+        let mut release = [0u8; 24];
+        use std::io::Read;
+        peer.read_exact(&mut release).unwrap();
+        assert_eq!(u64::from_le_bytes(release[16..].try_into().unwrap()), id);
+    }
+    // Sealed against shrinking: accepted, on the same connection.
+    let fd = memfd_with_seals("sealed-shrink", 4096, S::SHRINK);
+    send(&peer, 4, &fd);
+    let frame = rx.recv().unwrap().expect("a frame");
+    assert_eq!(frame.id, 4);
+    assert_eq!(frame.memories[0].size(), 4096);
 }

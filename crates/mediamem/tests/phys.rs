@@ -1,8 +1,14 @@
-//! Physically contiguous memory: huge pages (on the host as root, with huge
-//! pages reserved by the setup below, and in the QEMU guest), the CMA heap
-//! when one exists, and the errors when neither can work.
+//! Physically contiguous memory: huge pages (on the host as root, and in
+//! the QEMU guest, with huge pages each test reserves for itself), the CMA
+//! heap when one exists, and the errors when neither can work.
+//!
+//! Without root the huge page tests cannot reserve pages: they print a
+//! line `SKIPPED: <test>: <reason>` (which `cargo xtask vm-test` treats as
+//! a failure in the guest, where they run as root) and return.
 
+use std::fs::File;
 use std::os::fd::AsRawFd;
+use std::path::PathBuf;
 use std::sync::{Mutex, MutexGuard};
 
 use mediamem::phys::{
@@ -14,28 +20,75 @@ use mediamem::{
     MemoryFlags, Result,
 };
 
-/// Huge pages this suite reserves (as root) if fewer are configured.
-const RESERVE: usize = 8;
+mod common;
 
-/// Phys tests share the machine's huge pages: run them one at a time.
+/// Huge pages each test reserves for itself, on top of what is configured.
+const NEED: usize = 4;
+
+const NR_HUGEPAGES: &str = "/proc/sys/vm/nr_hugepages";
+
+/// Serialises the tests of this process that change `nr_hugepages`.
 static SERIAL: Mutex<()> = Mutex::new(());
 
-/// The test setup: make sure `RESERVE` huge pages exist. Returns the
-/// serialising guard, or `None` (with a printed reason) when huge pages
-/// cannot be had here (not root, no hugetlb).
-fn setup() -> Option<MutexGuard<'static, ()>> {
-    let guard = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
-    let path = "/proc/sys/vm/nr_hugepages";
-    let have: usize = std::fs::read_to_string(path).ok()?.trim().parse().ok()?;
-    if have < RESERVE && std::fs::write(path, RESERVE.to_string()).is_err() {
-        eprintln!("SKIPPED: cannot reserve huge pages (needs root): {path}");
+/// `NEED` huge pages reserved for one test. Dropping it (also when the
+/// test fails and unwinds) sets `nr_hugepages` back to the value it had
+/// before, so no test depends on, or leaves behind, machine state.
+struct HugePages {
+    previous: usize,
+    /// `flock` on a file under /tmp: other processes running these tests
+    /// (another checkout, a parallel `cargo test`) wait for this one.
+    _lock: File,
+    _serial: MutexGuard<'static, ()>,
+}
+
+impl Drop for HugePages {
+    fn drop(&mut self) {
+        if let Err(e) = std::fs::write(NR_HUGEPAGES, self.previous.to_string()) {
+            eprintln!("could not restore {NR_HUGEPAGES} to {}: {e}", self.previous);
+        }
+    }
+}
+
+fn read_nr_hugepages() -> usize {
+    let text = std::fs::read_to_string(NR_HUGEPAGES)
+        .unwrap_or_else(|e| panic!("{NR_HUGEPAGES}: {e} (a kernel without hugetlb?)"));
+    text.trim().parse().unwrap()
+}
+
+/// Reserve `NEED` huge pages for the calling test. Without root, report a
+/// skip of `test` and return `None`; as root the pages must be had, so any
+/// failure is a test failure, never a skip.
+fn reserve(test: &str) -> Option<HugePages> {
+    let serial = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
+    if !rustix::process::geteuid().is_root() {
+        common::skip(
+            test,
+            &format!("needs root to reserve huge pages in {NR_HUGEPAGES}"),
+        );
         return None;
     }
-    if free_huge_pages().unwrap_or(0) == 0 {
-        eprintln!("SKIPPED: the kernel gave no huge pages");
-        return None;
-    }
-    Some(guard)
+    let lock = File::options()
+        .create(true)
+        .append(true)
+        .open("/tmp/mediamem-test-hugepages.lock")
+        .unwrap();
+    rustix::fs::flock(&lock, rustix::fs::FlockOperation::LockExclusive).unwrap();
+    let previous = read_nr_hugepages();
+    let reserved = HugePages {
+        previous,
+        _lock: lock,
+        _serial: serial,
+    };
+    std::fs::write(NR_HUGEPAGES, (previous + NEED).to_string())
+        .unwrap_or_else(|e| panic!("as root, writing {NR_HUGEPAGES} failed: {e}"));
+    let free = free_huge_pages().unwrap_or(0);
+    assert!(
+        free >= NEED,
+        "asked the kernel for {NEED} more huge pages ({NR_HUGEPAGES} {previous} -> {}), \
+         {free} are free",
+        read_nr_hugepages()
+    );
+    Some(reserved)
 }
 
 /// Page frame numbers of `len` bytes at `addr`, read from pagemap by this
@@ -61,7 +114,9 @@ fn block_addr(mem: &Memory) -> (usize, usize) {
 
 #[test]
 fn huge_page_memory_is_contiguous_and_its_address_is_right() -> Result<()> {
-    let Some(_g) = setup() else { return Ok(()) };
+    let Some(_pages) = reserve("huge_page_memory_is_contiguous_and_its_address_is_right") else {
+        return Ok(());
+    };
     let huge = HugePageAllocator::new()?;
     assert_eq!(Some(huge.max_size()), huge_page_size());
     let mem = huge.alloc(1 << 20, None)?;
@@ -108,7 +163,9 @@ fn huge_page_memory_is_contiguous_and_its_address_is_right() -> Result<()> {
 
 #[test]
 fn prefix_moves_the_address_and_the_fd_is_shareable() -> Result<()> {
-    let Some(_g) = setup() else { return Ok(()) };
+    let Some(_pages) = reserve("prefix_moves_the_address_and_the_fd_is_shareable") else {
+        return Ok(());
+    };
     let huge = HugePageAllocator::new()?;
     let p = AllocationParams::new(MemoryFlags::ZERO_PREFIXED, 63, 128, 0);
     let mem = huge.alloc(1000, Some(&p))?;
@@ -128,7 +185,9 @@ fn prefix_moves_the_address_and_the_fd_is_shareable() -> Result<()> {
 
 #[test]
 fn oversize_and_exhaustion_are_clear_errors() -> Result<()> {
-    let Some(_g) = setup() else { return Ok(()) };
+    let Some(_pages) = reserve("oversize_and_exhaustion_are_clear_errors") else {
+        return Ok(());
+    };
     let huge = HugePageAllocator::new()?;
     let max = huge.max_size();
     assert!(matches!(
@@ -290,18 +349,21 @@ fn unprivileged_processes_get_an_error_not_a_zero_address() {
         }
         return;
     }
+    // As root the pages are reserved so that the child's huge page
+    // allocation fails for its privileges, not for want of pages.
+    let test = "unprivileged_processes_get_an_error_not_a_zero_address";
     if !rustix::process::geteuid().is_root() {
-        eprintln!("SKIPPED: needs root to start a child as nobody");
+        common::skip(test, "needs root to start a child as nobody");
         return;
     }
-    let _g = setup();
+    let Some(_pages) = reserve(test) else { return };
+    // Run a copy of this binary from a directory nobody can enter and
+    // execute from (the original may sit where nobody cannot).
+    let copy = ExeCopy::new();
     use std::os::unix::process::CommandExt;
-    let out = std::process::Command::new(std::env::current_exe().unwrap())
-        .args([
-            "--exact",
-            "unprivileged_processes_get_an_error_not_a_zero_address",
-            "--nocapture",
-        ])
+    let out = copy
+        .command()
+        .args(["--exact", test, "--nocapture"])
         .env("MEDIAMEM_PHYS_CHILD", "1")
         .uid(65534)
         .gid(65534)
@@ -311,6 +373,47 @@ fn unprivileged_processes_get_an_error_not_a_zero_address() {
         String::from_utf8_lossy(&out.stdout).into_owned() + &String::from_utf8_lossy(&out.stderr);
     assert!(out.status.success(), "child failed:\n{text}");
     assert!(text.contains("1 passed"), "the child ran the test:\n{text}");
+}
+
+/// A copy of the running test binary, mode 0755, in a new directory of
+/// mode 0755 under /tmp; removed on drop.
+struct ExeCopy {
+    dir: PathBuf,
+    exe: PathBuf,
+}
+
+impl ExeCopy {
+    fn new() -> ExeCopy {
+        use std::os::unix::fs::PermissionsExt;
+        let nanos = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap()
+            .as_nanos();
+        let dir = PathBuf::from(format!("/tmp/mediamem-phys-{}-{nanos}", std::process::id()));
+        std::fs::create_dir(&dir).unwrap();
+        let copy = ExeCopy {
+            exe: dir.join("phys-test"),
+            dir,
+        };
+        // Explicit modes: the umask may have taken bits away.
+        let rx = std::fs::Permissions::from_mode(0o755);
+        std::fs::set_permissions(&copy.dir, rx.clone()).unwrap();
+        std::fs::copy(std::env::current_exe().unwrap(), &copy.exe).unwrap();
+        std::fs::set_permissions(&copy.exe, rx).unwrap();
+        copy
+    }
+
+    fn command(&self) -> std::process::Command {
+        let mut cmd = std::process::Command::new(&self.exe);
+        cmd.current_dir(&self.dir);
+        cmd
+    }
+}
+
+impl Drop for ExeCopy {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
 }
 
 #[test]

@@ -453,3 +453,94 @@ impl From<IntoMappedError> for Error {
         e.error
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// 100 bytes of system memory (maxsize 107) with bytes `i as u8`,
+    /// narrowed to the visible region `[10, 60)`, and the block's start.
+    fn at_offset() -> (Memory, *const u8) {
+        let mem = Memory::with_size(100).unwrap();
+        for (i, b) in mem.map_writable().unwrap().iter_mut().enumerate() {
+            *b = i as u8;
+        }
+        mem.resize(10..60).unwrap();
+        assert_eq!(mem.sizes(), (50, 10, 107));
+        let base = mem
+            .share_maxsize(..)
+            .unwrap()
+            .map_readable()
+            .unwrap()
+            .as_ptr();
+        (mem, base)
+    }
+
+    fn expected() -> Vec<u8> {
+        (10u8..60).collect()
+    }
+
+    #[test]
+    fn guard_accessors_at_a_non_zero_offset() {
+        let (mut mem, base) = at_offset();
+        let start = base.wrapping_add(10);
+        {
+            let r = mem.map_readable().unwrap();
+            assert_eq!((r.size(), r.maxsize(), r.len()), (50, 97, 50));
+            assert_eq!(r.as_ptr(), start);
+            assert_eq!(r.as_slice(), expected());
+            assert_eq!(r.flags(), MapFlags::READ);
+        }
+        {
+            let mut w = mem.map_writable().unwrap();
+            assert_eq!((w.size(), w.maxsize()), (50, 97));
+            assert_eq!(w.as_ptr(), start);
+            assert_eq!(w.as_mut_slice().as_ptr(), start);
+            assert_eq!(w.as_mut_slice().len(), 50);
+        }
+        {
+            let mut d = mem.map(MapFlags::READWRITE).unwrap();
+            assert_eq!((d.size(), d.maxsize()), (50, 97));
+            assert_eq!(d.as_mut_slice().unwrap().as_ptr(), start);
+        }
+        {
+            let raw = mem.map_raw(MapFlags::READ).unwrap();
+            assert_eq!((raw.size(), raw.maxsize()), (50, 97));
+            assert_eq!(raw.as_ptr(), start);
+            assert_eq!(raw.as_mut_ptr(), None);
+        }
+        {
+            let mut owned = mem.map_mut().unwrap();
+            assert!(owned.is_lockless());
+            assert_eq!((owned.size(), owned.maxsize()), (50, 97));
+            assert_eq!(owned.as_mut_ptr().cast_const(), start);
+            assert_eq!(owned.as_slice(), expected());
+        }
+        let mapped = mem.into_mapped_readable().unwrap();
+        assert_eq!(mapped.size(), 50);
+        assert_eq!(mapped.as_slice().as_ptr(), start);
+        assert_eq!(mapped.as_slice(), expected());
+    }
+
+    #[test]
+    fn a_share_maps_its_own_offset() {
+        let (mem, base) = at_offset();
+        let share = mem.share(5..15).unwrap(); // block offset 15
+        let r = share.map_readable().unwrap();
+        assert_eq!((r.size(), r.maxsize()), (10, 107 - 15));
+        assert_eq!(r.as_ptr(), base.wrapping_add(15));
+        assert_eq!(r.as_slice(), &expected()[5..15]);
+    }
+
+    #[test]
+    fn a_mapping_keeps_the_region_it_was_made_with() {
+        let (mem, base) = at_offset();
+        let r = mem.map_readable().unwrap();
+        mem.resize_maxsize(0..107).unwrap();
+        assert_eq!((r.size(), r.maxsize()), (50, 97));
+        assert_eq!(r.as_ptr(), base.wrapping_add(10));
+        drop(r);
+        let r = mem.map_readable().unwrap();
+        assert_eq!((r.size(), r.maxsize(), r.as_ptr()), (107, 107, base));
+    }
+}

@@ -51,8 +51,19 @@ pub fn assert_no_leaks(n: usize, mut cycle: impl FnMut(usize)) {
     assert!(maps1 <= maps0 + 64, "mappings leaked: {maps0} -> {maps1}");
 }
 
-/// Records the text of every log record at WARN or above, process-wide.
-struct WarnRecorder(std::sync::Mutex<Vec<String>>);
+/// Report that `test` skipped, as one line `SKIPPED: <test>: <reason>` on
+/// the process's stderr, past libtest's output capture, so the skip shows in
+/// `cargo test` output and in logs, and `cargo xtask vm-test` can fail on
+/// it where the test must run. The caller then returns.
+pub fn skip(test: &str, reason: &str) {
+    use std::io::Write as _;
+    let line = format!("SKIPPED: {test}: {reason}\n");
+    let _ = std::io::stderr().write_all(line.as_bytes());
+}
+
+/// Records every log record at WARN or above, process-wide, with the
+/// thread that logged it.
+struct WarnRecorder(std::sync::Mutex<Vec<(std::thread::ThreadId, String)>>);
 
 impl log::Log for WarnRecorder {
     fn enabled(&self, _: &log::Metadata) -> bool {
@@ -60,10 +71,11 @@ impl log::Log for WarnRecorder {
     }
     fn log(&self, r: &log::Record) {
         if r.level() <= log::Level::Warn {
+            let text = format!("{}: {}", r.level(), r.args());
             self.0
                 .lock()
-                .unwrap()
-                .push(format!("{}: {}", r.level(), r.args()));
+                .unwrap_or_else(|e| e.into_inner())
+                .push((std::thread::current().id(), text));
         }
     }
     fn flush(&self) {}
@@ -71,18 +83,37 @@ impl log::Log for WarnRecorder {
 
 static RECORDER: WarnRecorder = WarnRecorder(std::sync::Mutex::new(Vec::new()));
 
-/// Start recording warnings (idempotent) and return all recorded so far.
+/// Start recording warnings (idempotent) and return all recorded so far,
+/// from every thread.
 pub fn warnings() -> Vec<String> {
-    let _ = log::set_logger(&RECORDER);
-    log::set_max_level(log::LevelFilter::Trace);
-    RECORDER.0.lock().unwrap().clone()
+    recorded().into_iter().map(|(_, text)| text).collect()
 }
 
-/// The recorded warnings that mention fd `n` (the fd memory backend says
-/// "on fd N" in its sync warnings).
+fn recorded() -> Vec<(std::thread::ThreadId, String)> {
+    let _ = log::set_logger(&RECORDER);
+    log::set_max_level(log::LevelFilter::Trace);
+    RECORDER.0.lock().unwrap_or_else(|e| e.into_inner()).clone()
+}
+
+/// The warnings logged by the calling thread. libtest runs each test on a
+/// thread of its own and thread ids are never reused, so these are the
+/// calling test's (the library logs on the thread that maps), whatever
+/// other tests log at the same time.
+pub fn my_warnings() -> Vec<String> {
+    let me = std::thread::current().id();
+    recorded()
+        .into_iter()
+        .filter(|(thread, _)| *thread == me)
+        .map(|(_, text)| text)
+        .collect()
+}
+
+/// The calling thread's warnings that mention fd `n` (the fd memory
+/// backend says "on fd N" in its sync warnings). Another test's fd with the
+/// same number cannot be mistaken for it: only this thread's count.
 pub fn warnings_about_fd(n: i32) -> Vec<String> {
     let tag = format!("on fd {n} ");
-    warnings()
+    my_warnings()
         .into_iter()
         .filter(|w| w.contains(&tag))
         .collect()
