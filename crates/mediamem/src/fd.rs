@@ -287,7 +287,15 @@ pub(crate) fn fd_parts(
 
 /// Check that `maxsize` bytes of `fd` exist and make the block.
 pub(crate) fn fd_block(fd: FdHandle, maxsize: usize, flags: FdMemoryFlags) -> Result<FdBlock> {
-    let file_size = fd_size(fd.as_fd())?;
+    let file = crate::sys::file_id(fd.as_fd()).map_err(|e| Error::BadFd {
+        reason: format!("fstat/fstatfs of fd {}: {e}", fd.as_fd().as_raw_fd()),
+    })?;
+    // A regular file's size came with the fstat; anything else says it
+    // through lseek (or is refused for what it is).
+    let file_size = match file.size {
+        Some(size) => size,
+        None => fd_size(fd.as_fd())?,
+    };
     if maxsize as u64 > file_size {
         return Err(Error::BeyondFile {
             what: "maxsize",
@@ -295,7 +303,7 @@ pub(crate) fn fd_block(fd: FdHandle, maxsize: usize, flags: FdMemoryFlags) -> Re
             file_size,
         });
     }
-    FdBlock::new(fd, maxsize, flags)
+    FdBlock::with_file(fd, maxsize, flags, file)
 }
 
 /// The block of fd-backed memory, shared by every kind built on fd memory
@@ -327,12 +335,34 @@ impl fmt::Debug for FdBlock {
 }
 
 impl FdBlock {
+    /// The block of a memfd mediamem just made on `fs`: one `fstat` for
+    /// its identity, no `fstatfs`.
+    pub(crate) fn new_own(
+        fd: FdHandle,
+        maxsize: usize,
+        flags: FdMemoryFlags,
+        fs: FsKind,
+    ) -> Result<FdBlock> {
+        let st = rustix::fs::fstat(fd.as_fd()).map_err(|e| Error::os("fstat", e))?;
+        #[allow(clippy::unnecessary_cast)] // the stat field types vary by target
+        let file = crate::sys::FileId {
+            dev: st.st_dev as u64,
+            ino: st.st_ino as u64,
+            fs,
+            blksize: st.st_blksize as u64,
+            size: Some(st.st_size as u64),
+        };
+        Self::with_file(fd, maxsize, flags, file)
+    }
+
     /// The block of a file known to hold at least `maxsize` bytes (checked
     /// by [`fd_block`], or made so by mediamem itself and sealed).
-    pub(crate) fn new(fd: FdHandle, maxsize: usize, flags: FdMemoryFlags) -> Result<FdBlock> {
-        let file = crate::sys::file_id(fd.as_fd()).map_err(|e| Error::BadFd {
-            reason: format!("fstat/fstatfs of fd {}: {e}", fd.as_fd().as_raw_fd()),
-        })?;
+    fn with_file(
+        fd: FdHandle,
+        maxsize: usize,
+        flags: FdMemoryFlags,
+        file: crate::sys::FileId,
+    ) -> Result<FdBlock> {
         let keep = flags.contains(FdMemoryFlags::KEEP_MAPPED);
         let mapping = FileMapping::new(MapOptions {
             len: maxsize,
@@ -354,7 +384,7 @@ impl FdBlock {
         .map_err(|_| Error::SizeOverflow {
             what: "maxsize rounded to the huge page size",
         })?;
-        let alias = BlockAlias::for_file(fd.as_fd())?;
+        let alias = BlockAlias::for_key((file.dev, file.ino));
         Ok(FdBlock {
             fd,
             flags,

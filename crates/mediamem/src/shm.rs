@@ -80,30 +80,34 @@ impl AllocatorImpl for ShmAllocatorImpl {
                 source: e.into(),
             },
         })?;
-        rustix::fs::fcntl_add_seals(&fd, SHM_SEALS).map_err(|e| Error::Os {
-            op: "fcntl(F_ADD_SEALS)",
-            source: e.into(),
-        })?;
-        // Just created, sized and sealed by us: no size check needed.
-        let mut block = FdBlock::new(FdHandle::Owned(fd), maxsize, FdMemoryFlags::KEEP_MAPPED)?;
+        // Just created and sized by us: no size check needed, and the
+        // filesystem is known.
+        let mut block = FdBlock::new_own(
+            FdHandle::Owned(fd),
+            maxsize,
+            FdMemoryFlags::KEEP_MAPPED,
+            crate::sys::FsKind::Shmem,
+        )?;
         // Map read-write once, for the memory's whole life (GStreamer keeps
         // it mapped too): every later map is then only the lock word.
         let base = block.pin_mapped(ALLOCATOR_SHM)?;
-        // Now that our own writable mapping exists, close the file to every
-        // other writer: no new writable mapping, no write(2), and no hole
+        // Then seal, in one call (nobody else has the fd yet): no shrinking
+        // or growing, and, now that our own writable mapping exists, no
+        // other writer: no new writable mapping, no write(2), no hole
         // punched under a peer's mapping (F_SEAL_FUTURE_WRITE stops
-        // fallocate(PUNCH_HOLE) too). Receivers can require it.
-        // Kernels before 5.1 do not know the seal (EINVAL): the memory
-        // still works, and a receiver that requires the seal says so.
-        match rustix::fs::fcntl_add_seals(block.fd(), SealFlags::FUTURE_WRITE) {
-            Ok(()) | Err(rustix::io::Errno::INVAL) => {}
-            Err(e) => {
-                return Err(Error::Os {
-                    op: "fcntl(F_ADD_SEALS, F_SEAL_FUTURE_WRITE)",
-                    source: e.into(),
-                })
-            }
-        }
+        // fallocate(PUNCH_HOLE) too). Receivers can require it. Kernels
+        // before 5.1 do not know F_SEAL_FUTURE_WRITE (EINVAL): they get the
+        // shrink and grow seals alone, and a receiver that requires the
+        // write seal says so.
+        let sealed =
+            match rustix::fs::fcntl_add_seals(block.fd(), SHM_SEALS | SealFlags::FUTURE_WRITE) {
+                Err(rustix::io::Errno::INVAL) => rustix::fs::fcntl_add_seals(block.fd(), SHM_SEALS),
+                other => other,
+            };
+        sealed.map_err(|e| Error::Os {
+            op: "fcntl(F_ADD_SEALS)",
+            source: e.into(),
+        })?;
         // mmap is page-aligned; only masks beyond a page need an offset.
         let aoffset = (align + 1 - (base.as_ptr() as usize & align)) & align;
         // The new memfd is zero-filled, so ZERO_PREFIXED / ZERO_PADDED hold.

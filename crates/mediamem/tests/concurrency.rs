@@ -101,11 +101,20 @@ fn writers_and_readers_never_see_torn_frames() -> Result<()> {
     // again. Readers that pause between frames (as real consumers do) leave
     // it room; readers spinning on 2 cores could starve it, which is the
     // caller's policy to handle.
+    // The writer raises `waiting` while it wants the block; readers then
+    // stand back (as a consumer would for a producer), so the writer makes
+    // progress however the two cores are scheduled.
+    let waiting = Arc::new(AtomicBool::new(false));
     let readers: Vec<_> = (0..3)
         .map(|_| {
             let (mem, stop, reads) = (mem.clone(), stop.clone(), reads.clone());
+            let waiting = waiting.clone();
             thread::spawn(move || {
                 while !stop.load(Ordering::Relaxed) {
+                    if waiting.load(Ordering::Relaxed) {
+                        thread::yield_now();
+                        continue;
+                    }
                     match mem.map_readable() {
                         Ok(map) => {
                             let first = map[0];
@@ -125,10 +134,15 @@ fn writers_and_readers_never_see_torn_frames() -> Result<()> {
     let mut attempts = 0usize;
     while (writes < 2_000 || reads.load(Ordering::Relaxed) < 2_000) && attempts < 5_000_000 {
         attempts += 1;
+        waiting.store(true, Ordering::Relaxed);
         match mem.map_writable() {
             Ok(mut w) => {
+                waiting.store(false, Ordering::Relaxed);
                 w.fill((writes % 256) as u8);
                 writes += 1;
+                drop(w);
+                // Let the readers in between frames.
+                thread::yield_now();
             }
             Err(Error::Aliased { .. }) | Err(Error::LockConflict { .. }) => thread::yield_now(),
             Err(e) => panic!("unexpected error {e}"),

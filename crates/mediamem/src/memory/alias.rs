@@ -74,11 +74,16 @@ impl BlockAlias {
     /// # Errors
     /// [`Error::BadFd`] when `fstat` fails.
     pub fn for_file(fd: BorrowedFd<'_>) -> Result<Self> {
-        let key = file_key(fd)?;
+        Ok(Self::for_key(file_key(fd)?))
+    }
+
+    /// The rule of the file with identity `(st_dev, st_ino)` (for callers
+    /// that already did the `fstat`).
+    pub(crate) fn for_key(key: (u64, u64)) -> Self {
         let mut reg = registry();
         let map = reg.get_or_insert_with(HashMap::new);
         if let Some(live) = map.get(&key).and_then(Weak::upgrade) {
-            return Ok(BlockAlias(live));
+            return BlockAlias(live);
         }
         let alias = BlockAlias::new();
         alias
@@ -88,7 +93,7 @@ impl BlockAlias {
             .unwrap_or_else(PoisonError::into_inner)
             .push(key);
         map.insert(key, Arc::downgrade(&alias.0));
-        Ok(alias)
+        alias
     }
 
     /// Make the file behind `fd` reach this rule too (a DRM dumb buffer's

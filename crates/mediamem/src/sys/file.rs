@@ -36,6 +36,9 @@ pub(crate) struct FileId {
     pub(crate) fs: FsKind,
     /// `st_blksize` (the huge page size on hugetlbfs).
     pub(crate) blksize: u64,
+    /// `st_size` of a regular file (memfds included); `None` for anything
+    /// else, whose size `lseek(SEEK_END)` tells (dma-bufs).
+    pub(crate) size: Option<u64>,
 }
 
 /// The identity and filesystem of `fd`'s file.
@@ -55,6 +58,9 @@ pub(crate) fn file_id(fd: BorrowedFd<'_>) -> Result<FileId, Errno> {
         ino: st.st_ino as u64,
         fs,
         blksize: st.st_blksize as u64,
+        size: rustix::fs::FileType::from_raw_mode(st.st_mode)
+            .is_file()
+            .then_some(st.st_size as u64),
     })
 }
 

@@ -17,7 +17,7 @@ mod udmabuf;
 
 pub(crate) use dma_buf::*;
 pub(crate) use drm::*;
-pub(crate) use file::{file_id, FdHandle, FsKind};
+pub(crate) use file::{file_id, FdHandle, FileId, FsKind};
 pub(crate) use sigbus::SigbusGuard;
 pub(crate) use udmabuf::*;
 
