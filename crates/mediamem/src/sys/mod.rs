@@ -1,6 +1,6 @@
-//! Raw kernel interfaces, one module per interface: `dma_buf`, `drm`,
-//! `udmabuf` (with dma-heap), `file` (filesystem identity), `sigbus` (the
-//! `SIGBUS` guard).
+//! Raw kernel interfaces, one module per interface: `dma_buf`, `dma_heap`,
+//! `drm`, `udmabuf`, `file` (filesystem identity), `sigbus` (the `SIGBUS`
+//! guard).
 //!
 //! Each request has one safe function returning `Result<_, Errno>`; every
 //! `OwnedFd::from_raw_fd` of the crate is here, next to the request that
@@ -10,12 +10,14 @@
 //! Nothing outside this module issues an ioctl.
 
 mod dma_buf;
+mod dma_heap;
 mod drm;
 mod file;
 mod sigbus;
 mod udmabuf;
 
 pub(crate) use dma_buf::*;
+pub(crate) use dma_heap::*;
 pub(crate) use drm::*;
 pub(crate) use file::{file_id, FdHandle, FileId, FsKind};
 pub(crate) use sigbus::SigbusGuard;
