@@ -97,7 +97,7 @@ fn run(root: &Path, binary: &Path, target: &str, budget: &Budget) -> Result<u64,
     let mut cmd = Command::new(binary);
     cmd.current_dir(root)
         .arg(format!("-max_total_time={}", budget.seconds))
-        .arg("-max_len=8192")
+        .arg("-max_len=4096")
         .arg("-timeout=20")
         .arg("-print_final_stats=1")
         .arg(format!("-artifact_prefix={}/", artifacts.display()));

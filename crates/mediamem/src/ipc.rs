@@ -79,7 +79,10 @@
 //! the next [`Receiver::recv`] (which also writes while it waits for
 //! input, woken by drops on other threads) or [`Receiver::flush`] (which
 //! waits for room, up to the timeout) writes it. None is lost while the
-//! sender is there to read it; when the sender is gone they are dropped.
+//! sender is there to read it and the receiver or one of its frames is
+//! alive (when the last of them goes, what is still queued goes with it:
+//! call [`Receiver::flush`] before dropping the receiver); when the sender
+//! is gone they are dropped.
 //! A sender that never reads releases thus only grows the receiver's
 //! queue (24 bytes a frame), and its pool runs dry.
 
