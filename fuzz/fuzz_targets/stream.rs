@@ -126,6 +126,10 @@ fuzz_target!(|data: &[u8]| {
                 } else {
                     ReceivePolicy::default().max_copy_bytes
                 },
+                require_write_seal: policy & 4 != 0,
+                // guard_unsealed stays off here: its SIGBUS handler would
+                // sit under the sanitizer's own; tests/hostile.rs covers it.
+                ..ReceivePolicy::default()
             },
         );
         // Never needed (the peer closes), but a bug must not hang the run.
