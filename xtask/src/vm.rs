@@ -372,10 +372,24 @@ fn parse_outcome(name: &str, expected: usize, results: &Path) -> Outcome {
 }
 
 /// What the guest's `mediamem probe` table must show: udmabuf, the system
-/// heap and a bochs dumb-buffer card, each available.
+/// heap and a bochs dumb-buffer card, each available. The table has a line
+/// per kind (name, `ok`, caps, copies to) and its detail on indented lines
+/// below.
 fn probe_problems(probe: &str) -> Vec<String> {
+    // (row line, its detail lines joined)
+    let mut rows: Vec<(String, String)> = Vec::new();
+    for line in probe.lines() {
+        if line.starts_with(' ') {
+            if let Some((_, detail)) = rows.last_mut() {
+                detail.push_str(line.trim());
+                detail.push(' ');
+            }
+        } else {
+            rows.push((line.to_owned(), String::new()));
+        }
+    }
     let available =
-        |l: &str, name_words: usize| l.split_whitespace().nth(name_words + 1) == Some("yes");
+        |l: &str, name_words: usize| l.split_whitespace().nth(name_words) == Some("yes");
     let checks: [(&str, &str, usize); 3] = [
         ("udmabuf", "udmabuf ", 1),
         ("the system heap", "dmaheap:system ", 1),
@@ -384,10 +398,10 @@ fn probe_problems(probe: &str) -> Vec<String> {
     checks
         .iter()
         .filter(|(_, prefix, words)| {
-            !probe.lines().any(|l| {
+            !rows.iter().any(|(l, detail)| {
                 l.starts_with(prefix)
                     && available(l, *words)
-                    && (!prefix.starts_with("DRM") || l.contains("bochs-drm"))
+                    && (!prefix.starts_with("DRM") || detail.contains("bochs-drm"))
             })
         })
         .map(|(what, _, _)| format!("the guest's probe does not show {what} as available"))
@@ -584,12 +598,18 @@ pub fn vm_test() -> Res<()> {
 mod tests {
     use super::*;
 
+    /// What `mediamem probe` printed in the guest (abridged).
     const GOOD: &str = "\
-allocator                     mem_type       available  alloc
-udmabuf                       udmabuf        yes        yes
-dmaheap:system                dmaheap        yes        yes
-DRMDumbMemory /dev/dri/card0  DRMDumbMemory  yes        no     driver bochs-drm
-DRMDumbMemory /dev/dri/card1  DRMDumbMemory  no         no     driver vgem
+allocator                     ok   caps                    copies to
+----------------------------  ---  ----------------------  ------------
+udmabuf                       yes  alloc,fd,dmabuf         udmabuf
+    /dev/udmabuf; 1 MiB alloc and map checked
+dmaheap:system                yes  alloc,fd,dmabuf         dmaheap
+    /dev/dma_heap/system; 1 MiB alloc and map checked
+DRMDumbMemory /dev/dri/card0  yes  -                       SystemMemory
+    driver bochs-drm; dumb yes; PRIME export yes; XR24 64x64 pitch 256
+DRMDumbMemory /dev/dri/card1  no   -                       -
+    driver vgem; dumb no; PRIME export yes: dumb buffers on /dev/dri/card1
 ";
 
     #[test]
@@ -603,13 +623,19 @@ DRMDumbMemory /dev/dri/card1  DRMDumbMemory  no         no     driver vgem
 
     #[test]
     fn probe_check_catches_missing_devices() {
-        let no_udmabuf = GOOD.replace("udmabuf        yes", "udmabuf        no ");
+        let no_udmabuf = GOOD.replace(
+            "udmabuf                       yes",
+            "udmabuf                       no ",
+        );
         assert_eq!(probe_problems(&no_udmabuf).len(), 1);
         let vgem_only = GOOD.replace(
-            "yes        no     driver bochs-drm",
-            "no         no     driver bochs-drm",
+            "card0  yes  -                       SystemMemory",
+            "card0  no   -                       -",
         );
         assert_eq!(probe_problems(&vgem_only).len(), 1);
+        // bochs must be named in the card's own detail, not another's.
+        let no_bochs = GOOD.replace("driver bochs-drm", "driver other");
+        assert_eq!(probe_problems(&no_bochs).len(), 1);
         assert_eq!(probe_problems("").len(), 3);
     }
 
