@@ -151,20 +151,40 @@ enum Origin {
     Root {
         /// Shares reach their allocator through the root.
         allocator: Allocator,
-        /// Dropped with the root, or handed to `on_free` (see `Drop`).
+        /// Dropped with the root, or handed to a free hook (see `Drop`).
         backend: ManuallyDrop<BackendSlot>,
-        /// Runs when the block's last handle is gone, with what is left.
-        on_free: Option<BlockFreeHook>,
         /// The block's address when the backend says it never needs a map
         /// (system memory): map and unmap then skip the backend. 0 if not.
         static_base: usize,
-        /// The byte-borrow rule shared with other roots of the same
-        /// storage; `None`: the rule lives in this root's own word.
-        alias: Option<BlockAlias>,
+        /// What only some roots have (an alias, a free hook), out of line so
+        /// that system memory stays small and its hot paths test one word.
+        extra: Option<Box<RootExtra>>,
     },
     Share {
         root: Memory,
     },
+}
+
+/// The rarer parts of a root.
+#[derive(Default)]
+struct RootExtra {
+    /// The byte-borrow rule shared with other roots of the same storage;
+    /// `None`: the rule lives in this root's own word.
+    alias: Option<BlockAlias>,
+    /// Runs when the block's last handle is gone, with what is left.
+    on_free: Option<BlockFreeHook>,
+}
+
+impl RootExtra {
+    /// The extra parts of a root with `alias`, if it needs any.
+    fn with_alias(alias: Option<BlockAlias>) -> Option<Box<RootExtra>> {
+        alias.map(|alias| {
+            Box::new(RootExtra {
+                alias: Some(alias),
+                on_free: None,
+            })
+        })
+    }
 }
 
 /// A hook run when a root block's last handle is gone
@@ -183,10 +203,9 @@ impl Drop for Inner {
             Origin::Root {
                 allocator,
                 backend,
-                on_free,
                 static_base,
-                alias,
-            } => match on_free.take() {
+                extra,
+            } => match extra.as_mut().and_then(|e| e.on_free.take()) {
                 Some(hook) => {
                     // SAFETY: `backend` is never used again: this is the
                     // root's drop, and the field is not dropped on its own
@@ -197,7 +216,7 @@ impl Drop for Inner {
                         allocator: allocator.clone(),
                         backend: Some(backend),
                         static_base: *static_base,
-                        alias: alias.take(),
+                        alias: extra.as_mut().and_then(|e| e.alias.take()),
                         maxsize: self.maxsize,
                         align: self.align,
                         flags: MemoryFlags::from_bits_retain(*self.flags.get_mut()),
@@ -280,9 +299,8 @@ impl FreedBlock {
                 origin: Origin::Root {
                     allocator: self.allocator.clone(),
                     backend: ManuallyDrop::new(backend),
-                    on_free: None,
                     static_base: self.static_base,
-                    alias: self.alias.take(),
+                    extra: RootExtra::with_alias(self.alias.take()),
                 },
                 maxsize: self.maxsize,
                 align: self.align,
@@ -362,9 +380,12 @@ impl Memory {
                         .get()
                         .static_ptr()
                         .map_or(0, |p| p.as_ptr() as usize),
-                    alias: parts.backend.get().alias().cloned(),
+                    // System blocks never alias: no virtual call for them.
+                    extra: match &parts.backend {
+                        BackendSlot::System(_) => None,
+                        other => RootExtra::with_alias(other.get().alias().cloned()),
+                    },
                     backend: ManuallyDrop::new(parts.backend),
-                    on_free: None,
                 },
                 maxsize: parts.maxsize,
                 align: parts.align,
@@ -497,11 +518,14 @@ impl Memory {
             None => return Err(refuse("set_on_block_free with other handles alive")),
         };
         match &mut inner.origin {
-            Origin::Root { on_free, .. } if on_free.is_none() => {
-                *on_free = Some(hook);
+            Origin::Root { extra, .. } => {
+                let extra = extra.get_or_insert_with(Box::default);
+                if extra.on_free.is_some() {
+                    return Err(refuse("a second set_on_block_free"));
+                }
+                extra.on_free = Some(hook);
                 Ok(())
             }
-            Origin::Root { .. } => Err(refuse("a second set_on_block_free")),
             Origin::Share { .. } => Err(refuse("set_on_block_free on a share")),
         }
     }
@@ -511,7 +535,7 @@ impl Memory {
     /// a root: the hook then stays).
     pub fn take_on_block_free(&mut self) -> Option<BlockFreeHook> {
         match &mut Counted::get_mut(&mut self.inner)?.origin {
-            Origin::Root { on_free, .. } => on_free.take(),
+            Origin::Root { extra, .. } => extra.as_mut()?.on_free.take(),
             Origin::Share { .. } => None,
         }
     }
@@ -565,12 +589,10 @@ impl Memory {
     fn lock_for_map(&self, flags: LockFlags, borrow: Borrow) -> Result<()> {
         let readonly = self.is_readonly();
         match &self.inner.origin {
-            Origin::Root { alias: None, .. } => {
-                self.inner.lock.lock_borrow(flags, readonly, borrow)
-            }
-            Origin::Root {
-                alias: Some(alias), ..
-            } => {
+            Origin::Root { .. } => {
+                let Some(alias) = self.root_alias() else {
+                    return self.inner.lock.lock_borrow(flags, readonly, borrow);
+                };
                 self.inner.lock.lock(flags, readonly)?;
                 if let Err(e) = alias.word().borrow(borrow) {
                     let released = self.inner.lock.unlock(flags);
@@ -594,13 +616,13 @@ impl Memory {
     #[inline(always)]
     fn unlock_map(&self, flags: LockFlags, borrow: Borrow) {
         let released = match &self.inner.origin {
-            Origin::Root { alias: None, .. } => self.inner.lock.unlock_release(flags, borrow),
-            Origin::Root {
-                alias: Some(alias), ..
-            } => {
-                alias.word().release(borrow);
-                self.inner.lock.unlock(flags)
-            }
+            Origin::Root { .. } => match self.root_alias() {
+                None => self.inner.lock.unlock_release(flags, borrow),
+                Some(alias) => {
+                    alias.word().release(borrow);
+                    self.inner.lock.unlock(flags)
+                }
+            },
             Origin::Share { root } => {
                 root.borrow_word().release(borrow);
                 self.inner.lock.unlock(flags)
@@ -613,11 +635,9 @@ impl Memory {
     /// alias's when the storage has one, the root's own otherwise.
     #[inline(always)]
     fn borrow_word(&self) -> &LockWord {
-        match &self.inner.origin {
-            Origin::Root {
-                alias: Some(alias), ..
-            } => alias.word(),
-            _ => &self.inner.lock,
+        match self.root_alias() {
+            Some(alias) => alias.word(),
+            None => &self.inner.lock,
         }
     }
 
@@ -625,18 +645,15 @@ impl Memory {
     #[inline(always)]
     fn root_alias(&self) -> Option<&BlockAlias> {
         match &self.inner.origin {
-            Origin::Root { alias, .. } => alias.as_ref(),
-            Origin::Share { .. } => None,
+            Origin::Root { extra: None, .. } | Origin::Share { .. } => None,
+            Origin::Root { extra: Some(e), .. } => e.alias.as_ref(),
         }
     }
 
     /// The byte-borrow rule this memory's block shares with other roots of
     /// the same storage (fd-backed memory), if any.
     pub fn block_alias(&self) -> Option<&BlockAlias> {
-        match &self.root().inner.origin {
-            Origin::Root { alias, .. } => alias.as_ref(),
-            Origin::Share { .. } => None,
-        }
+        self.root().root_alias()
     }
 
     fn clear_flags(&self, flags: MemoryFlags) {
