@@ -136,9 +136,23 @@ fn fd_memory_is_mapped_and_unmapped_by_its_backend() -> Result<()> {
         8192,
         mediamem::fd::FdMemoryFlags::empty(),
     )?;
+    // fd memory can be reached by other roots (another import of the same
+    // file), so even the only handle maps through the lock word and the
+    // file's borrow rule: a twin cannot read under the writer.
+    let twin = mediamem::fd::FdAllocator::new().alloc_borrowed(
+        mem.fd().unwrap(),
+        8192,
+        0,
+        8192,
+        mediamem::fd::FdMemoryFlags::empty(),
+    )?;
     common::assert_no_leaks(500, |i| {
         let mut map = mem.map_mut().unwrap();
-        assert!(map.is_lockless());
+        assert!(!map.is_lockless());
+        assert!(matches!(
+            twin.map_readable(),
+            Err(mediamem::Error::Aliased { .. })
+        ));
         map[i % 8192] = i as u8;
     });
     assert_eq!(mem.map_readable()?[499], 499u16 as u8);

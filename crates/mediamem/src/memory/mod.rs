@@ -141,7 +141,9 @@ pub struct Memory {
 struct Inner {
     origin: Origin,
     maxsize: usize,
-    align: usize,
+    /// The align mask; a `u32` (masks past 4 GiB are refused) so that it
+    /// packs with `flags` and a memory stays within two cache lines.
+    align: u32,
     flags: AtomicU32,
     lock: LockWord,
     region: Region,
@@ -218,7 +220,7 @@ impl Drop for Inner {
                         static_base: *static_base,
                         alias: extra.as_mut().and_then(|e| e.alias.take()),
                         maxsize: self.maxsize,
-                        align: self.align,
+                        align: self.align as usize,
                         flags: MemoryFlags::from_bits_retain(*self.flags.get_mut()),
                         offset,
                         size,
@@ -303,7 +305,7 @@ impl FreedBlock {
                     extra: RootExtra::with_alias(self.alias.take()),
                 },
                 maxsize: self.maxsize,
-                align: self.align,
+                align: self.align as u32, // it came from a u32
                 flags: AtomicU32::new((self.flags | MemoryFlags::LOCKABLE).bits()),
                 lock: LockWord::default(),
                 region: Region::new(offset, size),
@@ -357,6 +359,8 @@ impl Memory {
     /// `offset + size > maxsize`.
     pub fn from_parts(allocator: &Allocator, parts: MemoryParts) -> Result<Memory> {
         check_align_mask(parts.align)?;
+        let align =
+            u32::try_from(parts.align).map_err(|_| Error::InvalidAlign { align: parts.align })?;
         let end = parts
             .offset
             .checked_add(parts.size)
@@ -388,7 +392,7 @@ impl Memory {
                     backend: ManuallyDrop::new(parts.backend),
                 },
                 maxsize: parts.maxsize,
-                align: parts.align,
+                align,
                 flags: AtomicU32::new((parts.flags | MemoryFlags::LOCKABLE).bits()),
                 lock: LockWord::default(),
                 region: Region::new(parts.offset, parts.size),
@@ -440,7 +444,7 @@ impl Memory {
 
     /// Alignment mask of the block.
     pub fn align(&self) -> usize {
-        self.inner.align
+        self.inner.align as usize
     }
 
     /// Offset of the visible region in the block.
@@ -692,13 +696,14 @@ impl Memory {
     /// Whether this handle alone reaches the block and nothing holds it:
     /// the only handle of a root that is not read-only, with no lock, map or
     /// borrow in its word. With `&mut self` that stays true for the borrow,
-    /// so a map then needs no lock word at all. Other roots of the same
-    /// storage (a [`BlockAlias`]) can still exist: such a map takes the
-    /// alias's borrow, one compare-and-swap.
+    /// so a map then needs no lock word at all. A root whose storage other
+    /// roots can reach (a [`BlockAlias`]: fd-backed memory) never owns its
+    /// block this way: its maps take the lock word and the alias's rule.
     #[inline]
     fn owns_block(&mut self) -> bool {
         Counted::is_unique(&self.inner)
             && matches!(self.inner.origin, Origin::Root { .. })
+            && self.root_alias().is_none()
             && self.inner.lock.is_idle()
             && !self.is_readonly()
     }
@@ -727,12 +732,6 @@ impl Memory {
         }
         if locked {
             self.lock_for_map(lock_flags, borrow)?;
-        } else {
-            // The lock word is ours alone; other roots of the same storage
-            // still share the alias's rule.
-            if let Some(alias) = self.root_alias() {
-                alias.word().borrow(borrow)?;
-            }
         }
         let (backend, static_base) = self.root_parts();
         let base = match NonNull::new(static_base as *mut u8) {
@@ -746,8 +745,6 @@ impl Memory {
                     log::debug!("map of {} memory failed: {e}", self.allocator().mem_type());
                     if locked {
                         self.unlock_map(lock_flags, borrow);
-                    } else if let Some(alias) = self.root_alias() {
-                        alias.word().release(borrow);
                     }
                     return Err(e);
                 }
@@ -775,8 +772,6 @@ impl Memory {
         }
         if mapping.locked {
             self.unlock_map(mapping.flags.lock_flags(), mapping.borrow);
-        } else if let Some(alias) = self.root_alias() {
-            alias.word().release(mapping.borrow);
         }
     }
 
@@ -1034,7 +1029,7 @@ impl Memory {
         let src = RawMap::new(self, src);
         let own = self.allocator();
         let params = AllocationParams {
-            align: self.inner.align,
+            align: self.inner.align as usize,
             ..AllocationParams::default()
         };
         let redirect = own
@@ -1050,14 +1045,14 @@ impl Memory {
         // caller and the mapping covers the whole block.
         let bytes = unsafe { src.block_slice(offset, size) };
         if target.is::<system::SystemAllocator>() {
-            return system::copy_into_sysmem(bytes, self.inner.align);
+            return system::copy_into_sysmem(bytes, self.inner.align as usize);
         }
         let copy = match target.alloc(size, Some(&params)) {
             Err(Error::Unsupported { .. }) if !redirect => {
                 // No plain alloc (an import-only allocator): the default.
                 let default = Allocator::default_allocator();
                 if default.is::<system::SystemAllocator>() {
-                    return system::copy_into_sysmem(bytes, self.inner.align);
+                    return system::copy_into_sysmem(bytes, self.inner.align as usize);
                 }
                 default.alloc(size, Some(&params))?
             }
@@ -1089,7 +1084,7 @@ impl Memory {
         // `offset + size <= maxsize`; the shared borrow taken above
         // excludes a live `&mut` into the block until it is released below.
         let src = unsafe { std::slice::from_raw_parts(base.as_ptr().add(offset), size) };
-        let result = system::copy_into_sysmem(src, self.inner.align);
+        let result = system::copy_into_sysmem(src, self.inner.align as usize);
         root_lock.release(Borrow::Shared);
         result
     }
@@ -1222,7 +1217,7 @@ impl fmt::Debug for Memory {
             .field("offset", &offset)
             .field("size", &size)
             .field("maxsize", &maxsize)
-            .field("align", &self.inner.align)
+            .field("align", &self.align())
             .field("flags", &self.flags())
             .field("lock_state", &format_args!("{:#x}", self.lock_state()))
             .field("is_share", &self.parent().is_some())
@@ -1287,6 +1282,31 @@ mod tests {
         let (lo, hi) = (5, 4);
         assert!(resolve_range(lo..hi, 10, "t").is_err());
         assert!(resolve_range(..=usize::MAX, 10, "t").is_err());
+    }
+
+    #[test]
+    fn a_memory_fits_two_cache_lines() {
+        // The reference count (8 bytes) and the memory together: one
+        // allocator size class and two cache lines for every memory.
+        assert!(
+            std::mem::size_of::<Inner>() + 8 <= 128,
+            "Inner is {} bytes",
+            std::mem::size_of::<Inner>()
+        );
+    }
+
+    #[cfg(target_pointer_width = "64")]
+    #[test]
+    fn align_masks_past_4_gib_are_refused() {
+        use crate::allocator::AllocatorImpl;
+        let parts = system::SystemAllocator
+            .alloc(16, &AllocationParams::default())
+            .unwrap()
+            .align((1usize << 33) - 1);
+        assert!(matches!(
+            Memory::from_parts(&Allocator::system(), parts),
+            Err(Error::InvalidAlign { .. })
+        ));
     }
 
     #[test]
