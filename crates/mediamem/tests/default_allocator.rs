@@ -5,52 +5,12 @@
 //! their own, and take `DEFAULT` so that they never see each other's
 //! default either.
 
-use std::ptr::NonNull;
 use std::sync::{Mutex, MutexGuard};
 
-use mediamem::{
-    AllocationParams, Allocator, AllocatorFlags, AllocatorImpl, MapFlags, Memory, MemoryBackend,
-    MemoryParts, Result, ShmAllocator, SystemAllocator,
-};
+use mediamem::{Allocator, AllocatorFlags, Memory, Result, ShmAllocator, SystemAllocator};
 
-/// A heap-backed test allocator with configurable flags and a plain alloc.
-#[derive(Debug)]
-struct VecAllocator {
-    name: &'static str,
-    flags: AllocatorFlags,
-}
-
-#[derive(Debug)]
-struct VecBlock(Mutex<Vec<u8>>, NonNull<u8>);
-// SAFETY: the Vec is never resized after construction; NonNull points into it.
-unsafe impl Send for VecBlock {}
-// SAFETY: see Send.
-unsafe impl Sync for VecBlock {}
-// SAFETY: the pointer covers the Vec's initialised bytes for the block's life.
-unsafe impl MemoryBackend for VecBlock {
-    fn map(&self, maxsize: usize, _flags: MapFlags) -> Result<NonNull<u8>> {
-        assert!(maxsize <= self.0.lock().unwrap().len());
-        Ok(self.1)
-    }
-}
-
-impl AllocatorImpl for VecAllocator {
-    fn mem_type(&self) -> &str {
-        self.name
-    }
-    fn flags(&self) -> AllocatorFlags {
-        self.flags
-    }
-    fn alloc(&self, size: usize, _params: &AllocationParams) -> Result<MemoryParts> {
-        let mut v = vec![0u8; size.max(1)];
-        let p = NonNull::new(v.as_mut_ptr()).unwrap();
-        Ok(MemoryParts::new(Box::new(VecBlock(Mutex::new(v), p)), size))
-    }
-}
-
-fn vec_alloc(name: &'static str, flags: AllocatorFlags) -> Allocator {
-    Allocator::new(VecAllocator { name, flags })
-}
+mod common;
+use common::vec_alloc;
 
 /// Serialises the tests of this binary: each sets the default.
 static DEFAULT: Mutex<()> = Mutex::new(());

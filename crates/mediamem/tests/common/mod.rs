@@ -118,3 +118,55 @@ pub fn warnings_about_fd(n: i32) -> Vec<String> {
         .filter(|w| w.contains(&tag))
         .collect()
 }
+
+/// Custom allocators for the registry tests.
+mod vec_allocator {
+    use std::ptr::NonNull;
+    use std::sync::Mutex;
+
+    use mediamem::{
+        AllocationParams, Allocator, AllocatorFlags, AllocatorImpl, MapFlags, MemoryBackend,
+        MemoryParts, Result,
+    };
+
+    /// A heap-backed test allocator with configurable flags and a plain alloc.
+    #[derive(Debug)]
+    struct VecAllocator {
+        name: &'static str,
+        flags: AllocatorFlags,
+    }
+
+    #[derive(Debug)]
+    pub struct VecBlock(pub Mutex<Vec<u8>>, pub NonNull<u8>);
+    // SAFETY: the Vec is never resized after construction; NonNull points into it.
+    unsafe impl Send for VecBlock {}
+    // SAFETY: see Send.
+    unsafe impl Sync for VecBlock {}
+    // SAFETY: the pointer covers the Vec's initialised bytes for the block's life.
+    unsafe impl MemoryBackend for VecBlock {
+        fn map(&self, maxsize: usize, _flags: MapFlags) -> Result<NonNull<u8>> {
+            assert!(maxsize <= self.0.lock().unwrap().len());
+            Ok(self.1)
+        }
+    }
+
+    impl AllocatorImpl for VecAllocator {
+        fn mem_type(&self) -> &str {
+            self.name
+        }
+        fn flags(&self) -> AllocatorFlags {
+            self.flags
+        }
+        fn alloc(&self, size: usize, _params: &AllocationParams) -> Result<MemoryParts> {
+            let mut v = vec![0u8; size.max(1)];
+            let p = NonNull::new(v.as_mut_ptr()).unwrap();
+            Ok(MemoryParts::new(Box::new(VecBlock(Mutex::new(v), p)), size))
+        }
+    }
+
+    pub fn vec_alloc(name: &'static str, flags: AllocatorFlags) -> Allocator {
+        Allocator::new(VecAllocator { name, flags })
+    }
+}
+#[allow(unused_imports)] // each test binary uses a subset
+pub use vec_allocator::{vec_alloc, VecBlock};
