@@ -476,22 +476,24 @@ fn test_no_error_and_no_warning_on_map_failure() -> Result<()> {
     Ok(())
 }
 
+/// Bytes that count their own drop (for wrapped memory's free notify).
+struct Notify(Vec<u8>, Arc<AtomicUsize>);
+impl AsRef<[u8]> for Notify {
+    fn as_ref(&self) -> &[u8] {
+        &self.0
+    }
+}
+impl Drop for Notify {
+    fn drop(&mut self) {
+        self.1.fetch_add(1, Ordering::SeqCst);
+    }
+}
+
 // ---------------------------------------------------------------------------
 // 15. test_auto_unmap
 // ---------------------------------------------------------------------------
 #[test]
 fn test_auto_unmap() -> Result<()> {
-    struct Notify(Vec<u8>, Arc<AtomicUsize>);
-    impl AsRef<[u8]> for Notify {
-        fn as_ref(&self) -> &[u8] {
-            &self.0
-        }
-    }
-    impl Drop for Notify {
-        fn drop(&mut self) {
-            self.1.fetch_add(1, Ordering::SeqCst);
-        }
-    }
     let freed = Arc::new(AtomicUsize::new(0));
     let mem = Memory::from_slice(Notify(b"test string".to_vec(), freed.clone()));
     {
@@ -711,17 +713,6 @@ fn zero_prefixed_is_cleared_by_every_resize_that_moves_the_start_right() -> Resu
 /// for as long as it lives, and gives it back when it goes.
 #[test]
 fn ref_memory_maps_hold_a_reference_until_unmapped() -> Result<()> {
-    struct Notify(Vec<u8>, Arc<AtomicUsize>);
-    impl AsRef<[u8]> for Notify {
-        fn as_ref(&self) -> &[u8] {
-            &self.0
-        }
-    }
-    impl Drop for Notify {
-        fn drop(&mut self) {
-            self.1.fetch_add(1, Ordering::SeqCst);
-        }
-    }
     let freed = Arc::new(AtomicUsize::new(0));
     let mem = Memory::from_slice(Notify(b"kept alive".to_vec(), freed.clone()));
     let read_ref = MapFlags::READ | MapFlags::REF_MEMORY;

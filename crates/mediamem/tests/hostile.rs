@@ -155,11 +155,7 @@ fn receiver_guarded_truncation() {
 }
 
 fn died_of_sigbus(status: std::process::ExitStatus) -> bool {
-    status.signal() == Some(libc_sigbus())
-}
-
-fn libc_sigbus() -> i32 {
-    rustix::process::Signal::BUS.as_raw()
+    status.signal() == Some(rustix::process::Signal::BUS.as_raw())
 }
 
 #[test]
