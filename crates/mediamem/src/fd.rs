@@ -290,6 +290,17 @@ pub(crate) fn fd_block(fd: FdHandle, maxsize: usize, flags: FdMemoryFlags) -> Re
     let file = crate::sys::file_id(fd.as_fd()).map_err(|e| Error::BadFd {
         reason: format!("fstat/fstatfs of fd {}: {e}", fd.as_fd().as_raw_fd()),
     })?;
+    fd_block_of(fd, file, maxsize, flags)
+}
+
+/// [`fd_block`] for a caller that already has the file's identity (the IPC
+/// receiver classified the fd): the same size check, no second `fstat`.
+pub(crate) fn fd_block_of(
+    fd: FdHandle,
+    file: crate::sys::FileId,
+    maxsize: usize,
+    flags: FdMemoryFlags,
+) -> Result<FdBlock> {
     // A regular file's size came with the fstat; anything else says it
     // through lseek (or is refused for what it is).
     let file_size = match file.size {

@@ -100,10 +100,10 @@ use rustix::net::{
     SendAncillaryMessage, SendFlags,
 };
 
-use crate::dmabuf::{dmabuf_parts, is_dmabuf_memory, DmaBufAllocator};
+use crate::dmabuf::{is_dmabuf_memory, DmaBufAllocator, DmaBufBackend};
 use crate::error::{Error, Result};
-use crate::fd::{fd_parts, FdAllocator, FdHandle, FdMemoryFlags};
-use crate::memory::{Memory, MemoryFlags};
+use crate::fd::{fd_block_of, FdAllocator, FdBackend, FdHandle, FdMemoryFlags};
+use crate::memory::{Memory, MemoryBackend, MemoryFlags, MemoryParts};
 use crate::shm::ShmAllocator;
 
 /// `"MMIP"` read as a little-endian u32.
@@ -839,13 +839,17 @@ enum Admission {
 /// Decide how a received fd may be used: a real dma-buf (the dma-buf
 /// filesystem's magic, whatever the sender called it) cannot shrink; every
 /// other file gets the memfd rules, checked with `F_GET_SEALS`.
-fn admit(fd: &OwnedFd, announced_dmabuf: bool, policy: &ReceivePolicy) -> Result<Admission> {
+fn admit(
+    fd: &OwnedFd,
+    announced_dmabuf: bool,
+    policy: &ReceivePolicy,
+) -> Result<(Admission, crate::sys::FileId)> {
     use rustix::fs::SealFlags;
     let file = crate::sys::file_id(fd.as_fd()).map_err(|e| Error::BadFd {
         reason: format!("fstat/fstatfs of a received fd: {e}"),
     })?;
     if file.fs == crate::sys::FsKind::DmaBuf {
-        return Ok(Admission::DmaBuf);
+        return Ok((Admission::DmaBuf, file));
     }
     let seals = rustix::fs::fcntl_get_seals(fd).unwrap_or(SealFlags::empty());
     let write_sealed = seals.intersects(SealFlags::WRITE | SealFlags::FUTURE_WRITE);
@@ -861,12 +865,12 @@ fn admit(fd: &OwnedFd, announced_dmabuf: bool, policy: &ReceivePolicy) -> Result
     } else if policy.require_write_seal && !write_sealed {
         format!("{what}is a memfd without F_SEAL_FUTURE_WRITE or F_SEAL_WRITE, which the receive policy requires")
     } else {
-        return Ok(Admission::Sealed);
+        return Ok((Admission::Sealed, file));
     };
     if policy.guard_unsealed {
-        Ok(Admission::Guarded)
+        Ok((Admission::Guarded, file))
     } else if policy.copy_unsealed {
-        Ok(Admission::Copy)
+        Ok((Admission::Copy, file))
     } else {
         Err(Error::Refused(why))
     }
@@ -1218,7 +1222,7 @@ impl Receiver {
             );
             let flags =
                 MemoryFlags::from_bits_retain(desc.flags) & KEPT_FLAGS | MemoryFlags::READONLY;
-            let admission =
+            let (admission, file) =
                 admit(&fd, desc.kind == K_DMABUF, &self.policy).map_err(|e| match e {
                     Error::Refused(why) => {
                         Error::Refused(format!("frame {}: memory {i} {why}", payload.id))
@@ -1239,14 +1243,20 @@ impl Receiver {
             if admission == Admission::Guarded {
                 fd_flags |= FdMemoryFlags::GUARD_SIGBUS;
             }
-            let (alloc, parts) = if dmabuf {
-                let parts = dmabuf_parts(FdHandle::Owned(fd), maxsize, offset, size, fd_flags)?;
-                (self.dmabuf_alloc.allocator(), parts)
+            // The fd was classified above: no second fstat/fstatfs.
+            let block = fd_block_of(FdHandle::Owned(fd), file, maxsize, fd_flags)?;
+            let (alloc, backend): (_, Box<dyn MemoryBackend>) = if dmabuf {
+                (
+                    self.dmabuf_alloc.allocator(),
+                    Box::new(DmaBufBackend::new(block)),
+                )
             } else {
-                let parts = fd_parts(FdHandle::Owned(fd), maxsize, offset, size, fd_flags)?;
-                (self.fd_alloc.allocator(), parts)
+                (self.fd_alloc.allocator(), Box::new(FdBackend::new(block)))
             };
-            let mut memory = Memory::from_parts(alloc, parts.flags(flags))?;
+            let parts = MemoryParts::new(backend, maxsize)
+                .region(offset, size)
+                .flags(flags);
+            let mut memory = Memory::from_parts(alloc, parts)?;
             // The frame's release goes when the last block of the frame
             // is freed, shares included.
             let release = token.clone();
