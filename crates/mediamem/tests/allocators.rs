@@ -283,3 +283,38 @@ fn alloc_checks_what_the_implementation_returned() -> Result<()> {
     assert_eq!(&*c.map_readable()?, b"bcdefg");
     Ok(())
 }
+
+#[test]
+fn allocator_handles_compare_and_print() {
+    let sys = Allocator::system();
+    let shm: Allocator = mediamem::ShmAllocator::get().into();
+    assert!(sys.ptr_eq(&Allocator::system()));
+    assert!(!sys.ptr_eq(&shm), "two allocators are not the same one");
+    let text = format!("{sys:?}");
+    assert!(
+        text.starts_with("Allocator(") && text.contains("System"),
+        "{text}"
+    );
+    assert!(sys
+        .caps()
+        .contains(mediamem::allocator::AllocatorCaps::PLAIN_ALLOC));
+}
+
+#[test]
+fn a_system_copy_keeps_the_sources_alignment() -> Result<()> {
+    // GStreamer's sysmem copy allocates with the source's align mask:
+    // maxsize = size + align, and the data aligned to it.
+    for align in [7usize, 15, 63] {
+        let params = AllocationParams {
+            align,
+            ..Default::default()
+        };
+        let m = Allocator::system().alloc(100, Some(&params))?;
+        assert_eq!(m.align(), align);
+        let copy = m.copy()?;
+        assert_eq!(copy.align(), align, "align {align}");
+        assert_eq!(copy.maxsize(), 100 + align, "align {align}");
+        assert_eq!(copy.map_readable()?.as_ptr() as usize & align, 0);
+    }
+    Ok(())
+}

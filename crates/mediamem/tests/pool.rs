@@ -92,3 +92,125 @@ fn a_dropped_pool_frees_blocks_that_come_back_later() -> Result<()> {
     assert_eq!(fds_on_inode(ino), 0, "the block is freed");
     Ok(())
 }
+
+/// The inode of a memory's fd.
+fn ino(m: &mediamem::Memory) -> u64 {
+    rustix::fs::fstat(m.fd().unwrap()).unwrap().st_ino
+}
+
+#[test]
+fn the_pool_size_is_the_first_memorys() -> Result<()> {
+    let (pool, _) = counting_pool(2);
+    assert_eq!(pool.size(), None, "no memory made yet");
+    let frame = pool.acquire()?;
+    assert_eq!(pool.size(), Some(4096));
+    assert_eq!(frame.size(), 4096);
+    Ok(())
+}
+
+#[test]
+fn a_frame_whose_share_lives_is_not_handed_out_again() -> Result<()> {
+    let (pool, made) = counting_pool(2);
+    let first = pool.acquire()?;
+    let share = first.share(..)?;
+    let held = ino(&share);
+    drop(first);
+    // The share holds the block: the next frame is a new one.
+    let second = pool.acquire()?;
+    assert_ne!(ino(&second), held, "a block still shared was handed out");
+    assert_eq!(made.load(Ordering::SeqCst), 2);
+    drop((second, share));
+    assert_eq!(pool.free_count(), 2);
+    Ok(())
+}
+
+#[test]
+fn a_resized_frame_comes_back_with_the_pools_region() -> Result<()> {
+    let (pool, made) = counting_pool(1);
+    let frame = pool.acquire()?;
+    frame.resize(100..200)?;
+    assert_eq!((frame.offset(), frame.size()), (100, 100));
+    drop(frame);
+    let again = pool.acquire()?;
+    assert_eq!((again.offset(), again.size()), (0, 4096));
+    assert_eq!(made.load(Ordering::SeqCst), 1);
+    Ok(())
+}
+
+#[test]
+fn a_block_that_cannot_take_the_pools_region_frees_its_slot() -> Result<()> {
+    // The first memory sets the region (4096 bytes); the second is too
+    // small to be reset to it, so when it comes back it is freed and its
+    // slot with it.
+    let made = Arc::new(AtomicUsize::new(0));
+    let count = made.clone();
+    let pool = MemoryPool::from_fn(0, 2, move || {
+        let n = count.fetch_add(1, Ordering::SeqCst);
+        let size = if n == 1 { 16 } else { 4096 };
+        mediamem::Allocator::system().alloc(size, None)
+    })?;
+    let big = pool.acquire()?;
+    let small = pool.acquire()?;
+    assert_eq!(small.size(), 16);
+    let share = small.share(..)?;
+    drop(small);
+    assert!(pool.acquire().is_err(), "two memories live in a pool of 2");
+    drop(share);
+    assert_eq!(pool.outstanding(), 1, "only `big` is out");
+    assert_eq!(pool.free_count(), 0, "the small block was not kept");
+    let third = pool.acquire()?;
+    assert_eq!(third.size(), 4096);
+    assert_eq!(made.load(Ordering::SeqCst), 3);
+    drop((big, third));
+    Ok(())
+}
+
+#[test]
+fn a_failed_factory_wakes_a_waiting_acquire() -> Result<()> {
+    use std::sync::mpsc;
+    use std::time::Duration;
+    // The second allocation blocks until told, then fails; meanwhile the
+    // pool is full (one frame out, one slot reserved), so a third thread
+    // waits. The failed slot must wake it.
+    let (go, wait) = mpsc::channel::<()>();
+    let wait = std::sync::Mutex::new(wait);
+    let made = Arc::new(AtomicUsize::new(0));
+    let count = made.clone();
+    let pool = Arc::new(MemoryPool::from_fn(0, 2, move || {
+        if count.fetch_add(1, Ordering::SeqCst) == 1 {
+            wait.lock().unwrap().recv().unwrap();
+            return Err(mediamem::Error::OutOfMemory { size: 4096 });
+        }
+        ShmAllocator::get().alloc(4096, None)
+    })?);
+    let held = pool.acquire()?;
+    let failing = {
+        let pool = pool.clone();
+        std::thread::spawn(move || pool.acquire().map(drop))
+    };
+    while made.load(Ordering::SeqCst) < 2 {
+        std::thread::yield_now();
+    }
+    let waiter = {
+        let pool = pool.clone();
+        std::thread::spawn(move || pool.acquire_timeout(Duration::from_secs(60)).map(drop))
+    };
+    // Give the waiter time to wait (if it has not yet, it finds a free
+    // slot and the test passes without exercising the wake-up).
+    std::thread::sleep(Duration::from_millis(100));
+    go.send(()).unwrap();
+    assert!(failing.join().unwrap().is_err());
+    waiter.join().unwrap()?;
+    drop(held);
+    Ok(())
+}
+
+#[test]
+fn debug_output_names_the_pool_and_its_memory() -> Result<()> {
+    let (pool, _) = counting_pool(2);
+    let frame = pool.acquire()?;
+    assert!(format!("{pool:?}").contains("MemoryPool"), "{pool:?}");
+    let text = format!("{frame:?}");
+    assert!(text.starts_with("PooledMemory"), "{text}");
+    Ok(())
+}

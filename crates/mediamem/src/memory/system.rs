@@ -289,6 +289,13 @@ mod tests {
     use std::sync::Arc;
 
     #[test]
+    fn debug_says_where_the_bytes_live() {
+        let heap = SysBlock::copied(b"abc", 8, 7).unwrap();
+        let text = format!("{heap:?}");
+        assert!(text.contains("SysBlock") && text.contains("heap"), "{text}");
+    }
+
+    #[test]
     fn sizing_matches_gstreamer() {
         let sys = Allocator::system();
         let m = sys.alloc(100, None).unwrap();
