@@ -31,6 +31,7 @@ const LAYERS: &[(&str, u32)] = &[
     ("phys", 5),
     ("pool", 6),
     ("ipc", 6),
+    ("provider", 6),
     ("probe", 7),
 ];
 

@@ -67,7 +67,7 @@ fn main() -> ExitCode {
             let text = if json {
                 probe_json(&rows).map(|j| j + "\n")
             } else {
-                Ok(probe_table(&rows))
+                Ok(probe_table(&rows) + &provider_chain())
             };
             report(text.and_then(|t| {
                 out.write_all(t.as_bytes())
@@ -195,6 +195,41 @@ fn probe_table(rows: &[ProbeRow]) -> String {
             out.push_str(&l);
             out.push('\n');
         }
+    }
+    out
+}
+
+/// The dma-buf provider chain (`DmaBufProvider::new()`, memfd allowed) in
+/// order: the one that would serve an allocation now, and why each one
+/// before it would not.
+fn provider_chain() -> String {
+    use mediamem::provider::DmaBufProvider;
+    let mut out = String::from("\ndma-buf provider chain (allocator \"auto\"):\n");
+    let chain = match DmaBufProvider::new() {
+        Ok(chain) => chain.allow_non_dmabuf(true),
+        Err(e) => {
+            for l in wrap(&e.to_string(), 2, TABLE_WIDTH) {
+                out.push_str(&l);
+                out.push('\n');
+            }
+            return out;
+        }
+    };
+    let mut served = false;
+    for (i, (provider, outcome)) in chain.explain().into_iter().enumerate() {
+        let state = match (&outcome, served) {
+            (Ok(()), false) => "serves now",
+            (Ok(()), true) => "would serve next",
+            (Err(_), _) => "no",
+        };
+        out.push_str(&format!("  {}. {:<12} {state}\n", i + 1, provider.name()));
+        if let Err(reason) = &outcome {
+            for l in wrap(&reason.to_string(), 6, TABLE_WIDTH) {
+                out.push_str(&l);
+                out.push('\n');
+            }
+        }
+        served |= outcome.is_ok();
     }
     out
 }

@@ -370,6 +370,11 @@ impl DrmDumbAllocator {
         &self.imp().device.driver
     }
 
+    /// The allocator of this device's PRIME exports.
+    pub(crate) fn export_allocator(&self) -> &Allocator {
+        self.imp().dmabuf.allocator()
+    }
+
     /// The device fd (owned by the allocator and its memories).
     pub fn device_fd(&self) -> BorrowedFd<'_> {
         self.imp().device.fd.as_fd()

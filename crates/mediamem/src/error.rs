@@ -293,6 +293,38 @@ pub enum Error {
         mem_type: String,
     },
 
+    /// No dma-buf provider in the chain could allocate: each provider with
+    /// its own reason, in the order they were tried
+    /// ([`DmaBufProvider`](crate::provider::DmaBufProvider)).
+    #[error("no dma-buf provider could allocate {size} bytes:{}", ProviderFailure::list(.failures))]
+    NoProvider {
+        /// The bytes asked for.
+        size: usize,
+        /// Every provider tried, with why it could not serve.
+        failures: Vec<ProviderFailure>,
+    },
+
+    /// A configuration value (an environment variable, a provider name)
+    /// that mediamem cannot use.
+    #[error("invalid {what}: {reason}")]
+    InvalidConfig {
+        /// Which setting.
+        what: String,
+        /// What is wrong with it.
+        reason: String,
+    },
+
+    /// A pool of memory (huge pages, a heap) has none left (`ENOMEM`).
+    #[error("{what} exhausted ({errno}): {hint}")]
+    Exhausted {
+        /// Which pool.
+        what: String,
+        /// What to do about it.
+        hint: String,
+        /// The kernel's errno (`ENOMEM` or `ENOSPC`).
+        errno: rustix::io::Errno,
+    },
+
     /// A device or allocator is not available on this system.
     #[error("{what} is not available: {reason}")]
     NotAvailable {
@@ -320,6 +352,7 @@ impl Error {
         match self {
             Error::Os { source, .. } => rustix::io::Errno::from_io_error(source),
             Error::MapFailed { errno, .. } => *errno,
+            Error::Exhausted { errno, .. } => Some(*errno),
             _ => None,
         }
     }
@@ -330,6 +363,124 @@ impl Error {
             op,
             source: std::io::Error::from(errno),
         }
+    }
+}
+
+/// Why one provider of a dma-buf chain could not serve an allocation.
+#[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum ProviderReason {
+    /// The kernel lacks it, its module is not loaded, or its node is missing.
+    NotPresent {
+        /// What was looked for.
+        what: String,
+        /// The errno of the failed open, when one was made.
+        errno: Option<rustix::io::Errno>,
+    },
+    /// The node exists but this process may not open it.
+    NoPermission {
+        /// The device node.
+        path: String,
+        /// The node's owner, group and mode.
+        owner: String,
+        /// The node's group.
+        group: String,
+        /// The node's permission bits.
+        mode: u32,
+        /// `EACCES` or `EPERM`.
+        errno: rustix::io::Errno,
+        /// What to change.
+        fix: String,
+    },
+    /// Present and open, but out of memory (`ENOMEM`).
+    Exhausted {
+        /// Which pool of memory (e.g. the heap's name).
+        what: String,
+        /// The errno.
+        errno: rustix::io::Errno,
+    },
+    /// Left out by a constraint the caller stated (or could not be checked
+    /// against it).
+    Refused {
+        /// The constraint and why this provider does not meet it.
+        constraint: String,
+    },
+    /// Any other failure.
+    Failed {
+        /// The error's message.
+        message: String,
+        /// Its errno, if a system call failed.
+        errno: Option<rustix::io::Errno>,
+    },
+}
+
+impl ProviderReason {
+    /// The kernel's errno behind the reason, if any.
+    pub fn errno(&self) -> Option<rustix::io::Errno> {
+        match self {
+            ProviderReason::NotPresent { errno, .. } | ProviderReason::Failed { errno, .. } => {
+                *errno
+            }
+            ProviderReason::NoPermission { errno, .. }
+            | ProviderReason::Exhausted { errno, .. } => Some(*errno),
+            ProviderReason::Refused { .. } => None,
+        }
+    }
+}
+
+impl fmt::Display for ProviderReason {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let errno = |e: &Option<rustix::io::Errno>| match e {
+            Some(e) => format!(" ({e})"),
+            None => String::new(),
+        };
+        match self {
+            ProviderReason::NotPresent { what, errno: e } => {
+                write!(f, "not present: {what}{}", errno(e))
+            }
+            ProviderReason::NoPermission {
+                path,
+                owner,
+                group,
+                mode,
+                errno: e,
+                fix,
+            } => write!(
+                f,
+                "no permission ({e}): {path} is {owner}:{group} mode {mode:04o}; {fix}"
+            ),
+            ProviderReason::Exhausted { what, errno: e } => {
+                write!(f, "exhausted: {what} is out of memory ({e})")
+            }
+            ProviderReason::Refused { constraint } => {
+                write!(f, "refused by constraint: {constraint}")
+            }
+            ProviderReason::Failed { message, errno: e } => {
+                write!(f, "failed: {message}{}", errno(e))
+            }
+        }
+    }
+}
+
+/// One provider of a dma-buf chain and why it could not serve.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ProviderFailure {
+    /// The provider's name (as [`PROVIDERS_ENV`](crate::provider::PROVIDERS_ENV) spells it).
+    pub provider: String,
+    /// Why.
+    pub reason: ProviderReason,
+}
+
+impl ProviderFailure {
+    /// One line per failure, each starting on a new line.
+    fn list(failures: &[ProviderFailure]) -> String {
+        if failures.is_empty() {
+            return " no provider is configured".to_owned();
+        }
+        failures
+            .iter()
+            .map(|p| format!("\n  {}: {}", p.provider, p.reason))
+            .collect()
     }
 }
 

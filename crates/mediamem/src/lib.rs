@@ -53,6 +53,7 @@ pub use memory::{allocator, system};
 pub mod phys;
 pub mod pool;
 pub mod probe;
+pub mod provider;
 pub mod shm;
 mod sys;
 pub mod udmabuf;
@@ -64,7 +65,7 @@ pub use dmabuf::{dmabuf_memory_get_fd, is_dmabuf_memory, DmaBufAllocator};
 pub use drm::{
     drm_dumb_memory_export_dmabuf, drm_dumb_memory_get_handle, is_drm_dumb_memory, DrmDumbAllocator,
 };
-pub use error::{Error, Result};
+pub use error::{Error, ProviderFailure, ProviderReason, Result};
 pub use fd::{fd_memory_get_fd, is_fd_memory, FdAllocator, FdMemoryFlags};
 pub use heap::DmaHeapAllocator;
 pub use memory::{

@@ -311,7 +311,7 @@ impl AllocatorImpl for HugePageAllocatorImpl {
             });
         }
         if free_huge_pages() == Some(0) {
-            return Err(no_huge_pages());
+            return Err(no_huge_pages(rustix::io::Errno::NOMEM));
         }
         let memfd = rustix::fs::memfd_create(
             "mediamem-hugepage",
@@ -322,7 +322,7 @@ impl AllocatorImpl for HugePageAllocatorImpl {
             reason: format!("memfd_create(MFD_HUGETLB): {e}"),
         })?;
         rustix::fs::ftruncate(&memfd, self.huge_page as u64).map_err(|e| match e {
-            rustix::io::Errno::NOMEM | rustix::io::Errno::NOSPC => no_huge_pages(),
+            e @ (rustix::io::Errno::NOMEM | rustix::io::Errno::NOSPC) => no_huge_pages(e),
             e => Error::os("ftruncate(hugetlb memfd)", e),
         })?;
         let _ = rustix::fs::fcntl_add_seals(
@@ -364,16 +364,16 @@ fn out_of_huge_pages(e: Error) -> Error {
         Error::MapFailed {
             errno: Some(rustix::io::Errno::NOMEM),
             ..
-        } => no_huge_pages(),
+        } => no_huge_pages(rustix::io::Errno::NOMEM),
         e => e,
     }
 }
 
-fn no_huge_pages() -> Error {
-    Error::NotAvailable {
+fn no_huge_pages(errno: rustix::io::Errno) -> Error {
+    Error::Exhausted {
         what: "huge pages".into(),
-        reason: "none free: reserve some with `echo N > /proc/sys/vm/nr_hugepages` (as root)"
-            .into(),
+        hint: "none free: reserve some with `echo N > /proc/sys/vm/nr_hugepages` (as root)".into(),
+        errno,
     }
 }
 
@@ -540,7 +540,7 @@ mod tests {
         };
         assert!(matches!(
             out_of_huge_pages(nomem),
-            Error::NotAvailable { ref what, .. } if what == "huge pages"
+            Error::Exhausted { ref what, errno: rustix::io::Errno::NOMEM, .. } if what == "huge pages"
         ));
         // The message alone (another locale, another backend's wording)
         // decides nothing.

@@ -8,7 +8,6 @@
 
 use std::fs::File;
 use std::os::fd::AsRawFd;
-use std::path::PathBuf;
 use std::sync::{Mutex, MutexGuard};
 
 use mediamem::phys::{
@@ -217,7 +216,7 @@ fn oversize_and_exhaustion_are_clear_errors() -> Result<()> {
             Ok(m) => held.push(m),
             Err(e) => {
                 assert!(
-                    matches!(e, Error::NotAvailable { ref reason, .. } if reason.contains("nr_hugepages")),
+                    matches!(e, Error::Exhausted { ref hint, errno, .. } if hint.contains("nr_hugepages") && errno == rustix::io::Errno::NOMEM),
                     "{e}"
                 );
                 break;
@@ -359,7 +358,7 @@ fn unprivileged_processes_get_an_error_not_a_zero_address() {
     let Some(_pages) = reserve(test) else { return };
     // Run a copy of this binary from a directory nobody can enter and
     // execute from (the original may sit where nobody cannot).
-    let copy = ExeCopy::new();
+    let copy = common::ExeCopy::new("phys");
     use std::os::unix::process::CommandExt;
     let out = copy
         .command()
@@ -373,47 +372,6 @@ fn unprivileged_processes_get_an_error_not_a_zero_address() {
         String::from_utf8_lossy(&out.stdout).into_owned() + &String::from_utf8_lossy(&out.stderr);
     assert!(out.status.success(), "child failed:\n{text}");
     assert!(text.contains("1 passed"), "the child ran the test:\n{text}");
-}
-
-/// A copy of the running test binary, mode 0755, in a new directory of
-/// mode 0755 under /tmp; removed on drop.
-struct ExeCopy {
-    dir: PathBuf,
-    exe: PathBuf,
-}
-
-impl ExeCopy {
-    fn new() -> ExeCopy {
-        use std::os::unix::fs::PermissionsExt;
-        let nanos = std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .unwrap()
-            .as_nanos();
-        let dir = PathBuf::from(format!("/tmp/mediamem-phys-{}-{nanos}", std::process::id()));
-        std::fs::create_dir(&dir).unwrap();
-        let copy = ExeCopy {
-            exe: dir.join("phys-test"),
-            dir,
-        };
-        // Explicit modes: the umask may have taken bits away.
-        let rx = std::fs::Permissions::from_mode(0o755);
-        std::fs::set_permissions(&copy.dir, rx.clone()).unwrap();
-        std::fs::copy(std::env::current_exe().unwrap(), &copy.exe).unwrap();
-        std::fs::set_permissions(&copy.exe, rx).unwrap();
-        copy
-    }
-
-    fn command(&self) -> std::process::Command {
-        let mut cmd = std::process::Command::new(&self.exe);
-        cmd.current_dir(&self.dir);
-        cmd
-    }
-}
-
-impl Drop for ExeCopy {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_dir_all(&self.dir);
-    }
 }
 
 #[test]

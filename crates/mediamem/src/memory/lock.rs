@@ -298,6 +298,44 @@ mod tests {
     const X: LockFlags = LockFlags::EXCLUSIVE;
 
     #[test]
+    fn shared_means_two_exclusive_holders_whatever_else_is_held() {
+        assert!(!is_shared(0));
+        // One exclusive holder with maps and access bits: not shared.
+        assert!(!is_shared(SHARE_ONE + 2 * LOCK_ONE + 0x3));
+        assert!(!is_shared(SHARE_ONE + LOCK_MASK + ACCESS_MASK));
+        assert!(is_shared(2 * SHARE_ONE));
+        assert!(is_shared(3 * SHARE_ONE + LOCK_ONE + 0x1));
+    }
+
+    #[test]
+    fn borrow_half_raw_transitions() {
+        use Borrow::{Exclusive, Shared};
+        assert_eq!(next_borrowed(0, Shared).unwrap(), 1);
+        assert_eq!(next_borrowed(0, Exclusive).unwrap(), WRITER);
+        // The last reader count below the writer bit is refused, never
+        // carried into it.
+        assert_eq!(next_borrowed(WRITER - 2, Shared).unwrap(), WRITER - 1);
+        assert!(matches!(
+            next_borrowed(WRITER - 1, Shared),
+            Err(Error::TooManyLocks { .. })
+        ));
+        // Each refusal names what holds the bytes.
+        for (borrows, kind, held) in [
+            (WRITER, Shared, "a writable mapping"),
+            (WRITER, Exclusive, "a writable mapping"),
+            (1, Exclusive, "readable mappings"),
+            (WRITER - 1, Exclusive, "readable mappings"),
+        ] {
+            match next_borrowed(borrows, kind) {
+                Err(Error::Aliased { held: h }) => assert_eq!(h, held, "{borrows:#x}"),
+                other => panic!("{borrows:#x}: {other:?}"),
+            }
+        }
+        assert_eq!(next_released(WRITER, Exclusive), 0);
+        assert_eq!(next_released(2, Shared), 1);
+    }
+
+    #[test]
     fn bit_layout() {
         let l = LockWord::default();
         l.lock(R, false).unwrap();

@@ -170,3 +170,47 @@ mod vec_allocator {
 }
 #[allow(unused_imports)] // each test binary uses a subset
 pub use vec_allocator::{vec_alloc, VecBlock};
+
+/// A copy of the running test binary, mode 0755, in a new directory of
+/// mode 0755 under /tmp; removed on drop.
+pub struct ExeCopy {
+    dir: std::path::PathBuf,
+    exe: std::path::PathBuf,
+}
+
+impl ExeCopy {
+    pub fn new(name: &str) -> ExeCopy {
+        use std::os::unix::fs::PermissionsExt;
+        let nanos = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap()
+            .as_nanos();
+        let dir = std::path::PathBuf::from(format!(
+            "/tmp/mediamem-{name}-{}-{nanos}",
+            std::process::id()
+        ));
+        std::fs::create_dir(&dir).unwrap();
+        let copy = ExeCopy {
+            exe: dir.join(format!("{name}-test")),
+            dir,
+        };
+        // Explicit modes: the umask may have taken bits away.
+        let rx = std::fs::Permissions::from_mode(0o755);
+        std::fs::set_permissions(&copy.dir, rx.clone()).unwrap();
+        std::fs::copy(std::env::current_exe().unwrap(), &copy.exe).unwrap();
+        std::fs::set_permissions(&copy.exe, rx).unwrap();
+        copy
+    }
+
+    pub fn command(&self) -> std::process::Command {
+        let mut cmd = std::process::Command::new(&self.exe);
+        cmd.current_dir(&self.dir);
+        cmd
+    }
+}
+
+impl Drop for ExeCopy {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
