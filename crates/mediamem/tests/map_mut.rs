@@ -175,3 +175,24 @@ fn pooled_memory_maps_without_the_lock_word() -> Result<()> {
     assert!(again.map_readable()?.iter().all(|&b| b == 3));
     Ok(())
 }
+
+#[test]
+fn a_leaked_map_still_counts_against_map_mut() -> Result<()> {
+    // Forgetting a guard is safe and leaves its lock held: the lock word is
+    // no longer idle, so map_mut takes the locked path and is refused.
+    for kind in ["system", "shm"] {
+        let mut mem = if kind == "system" {
+            Memory::with_size(64)?
+        } else {
+            mediamem::ShmAllocator::get().alloc(64, None)?
+        };
+        std::mem::forget(mem.map_readable()?);
+        assert!(
+            matches!(mem.map_mut(), Err(Error::LockConflict { .. })),
+            "{kind}: map_mut while a leaked readable map holds the lock"
+        );
+        std::mem::forget(mem.lock(LockFlags::EXCLUSIVE)?);
+        assert!(mem.map_mut().is_err(), "{kind}");
+    }
+    Ok(())
+}
