@@ -317,3 +317,22 @@ fn concurrent_maps_of_fd_memory() -> Result<()> {
     assert_eq!(mem.lock_state(), 0);
     Ok(())
 }
+
+#[test]
+fn fd_allocator_caps_and_block_debug() -> Result<()> {
+    use mediamem::allocator::AllocatorCaps;
+    let fds = FdAllocator::new();
+    assert_eq!(fds.caps(), AllocatorCaps::FD_BACKED);
+    let f = temp_file(&[1; 100]);
+    let raw = f.as_raw_fd();
+    let mem = fds.alloc(OwnedFd::from(f), 100, FdMemoryFlags::KEEP_MAPPED)?;
+    let block = mem.backend::<FdBackend>().expect("an fd backend");
+    let text = format!("{:?}", &**block);
+    assert!(
+        text.starts_with("FdBlock")
+            && text.contains(&format!("fd: {raw}"))
+            && text.contains("maxsize: 100"),
+        "{text}"
+    );
+    Ok(())
+}
