@@ -222,3 +222,15 @@ fn perms_at(addr: usize) -> String {
     }
     panic!("{addr:#x} is not mapped");
 }
+
+#[test]
+fn shm_blocks_say_they_stay_mapped() -> mediamem::Result<()> {
+    use mediamem::fd::{FdBackend, FdMemoryFlags};
+    let mem = mediamem::ShmAllocator::get().alloc(4096, None)?;
+    let block = mem.backend::<FdBackend>().expect("shm memory is fd memory");
+    assert!(block.flags().contains(FdMemoryFlags::KEEP_MAPPED));
+    assert!(block.is_mapped());
+    drop(mem.map_readable()?);
+    assert!(block.is_mapped(), "kept mapped after the last unmap");
+    Ok(())
+}
