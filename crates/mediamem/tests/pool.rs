@@ -214,3 +214,59 @@ fn debug_output_names_the_pool_and_its_memory() -> Result<()> {
     assert!(text.starts_with("PooledMemory"), "{text}");
     Ok(())
 }
+
+#[test]
+fn a_freed_block_tells_what_it_was_and_becomes_a_new_memory() -> Result<()> {
+    use mediamem::memory::FreedBlock;
+    use mediamem::{AllocationParams, Allocator, MemoryFlags};
+    use std::sync::Mutex;
+    let params = AllocationParams {
+        flags: MemoryFlags::NO_SHARE,
+        prefix: 8,
+        padding: 4,
+        ..Default::default()
+    };
+    let mut mem = Allocator::system().alloc(100, Some(&params))?;
+    let maxsize = mem.maxsize();
+    let freed: Arc<Mutex<Option<FreedBlock>>> = Arc::default();
+    let slot = freed.clone();
+    mem.set_on_block_free(Arc::new(move |b| *slot.lock().unwrap() = Some(b)))?;
+    mem.map_mut()?[0] = 42;
+    mem.resize(10..50)?;
+    drop(mem);
+    let block = freed.lock().unwrap().take().expect("the hook ran");
+    assert_eq!(block.sizes(), (40, 18, maxsize));
+    assert!(block.flags().contains(MemoryFlags::NO_SHARE));
+    assert_eq!(block.allocator().mem_type(), "SystemMemory");
+    let text = format!("{block:?}");
+    assert!(
+        text.starts_with("FreedBlock") && text.contains(&format!("maxsize: {maxsize}")),
+        "{text}"
+    );
+    // The whole block, to its last byte, is a valid region.
+    let again = block.into_memory(0, maxsize)?;
+    assert_eq!(again.sizes(), (maxsize, 0, maxsize));
+    assert!(again
+        .flags()
+        .contains(MemoryFlags::NO_SHARE | MemoryFlags::LOCKABLE));
+    assert_eq!(again.map_readable()?[8], 42, "the same bytes");
+    Ok(())
+}
+
+#[test]
+fn a_freed_block_refuses_a_region_past_its_end() -> Result<()> {
+    use mediamem::memory::FreedBlock;
+    use std::sync::Mutex;
+    let mut mem = mediamem::Memory::with_size(64)?;
+    let maxsize = mem.maxsize();
+    let freed: Arc<Mutex<Option<FreedBlock>>> = Arc::default();
+    let slot = freed.clone();
+    mem.set_on_block_free(Arc::new(move |b| *slot.lock().unwrap() = Some(b)))?;
+    drop(mem);
+    let block = freed.lock().unwrap().take().unwrap();
+    assert!(matches!(
+        block.into_memory(1, maxsize),
+        Err(mediamem::Error::OutOfRange { .. })
+    ));
+    Ok(())
+}
