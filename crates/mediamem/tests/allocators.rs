@@ -318,3 +318,20 @@ fn a_system_copy_keeps_the_sources_alignment() -> Result<()> {
     }
     Ok(())
 }
+
+#[test]
+fn from_parts_keeps_given_flags_and_is_type_compares() -> Result<()> {
+    use mediamem::MemoryFlags;
+    let a = vec_alloc("vec-flags", AllocatorFlags::empty());
+    let mut v = vec![0u8; 8];
+    let p = NonNull::new(v.as_mut_ptr()).unwrap();
+    let block = Box::new(VecBlock(Mutex::new(v), p));
+    // LOCKABLE given or not, every memory has it; other flags are kept.
+    let parts = MemoryParts::new(block, 8).flags(MemoryFlags::LOCKABLE | MemoryFlags::NO_SHARE);
+    let mem = Memory::from_parts(&a, parts)?;
+    assert_eq!(mem.flags(), MemoryFlags::LOCKABLE | MemoryFlags::NO_SHARE);
+    assert!(mem.is_type("vec-flags"));
+    assert!(!mem.is_type("SystemMemory"));
+    assert!(!Memory::with_size(8)?.is_type("vec-flags"));
+    Ok(())
+}
