@@ -6,7 +6,7 @@ use std::sync::{Mutex, MutexGuard};
 
 use mediamem::ipc::{ReceivePolicy, Receiver, Sender};
 use mediamem::Memory;
-use pyo3::exceptions::PyValueError;
+use pyo3::exceptions::{PyTypeError, PyValueError};
 use pyo3::prelude::*;
 use pyo3::types::{PyBytes, PyList};
 
@@ -20,7 +20,13 @@ use crate::sys;
 fn socket_of(sock: &Bound<'_, PyAny>) -> PyResult<UnixStream> {
     let fd: i64 = match sock.extract::<i64>() {
         Ok(fd) => fd,
-        Err(_) => sock.call_method0("fileno")?.extract()?,
+        Err(_) if sock.hasattr("fileno")? => sock.call_method0("fileno")?.extract()?,
+        Err(_) => {
+            return Err(PyTypeError::new_err(format!(
+                "expected a socket or an fd, got {}",
+                sock.get_type().name()?
+            )))
+        }
     };
     let dup: OwnedFd = sys::dup_fd(fd)?;
     Ok(UnixStream::from(dup))

@@ -265,7 +265,7 @@ impl PyMemory {
             },
         )?;
         Ok(MapInfo {
-            memory: slf.clone().unbind(),
+            memory: Some(slf.clone().unbind()),
             flags: flags.bits(),
             size: len,
             maxsize,
@@ -277,7 +277,11 @@ impl PyMemory {
     /// Unmap `info` (the end of its `with` block does this for you).
     fn unmap(slf: &Bound<'_, Self>, info: &Bound<'_, MapInfo>) -> PyResult<bool> {
         let mut info = info.try_borrow_mut()?;
-        if !info.memory.bind(slf.py()).is(slf) {
+        if info
+            .memory
+            .as_ref()
+            .is_some_and(|m| !m.bind(slf.py()).is(slf))
+        {
             return Err(PyValueError::new_err("this MapInfo maps another memory"));
         }
         info.end(slf.py())?;
@@ -391,10 +395,13 @@ impl Mapping {
 /// `data` that are still alive then (a `numpy.frombuffer` array, a slice)
 /// keep the bytes mapped, and the memory locked, until they are released
 /// or collected: they stay valid and never dangle. `memoryview(info)` gives
-/// another view over the same bytes.
+/// another view over the same bytes. `memory` is None after the end, so a
+/// MapInfo kept around does not keep its memory alive.
 #[pyclass(module = "mediamem", name = "MapInfo")]
 pub struct MapInfo {
-    memory: Py<PyMemory>,
+    /// The memory, until the map ends (a MapInfo kept after its block must
+    /// not keep a pooled memory from going back).
+    memory: Option<Py<PyMemory>>,
     flags: u32,
     size: usize,
     maxsize: usize,
@@ -413,16 +420,17 @@ impl MapInfo {
             let _ = data.bind(py).call_method0("release");
         }
         mapping.get().close();
+        self.memory = None;
         Ok(())
     }
 }
 
 #[pymethods]
 impl MapInfo {
-    /// The memory mapped.
+    /// The memory mapped; None once the map has ended.
     #[getter]
-    fn memory(&self, py: Python<'_>) -> Py<PyMemory> {
-        self.memory.clone_ref(py)
+    fn memory(&self, py: Python<'_>) -> Option<Py<PyMemory>> {
+        self.memory.as_ref().map(|m| m.clone_ref(py))
     }
 
     /// The map flags (`MapFlags`).

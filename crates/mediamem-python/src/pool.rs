@@ -87,8 +87,8 @@ impl PyMemoryPool {
 
     fn __repr__(&self) -> String {
         format!(
-            "<mediamem.MemoryPool size={:?} max={} outstanding={}>",
-            self.p.size(),
+            "<mediamem.MemoryPool size={} max={} outstanding={}>",
+            self.p.size().map_or("varying".into(), |s| s.to_string()),
             self.p.max(),
             self.p.outstanding()
         )
