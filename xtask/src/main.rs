@@ -20,6 +20,8 @@
 //! * `python-test`: the Python package (`crates/mediamem-python`): its
 //!   wheel built into a venv under `target/python`, and its pytest suite
 //!   (see `python.rs`). `test` runs it after the examples.
+//! * `python-bench`: the Python call overhead of mediamem next to
+//!   PyGObject's on the host's GStreamer (`python.rs`).
 //! * `lint`: the architecture rules (`arch.rs`: where `unsafe` may be,
 //!   layers that read bottom-up), formatting (the fuzz crate's too),
 //!   clippy and rustdoc, warnings denied.
@@ -218,7 +220,7 @@ fn python_test() -> bool {
 
 fn usage() -> ExitCode {
     eprintln!(
-        "usage: cargo xtask <test [--host-only] | loom | vm-test | python-test | bench [--report-only] | \
+        "usage: cargo xtask <test [--host-only] | loom | vm-test | python-test | python-bench | bench [--report-only] | \
          fuzz [--time SECONDS] [--runs N] [TARGET...] | lint>"
     );
     ExitCode::from(2)
@@ -233,6 +235,13 @@ fn main() -> ExitCode {
         (Some("loom"), None) => loom(),
         (Some("vm-test"), None) => vm_test(),
         (Some("python-test"), None) => python_test(),
+        (Some("python-bench"), None) => match python::bench(root()) {
+            Ok(()) => true,
+            Err(e) => {
+                eprintln!("xtask python-bench: {e}");
+                false
+            }
+        },
         (Some("lint"), None) => lint(),
         (Some("fuzz"), _) => match fuzz_args(&args[1..]) {
             Some((targets, budget)) => fuzz(&targets, &budget),

@@ -152,6 +152,71 @@ pub fn test(root: &Path) -> Res<()> {
     )
 }
 
+/// Debian's interpreter, which has PyGObject and the host's GStreamer.
+const SYSTEM_PYTHON: &str = "/usr/bin/python3";
+
+/// What `python-bench` needs from apt for the PyGObject side.
+const GI_PACKAGES: &[&str] = &[
+    "python3-gi",
+    "python3-gst-1.0",
+    "gir1.2-gst-plugins-base-1.0",
+];
+
+fn system_python_has_gi() -> bool {
+    Command::new(SYSTEM_PYTHON)
+        .args([
+            "-c",
+            "import gi; gi.require_version('Gst', '1.0'); gi.require_version('GstAllocators', '1.0'); \
+             from gi.repository import Gst, GstAllocators",
+        ])
+        .stderr(std::process::Stdio::null())
+        .status()
+        .is_ok_and(|s| s.success())
+}
+
+/// `cargo xtask python-bench`: the Python call overhead of mediamem next to
+/// PyGObject's (GStreamer's) for the same calls, in interleaved rounds, in
+/// one interpreter (Debian's /usr/bin/python3, with the abi3 wheel unpacked
+/// onto its path); prints a markdown table (see bench/results.md).
+pub fn bench(root: &Path) -> Res<()> {
+    build_wheel(root)?;
+    if !system_python_has_gi() {
+        run(
+            Command::new("apt-get").args(["update", "-qq"]),
+            "apt-get update",
+        )?;
+        run(
+            Command::new("apt-get")
+                .args(["install", "-y", "-qq", "--no-install-recommends"])
+                .args(GI_PACKAGES)
+                .env("DEBIAN_FRONTEND", "noninteractive"),
+            &format!("apt-get install {}", GI_PACKAGES.join(" ")),
+        )?;
+    }
+    let site = root.join("target/python/system-site");
+    let _ = fs::remove_dir_all(&site);
+    let wheel = fs::read_dir(root.join("target/python/wheels"))
+        .map_err(|e| e.to_string())?
+        .filter_map(|e| e.ok().map(|e| e.path()))
+        .find(|p| p.extension().is_some_and(|x| x == "whl"))
+        .ok_or("no wheel")?;
+    run(
+        Command::new(SYSTEM_PYTHON)
+            .args(["-m", "zipfile", "-e"])
+            .arg(&wheel)
+            .arg(&site),
+        "unpack the wheel for /usr/bin/python3",
+    )?;
+    run(
+        Command::new(SYSTEM_PYTHON)
+            .current_dir(root)
+            .arg("crates/mediamem-python/bench/run.py")
+            .arg("--wheel-dir")
+            .arg(&site),
+        "crates/mediamem-python/bench/run.py",
+    )
+}
+
 /// The guest script's line for the Python suite (the guest shares the
 /// host's root filesystem, so the venv is there), or None when the venv
 /// has no mediamem (run `cargo xtask python-test` first). `results` is the

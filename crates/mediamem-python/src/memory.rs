@@ -417,7 +417,7 @@ impl MapInfo {
         if let Some(data) = self.data.take() {
             // Fails with BufferError while views exported from it live
             // (numpy arrays): the mapping then waits for them.
-            let _ = data.bind(py).call_method0("release");
+            let _ = data.bind(py).call_method0(pyo3::intern!(py, "release"));
         }
         mapping.get().close();
         self.memory = None;
@@ -490,8 +490,13 @@ impl MapInfo {
         slf
     }
 
-    #[pyo3(signature = (*_exc))]
-    fn __exit__(&mut self, py: Python<'_>, _exc: &Bound<'_, PyTuple>) -> PyResult<bool> {
+    fn __exit__(
+        &mut self,
+        py: Python<'_>,
+        _exc_type: &Bound<'_, PyAny>,
+        _exc: &Bound<'_, PyAny>,
+        _tb: &Bound<'_, PyAny>,
+    ) -> PyResult<bool> {
         if self.mapping.is_some() {
             self.end(py)?;
         }
