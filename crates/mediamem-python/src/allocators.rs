@@ -1,7 +1,7 @@
 //! `Allocator` and the allocators of GstAllocators, as Python classes that
 //! extend it.
 
-use std::os::fd::AsFd;
+use std::os::fd::{AsFd, BorrowedFd};
 
 use mediamem::{
     heap, phys::CmaHeapAllocator, Allocator, DmaBufAllocator, DmaHeapAllocator, DrmDumbAllocator,
@@ -51,6 +51,27 @@ pub fn wrap(py: Python<'_>, a: Allocator) -> PyResult<PyObject> {
 
 fn fd_flags(flags: u32) -> FdMemoryFlags {
     FdMemoryFlags::from_bits_retain(flags)
+}
+
+/// The dma-buf filesystem's magic (`DMA_BUF_MAGIC`).
+const DMA_BUF_MAGIC: i64 = 0x444d_4142;
+
+/// `flags`, plus `GUARD_SIGBUS` unless the file cannot shrink under a
+/// mapping: a real dma-buf, or a memfd sealed with `F_SEAL_SHRINK`. From
+/// Python, a file truncated by anyone (`os.ftruncate` on the fd's number
+/// is enough) must not kill the interpreter with SIGBUS: the guard turns
+/// its vanished pages into zeros and the next map into TruncatedError.
+// `f_type`'s type differs between architectures: the cast is needed off x86-64.
+#[allow(clippy::unnecessary_cast)]
+fn guarded(fd: BorrowedFd<'_>, flags: FdMemoryFlags) -> FdMemoryFlags {
+    let sealed =
+        rustix::fs::fcntl_get_seals(fd).is_ok_and(|s| s.contains(rustix::fs::SealFlags::SHRINK));
+    let dmabuf = rustix::fs::fstatfs(fd).is_ok_and(|s| s.f_type as i64 == DMA_BUF_MAGIC);
+    if sealed || dmabuf {
+        flags
+    } else {
+        flags | FdMemoryFlags::GUARD_SIGBUS
+    }
 }
 
 #[pymethods]
@@ -148,7 +169,11 @@ impl PyFdAllocator {
     /// closed too when the call raises after checking its arguments);
     /// with `FdMemoryFlags.DONT_CLOSE` it wraps a duplicate and `fd`
     /// stays yours. `FdMemoryFlags.KEEP_MAPPED` keeps it mapped after the
-    /// first map.
+    /// first map. A file that can shrink (anything but a memfd sealed with
+    /// F_SEAL_SHRINK or a real dma-buf) is mapped under a SIGBUS guard
+    /// (`FdMemoryFlags.GUARD_SIGBUS`): if it is truncated, its pages read
+    /// as zeros and the next map raises TruncatedError, instead of the
+    /// interpreter dying.
     #[pyo3(signature = (fd, size, flags = 0))]
     fn alloc(&self, py: Python<'_>, fd: i64, size: usize, flags: u32) -> PyResult<Py<PyMemory>> {
         self.alloc_full(py, fd, size, 0, size, flags)
@@ -169,12 +194,14 @@ impl PyFdAllocator {
         let flags = fd_flags(flags);
         let m = if flags.contains(FdMemoryFlags::DONT_CLOSE) {
             let dup = sys::dup_fd(fd)?;
+            let flags = guarded(dup.as_fd(), flags);
             py.allow_threads(|| {
                 self.a
                     .alloc_borrowed(dup.as_fd(), maxsize, offset, size, flags)
             })
         } else {
             let owned = sys::take_fd(fd)?;
+            let flags = guarded(owned.as_fd(), flags);
             py.allow_threads(|| self.a.alloc_full(owned, maxsize, offset, size, flags))
         };
         PyMemory::new_py(py, m.py()?)
@@ -206,7 +233,8 @@ impl PyDmaBufAllocator {
     }
 
     /// Wrap `size` bytes of the dma-buf `fd` (`gst_dmabuf_allocator_alloc`);
-    /// the memory takes `fd` over, as `FdAllocator.alloc`.
+    /// the memory takes `fd` over, and a file that is not a real dma-buf
+    /// and can shrink is guarded, as in `FdAllocator.alloc`.
     fn alloc(&self, py: Python<'_>, fd: i64, size: usize) -> PyResult<Py<PyMemory>> {
         self.alloc_with_flags(py, fd, size, 0)
     }
@@ -223,9 +251,11 @@ impl PyDmaBufAllocator {
         let flags = fd_flags(flags);
         let m = if flags.contains(FdMemoryFlags::DONT_CLOSE) {
             let dup = sys::dup_fd(fd)?;
+            let flags = guarded(dup.as_fd(), flags);
             py.allow_threads(|| self.a.alloc_borrowed(dup.as_fd(), size, flags))
         } else {
             let owned = sys::take_fd(fd)?;
+            let flags = guarded(owned.as_fd(), flags);
             py.allow_threads(|| self.a.alloc_with_flags(owned, size, flags))
         };
         PyMemory::new_py(py, m.py()?)

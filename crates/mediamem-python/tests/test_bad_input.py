@@ -256,3 +256,50 @@ def test_a_blocked_receiver_does_not_hold_the_interpreter():
     b.close()
 
 
+
+
+# Truncating the file under a mapping: in a child process, so that a
+# regression (a SIGBUS) kills the child, not the test run.
+TRUNCATE = """
+import os, sys, mediamem
+keep = sys.argv[1] == "keep"
+fd = os.memfd_create("t")  # not sealed: anyone with the number can shrink it
+os.ftruncate(fd, 8192)
+mem = mediamem.FdAllocator().alloc(fd, 8192, mediamem.FdMemoryFlags.KEEP_MAPPED if keep else 0)
+with mem.map(mediamem.MapFlags.READ) as info:
+    os.ftruncate(fd, 0)
+    print("read", info.data[5000], bytes(info.data[-3:]))
+try:
+    with mem.map(mediamem.MapFlags.READ) as info:
+        print("again", info.data[0])
+except mediamem.TruncatedError as e:
+    print("raised", e.kind)
+"""
+
+
+@pytest.mark.parametrize("mode", ["keep", "plain"])
+def test_a_file_truncated_under_its_mapping_does_not_kill_the_interpreter(mode):
+    import subprocess
+    import sys
+
+    out = subprocess.run(
+        [sys.executable, "-c", TRUNCATE, mode], capture_output=True, text=True, timeout=60
+    )
+    assert out.returncode == 0, (out.returncode, out.stderr)
+    lines = out.stdout.splitlines()
+    assert lines[0] == "read 0 b'\\x00\\x00\\x00'"
+    # kept mapped: the guard's hit is remembered; otherwise a new mapping
+    # of the now empty file reads zeros under its own guard
+    assert lines[1] == ("raised Truncated" if mode == "keep" else "again 0")
+
+
+def test_sealed_memfds_and_shm_need_no_guard(shm):
+    import fcntl
+
+    fd = memfd(4096)
+    fcntl.fcntl(fd, fcntl.F_ADD_SEALS, fcntl.F_SEAL_SHRINK | fcntl.F_SEAL_GROW)
+    mem = mediamem.FdAllocator().alloc(fd, 4096)
+    with mem.map(W) as info:
+        info.data[0] = 1
+    with pytest.raises(OSError):
+        os.ftruncate(fd, 0)  # the seal holds

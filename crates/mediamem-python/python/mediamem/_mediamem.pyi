@@ -161,7 +161,8 @@ class FdAllocator(Allocator):
     @staticmethod
     def new() -> FdAllocator: ...
     def alloc(self, fd: int, size: int, flags: int = 0) -> Memory:  # type: ignore[override]
-        """The memory takes ``fd`` over (unless ``FdMemoryFlags.DONT_CLOSE``)."""
+        """The memory takes ``fd`` over (unless ``FdMemoryFlags.DONT_CLOSE``);
+        a file that can shrink is mapped under a SIGBUS guard."""
     def alloc_full(
         self, fd: int, maxsize: int, offset: int, size: int, flags: int = 0
     ) -> Memory: ...
