@@ -164,11 +164,11 @@ impl PyFdAllocator {
         Py::new(py, fd_init())
     }
 
-    /// Wrap `size` bytes of `fd` (`gst_fd_allocator_alloc`). The memory
-    /// takes `fd` over and closes it when freed, as in GStreamer (it is
-    /// closed too when the call raises after checking its arguments);
-    /// with `FdMemoryFlags.DONT_CLOSE` it wraps a duplicate and `fd`
-    /// stays yours. `FdMemoryFlags.KEEP_MAPPED` keeps it mapped after the
+    /// Wrap `size` bytes of `fd` (`gst_fd_allocator_alloc`). When the call
+    /// succeeds the memory has taken `fd` over (its number is the
+    /// memory's fd) and closes it when freed, as in GStreamer; when it
+    /// raises, `fd` is still yours. With `FdMemoryFlags.DONT_CLOSE` the
+    /// memory wraps a duplicate and `fd` stays yours. `FdMemoryFlags.KEEP_MAPPED` keeps it mapped after the
     /// first map. A file that can shrink (anything but a memfd sealed with
     /// F_SEAL_SHRINK or a real dma-buf) is mapped under a SIGBUS guard
     /// (`FdMemoryFlags.GUARD_SIGBUS`): if it is truncated, its pages read
@@ -192,16 +192,18 @@ impl PyFdAllocator {
         flags: u32,
     ) -> PyResult<Py<PyMemory>> {
         let flags = fd_flags(flags);
-        let m = if flags.contains(FdMemoryFlags::DONT_CLOSE) {
-            let dup = sys::dup_fd(fd)?;
-            let flags = guarded(dup.as_fd(), flags);
-            py.allow_threads(|| {
-                self.a
-                    .alloc_borrowed(dup.as_fd(), maxsize, offset, size, flags)
-            })
+        let keep = flags.contains(FdMemoryFlags::DONT_CLOSE);
+        let flags = flags - FdMemoryFlags::DONT_CLOSE;
+        // The import is first made of a duplicate, so that an error leaves
+        // the caller's fd open and the caller's; only then is `fd` taken.
+        let dup = sys::dup_fd(fd)?;
+        let flags = guarded(dup.as_fd(), flags);
+        let m = py.allow_threads(|| self.a.alloc_full(dup, maxsize, offset, size, flags));
+        let m = if keep {
+            m
         } else {
+            drop(m.py()?);
             let owned = sys::take_fd(fd)?;
-            let flags = guarded(owned.as_fd(), flags);
             py.allow_threads(|| self.a.alloc_full(owned, maxsize, offset, size, flags))
         };
         PyMemory::new_py(py, m.py()?)
@@ -249,13 +251,17 @@ impl PyDmaBufAllocator {
         flags: u32,
     ) -> PyResult<Py<PyMemory>> {
         let flags = fd_flags(flags);
-        let m = if flags.contains(FdMemoryFlags::DONT_CLOSE) {
-            let dup = sys::dup_fd(fd)?;
-            let flags = guarded(dup.as_fd(), flags);
-            py.allow_threads(|| self.a.alloc_borrowed(dup.as_fd(), size, flags))
+        let keep = flags.contains(FdMemoryFlags::DONT_CLOSE);
+        let flags = flags - FdMemoryFlags::DONT_CLOSE;
+        // As FdAllocator.alloc_full: a duplicate first, `fd` only on success.
+        let dup = sys::dup_fd(fd)?;
+        let flags = guarded(dup.as_fd(), flags);
+        let m = py.allow_threads(|| self.a.alloc_with_flags(dup, size, flags));
+        let m = if keep {
+            m
         } else {
+            drop(m.py()?);
             let owned = sys::take_fd(fd)?;
-            let flags = guarded(owned.as_fd(), flags);
             py.allow_threads(|| self.a.alloc_with_flags(owned, size, flags))
         };
         PyMemory::new_py(py, m.py()?)

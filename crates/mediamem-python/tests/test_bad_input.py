@@ -114,13 +114,29 @@ def test_bad_fds(no_fd_leak):
         with pytest.raises(mediamem.BadFdError) as e:
             call()
         assert e.value.kind == "BadFd"
-    # an fd too small for the size asked: refused, and the fd (taken over,
-    # as GStreamer's fd allocator does) is closed
+    # an fd too small for the size asked: refused, and the fd is still the
+    # caller's (it becomes the memory's only when the call succeeds)
     fd = memfd(100)
-    with pytest.raises(mediamem.BeyondFileError):
-        fd_alloc.alloc(fd, 4096)
-    with pytest.raises(OSError):
-        os.fstat(fd)
+    try:
+        for call in (
+            lambda: fd_alloc.alloc(fd, 4096),
+            lambda: fd_alloc.alloc_full(fd, 100, 50, 51),
+            lambda: dmabuf_alloc.alloc(fd, 4096),
+        ):
+            with pytest.raises(mediamem.Error):
+                call()
+            os.fstat(fd)
+        mem = fd_alloc.alloc(fd, 100)  # and then it can still be used
+        assert GstAllocators.fd_memory_get_fd(mem) == fd
+        del mem
+        with pytest.raises(OSError):
+            os.fstat(fd)  # the memory closed it
+    except BaseException:
+        try:
+            os.close(fd)
+        except OSError:
+            pass
+        raise
     # not a DRM device
     fd = os.open("/dev/null", os.O_RDWR)
     try:
@@ -181,8 +197,10 @@ def test_no_leaked_fds_over_many_cycles(shm, no_fd_leak):
         m2 = shm.alloc(4096)
         with m2.map(R) as info:
             bytes(info.data)
-        with pytest.raises(mediamem.Error):
-            fd_alloc.alloc(memfd(10), 4096)
+        small = memfd(10)
+        with pytest.raises(mediamem.BeyondFileError):
+            fd_alloc.alloc(small, 4096)
+        os.close(small)  # refused: still the caller's
         del mem, s, m2, info
     for _ in range(50):
         tx, rx = mediamem.ipc.pair()

@@ -161,8 +161,9 @@ class FdAllocator(Allocator):
     @staticmethod
     def new() -> FdAllocator: ...
     def alloc(self, fd: int, size: int, flags: int = 0) -> Memory:  # type: ignore[override]
-        """The memory takes ``fd`` over (unless ``FdMemoryFlags.DONT_CLOSE``);
-        a file that can shrink is mapped under a SIGBUS guard."""
+        """On success the memory has taken ``fd`` over (unless
+        ``FdMemoryFlags.DONT_CLOSE``); on error it is still yours. A file
+        that can shrink is mapped under a SIGBUS guard."""
     def alloc_full(
         self, fd: int, maxsize: int, offset: int, size: int, flags: int = 0
     ) -> Memory: ...
@@ -173,7 +174,7 @@ class DmaBufAllocator(Allocator):
     @staticmethod
     def new() -> DmaBufAllocator: ...
     def alloc(self, fd: int, size: int) -> Memory:  # type: ignore[override]
-        """The memory takes ``fd`` over."""
+        """On success the memory has taken ``fd`` over; on error it is still yours."""
     def alloc_with_flags(self, fd: int, size: int, flags: int) -> Memory: ...
 
 @final
