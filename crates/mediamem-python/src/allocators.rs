@@ -168,8 +168,9 @@ impl PyFdAllocator {
     /// succeeds the memory has taken `fd` over (its number is the
     /// memory's fd) and closes it when freed, as in GStreamer; when it
     /// raises, `fd` is still yours. With `FdMemoryFlags.DONT_CLOSE` the
-    /// memory wraps a duplicate and `fd` stays yours. `FdMemoryFlags.KEEP_MAPPED` keeps it mapped after the
-    /// first map. A file that can shrink (anything but a memfd sealed with
+    /// memory wraps a duplicate and `fd` stays yours.
+    /// `FdMemoryFlags.KEEP_MAPPED` keeps it mapped after the first map.
+    /// A file that can shrink (anything but a memfd sealed with
     /// F_SEAL_SHRINK or a real dma-buf) is mapped under a SIGBUS guard
     /// (`FdMemoryFlags.GUARD_SIGBUS`): if it is truncated, its pages read
     /// as zeros and the next map raises TruncatedError, instead of the

@@ -191,7 +191,7 @@ impl PyMemory {
     /// A zero-copy, read-only view of `size` bytes at `offset` of the
     /// visible bytes (`size=-1`: to the end); `offset` may be negative to
     /// reach into the prefix (`gst_memory_share`).
-    #[pyo3(signature = (offset = 0, size = -1))]
+    #[pyo3(signature = (offset = 0, size = -1), text_signature = "($self, /, offset=0, size=-1)")]
     fn share(&self, py: Python<'_>, offset: isize, size: isize) -> PyResult<Py<PyMemory>> {
         let m = self.mem();
         let shared = if offset == 0 && size == -1 {
@@ -205,7 +205,7 @@ impl PyMemory {
 
     /// A writable copy of `size` bytes at `offset` (`size=-1`: to the
     /// end), in new memory (`gst_memory_copy`). Releases the GIL.
-    #[pyo3(signature = (offset = 0, size = -1))]
+    #[pyo3(signature = (offset = 0, size = -1), text_signature = "($self, /, offset=0, size=-1)")]
     fn copy(&self, py: Python<'_>, offset: isize, size: isize) -> PyResult<Py<PyMemory>> {
         let m = self.mem();
         let (s, e) = block_range(m, offset, size)?;
