@@ -38,24 +38,33 @@ fn venv_python(root: &Path) -> PathBuf {
     venv(root).join("bin/python")
 }
 
-/// The interpreter the venv is made with: `$MEDIAMEM_PYTHON`, else
-/// `python3` on the PATH (on this project's machines, pyenv's CPython
-/// 3.11; Debian's /usr/bin/python3 is a different one and is not needed).
+/// The interpreter the venv is made with: `$MEDIAMEM_PYTHON`, else the
+/// first of `python3` on the PATH (on this project's machines pyenv's
+/// CPython 3.11.7) and Debian's `/usr/bin/python3` (3.11.2, with
+/// python3-venv) that is CPython >= 3.11 and can make a venv with pip.
 fn base_python() -> Res<String> {
-    let python = std::env::var("MEDIAMEM_PYTHON").unwrap_or_else(|_| "python3".into());
-    let ok = Command::new(&python)
-        .args([
-            "-c",
-            "import sys, venv; sys.exit(0 if sys.version_info >= (3, 11) else 1)",
-        ])
-        .status()
-        .map_err(|e| format!("cannot run {python}: {e}"))?;
-    if !ok.success() {
-        return Err(format!(
-            "{python} is not CPython >= 3.11 with venv (set MEDIAMEM_PYTHON to one)"
-        ));
+    let candidates = match std::env::var("MEDIAMEM_PYTHON") {
+        Ok(p) => vec![p],
+        Err(_) => vec!["python3".to_owned(), "/usr/bin/python3".to_owned()],
+    };
+    for python in &candidates {
+        let ok = Command::new(python)
+            .args([
+                "-c",
+                "import sys, venv, ensurepip; sys.exit(0 if sys.version_info >= (3, 11) else 1)",
+            ])
+            .stderr(std::process::Stdio::null())
+            .status()
+            .is_ok_and(|s| s.success());
+        if ok {
+            return Ok(python.clone());
+        }
     }
-    Ok(python)
+    Err(format!(
+        "none of {} is CPython >= 3.11 with venv and ensurepip (set MEDIAMEM_PYTHON to one, \
+         or apt-get install python3-venv)",
+        candidates.join(", ")
+    ))
 }
 
 fn venv_has(root: &Path, code: &str) -> bool {
