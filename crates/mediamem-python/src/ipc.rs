@@ -80,7 +80,10 @@ impl PySender {
     }
 
     /// Send a frame of fd-backed memories with `meta` bytes; returns its id.
-    #[pyo3(signature = (memories, meta = b"".as_slice()))]
+    #[pyo3(
+        signature = (memories, meta = b"".as_slice()),
+        text_signature = "($self, /, memories, meta=b'')"
+    )]
     fn send_frame(
         &self,
         py: Python<'_>,

@@ -3,10 +3,75 @@
 import os
 import socket
 from types import TracebackType
-from typing import Iterator, Optional, Union, final
+from typing import Iterator, Optional, Self, Union, final
 
 from ._flags import MapFlags, MemoryFlags
 
+__all__ = [
+    "ALLOCATOR_DMABUF",
+    "ALLOCATOR_FD",
+    "AliasedError",
+    "AllocationParams",
+    "Allocator",
+    "BadAllocationError",
+    "BadFdError",
+    "BeyondFileError",
+    "CAPS_FEATURE_MEMORY_DMABUF",
+    "CmaHeapAllocator",
+    "DRMDumbAllocator",
+    "DmaBufAllocator",
+    "DmaHeapAllocator",
+    "ERROR_KINDS",
+    "Error",
+    "FdAllocator",
+    "Frame",
+    "HugePageAllocator",
+    "InvalidAlignError",
+    "InvalidMapFlagsError",
+    "LockConflictError",
+    "MapFailedError",
+    "MapInfo",
+    "Memory",
+    "MemoryPool",
+    "NegativeOffsetError",
+    "NoShareError",
+    "NotAvailableError",
+    "NotContiguousError",
+    "NotLockedError",
+    "NotWritableError",
+    "OsError",
+    "OutOfMemoryError",
+    "OutOfRangeError",
+    "PoolExhaustedError",
+    "ProtocolError",
+    "ReadOnlyError",
+    "Receiver",
+    "RefusedError",
+    "Sender",
+    "SharedError",
+    "ShmAllocator",
+    "SizeOverflowError",
+    "TimedOutError",
+    "TooLargeError",
+    "TooManyLocksError",
+    "TruncatedError",
+    "UdmabufAllocator",
+    "UnknownFourccError",
+    "UnsupportedError",
+    "WrongKindError",
+    "_Mapping",
+    "__version__",
+    "dmabuf_memory_get_fd",
+    "drm_dumb_memory_export_dmabuf",
+    "drm_dumb_memory_get_handle",
+    "fd_memory_get_fd",
+    "is_dmabuf_memory",
+    "is_drm_dumb_memory",
+    "is_fd_memory",
+    "is_phys_memory",
+    "phys_memory_get_phys_addr",
+    "probe",
+]
 __version__: str
 ALLOCATOR_FD: str
 ALLOCATOR_DMABUF: str
@@ -120,8 +185,16 @@ class MapInfo:
     ) -> bool: ...
     def __iter__(self) -> Iterator[Union[bool, MapInfo]]:
         """``ok, info = mem.map(flags)``."""
-    def __buffer__(self, flags: int) -> memoryview: ...
 
+@final
+class _Mapping:
+    """The exporter behind ``MapInfo.data`` (owns the mapping while any
+    view of it is alive)."""
+
+    @property
+    def mapped(self) -> bool: ...
+
+@final
 class AllocationParams:
     """``Gst.AllocationParams``: flags, alignment mask, prefix, padding."""
 
@@ -129,13 +202,13 @@ class AllocationParams:
     align: int
     prefix: int
     padding: int
-    def __init__(
-        self,
+    def __new__(
+        cls,
         flags: Union[MemoryFlags, int] = 0,
         align: int = 0,
         prefix: int = 0,
         padding: int = 0,
-    ) -> None: ...
+    ) -> Self: ...
     @staticmethod
     def new() -> AllocationParams: ...
     def init(self) -> None: ...
@@ -157,7 +230,7 @@ class Allocator:
 
 @final
 class FdAllocator(Allocator):
-    def __init__(self) -> None: ...
+    def __new__(cls) -> Self: ...
     @staticmethod
     def new() -> FdAllocator: ...
     def alloc(self, fd: int, size: int, flags: int = 0) -> Memory:  # type: ignore[override]
@@ -170,7 +243,7 @@ class FdAllocator(Allocator):
 
 @final
 class DmaBufAllocator(Allocator):
-    def __init__(self) -> None: ...
+    def __new__(cls) -> Self: ...
     @staticmethod
     def new() -> DmaBufAllocator: ...
     def alloc(self, fd: int, size: int) -> Memory:  # type: ignore[override]
@@ -232,14 +305,14 @@ class CmaHeapAllocator(Allocator):
 
 @final
 class MemoryPool:
-    def __init__(
-        self,
+    def __new__(
+        cls,
         allocator: Allocator,
         size: int,
         min: int = 0,
         max: int = 4,
         params: Optional[AllocationParams] = None,
-    ) -> None: ...
+    ) -> Self: ...
     def acquire(self, timeout: Optional[float] = None) -> Memory: ...
     @property
     def size(self) -> Optional[int]: ...
@@ -254,7 +327,7 @@ _Socket = Union[socket.socket, int]
 
 @final
 class Sender:
-    def __init__(self, sock: _Socket) -> None: ...
+    def __new__(cls, sock: _Socket) -> Self: ...
     def send_frame(self, memories: list[Memory], meta: bytes = b"") -> int: ...
     def send_eos(self) -> None: ...
     def wait_release(self) -> Optional[int]: ...
@@ -278,15 +351,15 @@ class Frame:
 
 @final
 class Receiver:
-    def __init__(
-        self,
+    def __new__(
+        cls,
         sock: _Socket,
         *,
         copy_unsealed: bool = False,
         guard_unsealed: bool = False,
         require_write_seal: bool = False,
         max_copy_bytes: Optional[int] = None,
-    ) -> None: ...
+    ) -> Self: ...
     def recv(self) -> Optional[Frame]: ...
     def flush(self) -> None: ...
     def set_timeout(self, seconds: Optional[float]) -> None: ...
