@@ -3,7 +3,7 @@ in the same interpreter (Debian's /usr/bin/python3, which has PyGObject;
 mediamem's abi3 wheel is unpacked onto its path), and a markdown table of
 the medians with their ranges.
 
-    python3 run.py --wheel-dir DIR [--rounds 7] [--number 20000]
+    python3 run.py --wheel-dir DIR [--rounds 11] [--number 20000]
 
 DIR is the unpacked wheel (the folder that holds mediamem/).
 """
@@ -41,7 +41,7 @@ def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--wheel-dir", required=True)
     ap.add_argument("--python", default="/usr/bin/python3")
-    ap.add_argument("--rounds", type=int, default=7)
+    ap.add_argument("--rounds", type=int, default=11)
     ap.add_argument("--number", type=int, default=20000)
     args = ap.parse_args()
     runs = {"mediamem": [], "gi": []}
