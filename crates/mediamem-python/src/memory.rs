@@ -355,9 +355,9 @@ impl Mapping {
         let me = slf.get();
         let mut st = me.state();
         if st.closing || st.guard.is_none() {
-            return Err(PyBufferError::new_err(
-                "the map has ended: map the memory again",
-            ));
+            let err = PyBufferError::new_err("the map has ended: map the memory again");
+            // SAFETY: `view` is Python's (this is bf_getbuffer).
+            return Err(unsafe { sys::refuse(view, err) });
         }
         // SAFETY: `view` is Python's; the mapping stays in `state.guard`
         // until `exports` is back to 0 (see __releasebuffer__ and close).
@@ -477,9 +477,18 @@ impl MapInfo {
         flags: c_int,
     ) -> PyResult<()> {
         let py = slf.py();
-        let mapping = match &slf.try_borrow()?.mapping {
-            Some(m) => m.clone_ref(py),
-            None => return Err(PyBufferError::new_err("this MapInfo is not mapped")),
+        let mapping = match slf
+            .try_borrow()
+            .map(|i| i.mapping.as_ref().map(|m| m.clone_ref(py)))
+        {
+            Ok(Some(m)) => m,
+            Ok(None) => {
+                let err = PyBufferError::new_err("this MapInfo is not mapped");
+                // SAFETY: `view` is Python's (this is bf_getbuffer).
+                return Err(unsafe { sys::refuse(view, err) });
+            }
+            // SAFETY: as above.
+            Err(e) => return Err(unsafe { sys::refuse(view, e.into()) }),
         };
         // SAFETY: forwarded to the exporter, which keeps the bytes mapped
         // while the export lives.

@@ -66,6 +66,18 @@ unsafe impl Send for Export {}
 // SAFETY: as above; no interior mutability through `&Export`.
 unsafe impl Sync for Export {}
 
+/// Refuse an export: the buffer protocol wants `view->obj` NULL on error.
+///
+/// # Safety
+/// `view` must be NULL or the `Py_buffer` Python passed to `bf_getbuffer`.
+pub unsafe fn refuse(view: *mut ffi::Py_buffer, err: PyErr) -> PyErr {
+    if !view.is_null() {
+        // SAFETY: non-null and Python's to fill (the caller's contract).
+        unsafe { (*view).obj = std::ptr::null_mut() };
+    }
+    err
+}
+
 /// Fill `view` for an export of `e` owned by `owner`.
 ///
 /// # Safety
@@ -83,9 +95,11 @@ pub unsafe fn fill_view(
         return Err(PyBufferError::new_err("NULL Py_buffer"));
     }
     if (flags & ffi::PyBUF_WRITABLE) == ffi::PyBUF_WRITABLE && e.readonly {
-        return Err(PyBufferError::new_err(
+        let err = PyBufferError::new_err(
             "the memory is mapped read-only: map it with MapFlags.WRITE to write",
-        ));
+        );
+        // SAFETY: `view` is non-null and Python's (the caller's contract).
+        return Err(unsafe { refuse(view, err) });
     }
     let dims = e.dims.as_ptr() as *mut isize;
     // SAFETY: `view` is non-null and Python's to fill (the caller's
