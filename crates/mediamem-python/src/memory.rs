@@ -233,16 +233,21 @@ impl PyMemory {
     /// bytes. Use it as a context manager; it unmaps when the block ends
     /// (or with `unmap(info)`). For GStreamer's tuple style,
     /// `ok, info = mem.map(flags)` works too. Errors raise (ReadOnlyError,
-    /// LockConflictError, AliasedError, MapFailedError, ...).
+    /// LockConflictError, AliasedError, MapFailedError, ...). The GIL is
+    /// released while memory other than system memory is mapped (an
+    /// mmap, a dma-buf sync that may wait for a device).
     fn map(slf: &Bound<'_, Self>, flags: u32) -> PyResult<MapInfo> {
         let py = slf.py();
         let flags = MapFlags::from_bits_retain(flags);
-        let mut mapped = slf
-            .get()
-            .mem()
-            .clone()
-            .into_mapped(flags)
-            .map_err(|e| to_py(e.into()))?;
+        let mem = slf.get().mem().clone();
+        // System memory maps in nanoseconds; other kinds may mmap, or wait
+        // for a device in DMA_BUF_IOCTL_SYNC: without the GIL.
+        let mapped = if mem.is_type(mediamem::ALLOCATOR_SYSMEM) {
+            mem.into_mapped(flags)
+        } else {
+            py.allow_threads(|| mem.into_mapped(flags))
+        };
+        let mut mapped = mapped.map_err(|e| to_py(e.into()))?;
         let len = mapped.size();
         let (ptr, readonly) = match mapped.as_mut_slice() {
             Some(s) => (s.as_mut_ptr(), false),
