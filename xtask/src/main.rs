@@ -17,6 +17,11 @@
 //! * `fuzz [--time SECONDS] [--runs N] [TARGET...]`: libFuzzer on the IPC
 //!   receiver's decoding (see `fuzz.rs`); 60 s per target by default.
 //!   `test` runs every target for 20 s after the host tests.
+//! * `python-test`: the Python package (`crates/mediamem-python`): its
+//!   wheel built into a venv under `target/python`, and its pytest suite
+//!   (see `python.rs`). `test` runs it after the examples.
+//! * `python-bench`: the Python call overhead of mediamem next to
+//!   PyGObject's on the host's GStreamer (`python.rs`).
 //! * `lint`: the architecture rules (`arch.rs`: where `unsafe` may be,
 //!   layers that read bottom-up), formatting (the fuzz crate's too),
 //!   clippy and rustdoc, warnings denied.
@@ -24,6 +29,7 @@
 mod arch;
 mod bench;
 mod fuzz;
+mod python;
 mod vm;
 
 use std::process::{Command, ExitCode};
@@ -196,14 +202,25 @@ fn test(host_only: bool) -> bool {
     lint()
         && cargo(&["test", "--workspace", "--no-fail-fast"])
         && examples()
+        && python_test()
         && loom()
         && fuzz(&[], &brief)
         && (host_only || vm_test())
 }
 
+fn python_test() -> bool {
+    match python::test(root()) {
+        Ok(()) => true,
+        Err(e) => {
+            eprintln!("xtask python-test: {e}");
+            false
+        }
+    }
+}
+
 fn usage() -> ExitCode {
     eprintln!(
-        "usage: cargo xtask <test [--host-only] | loom | vm-test | bench [--report-only] | \
+        "usage: cargo xtask <test [--host-only] | loom | vm-test | python-test | python-bench | bench [--report-only] | \
          fuzz [--time SECONDS] [--runs N] [TARGET...] | lint>"
     );
     ExitCode::from(2)
@@ -217,6 +234,14 @@ fn main() -> ExitCode {
         (Some("test"), Some("--host-only")) => test(true),
         (Some("loom"), None) => loom(),
         (Some("vm-test"), None) => vm_test(),
+        (Some("python-test"), None) => python_test(),
+        (Some("python-bench"), None) => match python::bench(root()) {
+            Ok(()) => true,
+            Err(e) => {
+                eprintln!("xtask python-bench: {e}");
+                false
+            }
+        },
         (Some("lint"), None) => lint(),
         (Some("fuzz"), _) => match fuzz_args(&args[1..]) {
             Some((targets, budget)) => fuzz(&targets, &budget),

@@ -448,6 +448,10 @@ pub fn vm_test() -> Res<()> {
             shell_quote(&cli)
         ));
     }
+    let python_line = crate::python::guest_line(&root, &r);
+    if let Some(line) = &python_line {
+        script.push_str(line);
+    }
     script.push_str(&format!("echo done > {r}/done\n"));
     let script_path = vm.join("guest.sh");
     fs::write(&script_path, script).map_err(|e| e.to_string())?;
@@ -581,6 +585,18 @@ pub fn vm_test() -> Res<()> {
     }
     for problem in probe_problems(&probe) {
         problems.push(problem);
+    }
+    if python_line.is_some() {
+        match crate::python::guest_outcome(&results) {
+            Ok((passed, _)) => {
+                println!("vm-test: python   {passed} passed (pytest, devices required)");
+                total_passed += passed;
+            }
+            Err(e) => {
+                total_failed += 1;
+                problems.push(e);
+            }
+        }
     }
     // Every test that had to run and did not pass counts as failed,
     // whether it failed or never ran (a crashed binary).
