@@ -71,6 +71,9 @@ kinds! {
     Refused => RefusedError: "Received memory was refused by the receive policy.",
     Truncated => TruncatedError: "The file behind the memory was truncated under its mapping.",
     NotAvailable => NotAvailableError: "The device or feature is not available on this machine.",
+    Exhausted => ExhaustedError: "A pool of memory (huge pages, a heap) has none left.",
+    NoProvider => NoProviderError: "No dma-buf provider of the chain could allocate; the message lists each one's reason.",
+    InvalidConfig => InvalidConfigError: "A configuration value (an environment variable, a provider name) is invalid.",
 }
 
 /// The Python exception for `e`, with its `kind` and `errno` attributes.
