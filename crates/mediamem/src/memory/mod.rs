@@ -438,6 +438,7 @@ impl Memory {
     }
 
     /// Size of the whole block in bytes. Never changes.
+    #[inline]
     pub fn maxsize(&self) -> usize {
         self.inner.maxsize
     }
@@ -448,11 +449,13 @@ impl Memory {
     }
 
     /// Offset of the visible region in the block.
+    #[inline]
     pub fn offset(&self) -> usize {
         self.inner.region.get().0
     }
 
     /// Size of the visible region.
+    #[inline]
     pub fn size(&self) -> usize {
         self.inner.region.get().1
     }
@@ -734,10 +737,10 @@ impl Memory {
             self.lock_for_map(lock_flags, borrow)?;
         }
         let (backend, static_base) = self.root_parts();
-        let base = match NonNull::new(static_base as *mut u8) {
-            Some(base) => base,
+        let (base, backend_mapped) = match NonNull::new(static_base as *mut u8) {
+            Some(base) => (base, false),
             None => match backend.map(self.inner.maxsize, flags) {
-                Ok(base) => base,
+                Ok(base) => (base, true),
                 Err(e) => {
                     // A backend map failure is an ordinary result: no log
                     // above debug (GStreamer's
@@ -755,10 +758,10 @@ impl Memory {
             base,
             offset,
             size,
-            maxsize: self.inner.maxsize,
             flags,
             borrow,
             locked,
+            backend_mapped,
             _keep: flags.contains(MapFlags::REF_MEMORY).then(|| self.clone()),
         })
     }
@@ -766,13 +769,19 @@ impl Memory {
     /// Undo `map_with`. Called exactly once per mapping by the guards.
     #[inline(always)]
     fn unmap(&self, mapping: &Mapping) {
-        let (backend, static_base) = self.root_parts();
-        if static_base == 0 {
-            backend.unmap(mapping.flags);
+        if mapping.backend_mapped {
+            self.root_parts().0.unmap(mapping.flags);
         }
         if mapping.locked {
             self.unlock_map(mapping.flags.lock_flags(), mapping.borrow);
         }
+    }
+
+    /// [`unmap`](Memory::unmap) out of line, for guards that hold a lock or
+    /// a backend map (the owned heap map holds neither and calls nothing).
+    #[inline(never)]
+    fn unmap_held(&self, mapping: &Mapping) {
+        self.unmap(mapping);
     }
 
     /// Map for reading: a guard that derefs to the visible bytes.
@@ -828,8 +837,64 @@ impl Memory {
     ///
     /// # Errors
     /// Those of [`map_writable`](Memory::map_writable).
-    #[inline]
+    #[inline(always)]
     pub fn map_mut(&mut self) -> Result<MemoryMapMut<'_>> {
+        // Small enough to inline at every call site: the common case, the
+        // only handle of a heap block, is a few plain loads; anything else
+        // is one out-of-line call.
+        match self.owned_heap_base() {
+            Some(base) => {
+                let (offset, size) = self.inner.region.get();
+                Ok(MemoryMapMut::new(
+                    self,
+                    Mapping {
+                        base,
+                        offset,
+                        size,
+                        flags: MapFlags::WRITE,
+                        borrow: Borrow::Exclusive,
+                        locked: false,
+                        backend_mapped: false,
+                        _keep: None,
+                    },
+                ))
+            }
+            None => self.map_mut_slow(),
+        }
+    }
+
+    /// `map_mut`'s fast path: the address of a block this handle owns
+    /// ([`owns_block`](Memory::owns_block)) whose bytes are always at one
+    /// address (system memory), so that neither the lock word nor the
+    /// backend needs touching, now or at unmap. `None`: take the slow path.
+    /// (A pointer, not the whole mapping, so that nothing large is moved
+    /// through an `Option`.)
+    #[inline(always)]
+    fn owned_heap_base(&mut self) -> Option<NonNull<u8>> {
+        if !Counted::is_unique(&self.inner) {
+            return None;
+        }
+        let Origin::Root {
+            static_base, extra, ..
+        } = &self.inner.origin
+        else {
+            return None;
+        };
+        let base = NonNull::new(*static_base as *mut u8)?;
+        if extra.as_ref().is_some_and(|e| e.alias.is_some())
+            || !self.inner.lock.is_idle()
+            || self.is_readonly()
+        {
+            return None;
+        }
+        Some(base)
+    }
+
+    /// Everything else `map_mut` does: an owned block without a static
+    /// address (its backend maps it), or the ordinary locked map.
+    #[cold]
+    #[inline(never)]
+    fn map_mut_slow(&mut self) -> Result<MemoryMapMut<'_>> {
         let locked = !self.owns_block();
         let mapping = self.map_locked(MapFlags::WRITE, Borrow::Exclusive, locked)?;
         Ok(MemoryMapMut::new(self, mapping))
