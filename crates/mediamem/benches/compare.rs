@@ -197,6 +197,32 @@ fn rows() -> Vec<Row> {
             before,
         ));
     }
+    for size in [64, 4 * KIB, MIB] {
+        let sys = sys.clone();
+        rows.push(row(
+            match size {
+                64 => "once_64",
+                4096 => "once_4k",
+                _ => "once_1m",
+            },
+            format!(
+                "write-once alloc, every byte written, {} (`alloc_with`)",
+                size_name(size)
+            ),
+            Some(timed(move |i| {
+                let m = sys
+                    .alloc_with(size, None, |w| {
+                        w.fill_rest(i as u8);
+                        Ok(())
+                    })
+                    .unwrap();
+                black_box(&m);
+            })),
+            cside_sized(c::mmb_alloc_fill_free, size),
+            "alloc + map WRITE + memset of every byte + unmap + unref",
+            if size == MIB { Some("0.51") } else { None },
+        ));
+    }
     let shared = Memory::with_size(4 * KIB).unwrap();
     rows.push(row(
         "map_shared",
