@@ -54,10 +54,11 @@
 //! `&mut self`, and when that handle is the only one to a root memory with
 //! nothing held, no other map, share or lock can exist while its guard
 //! lives, so it maps without touching the lock word (no atomic
-//! read-modify-write; 3.4 ns for a map and unmap on the benchmark machine,
-//! where two compare-and-swaps alone, what any shared handle pays, take
-//! 9.7 ns). That is the producer's case: fill a frame fresh from an
-//! allocator or a pool. With other handles it is the ordinary locked map.
+//! read-modify-write; about 4.5 ns for a map and unmap on the benchmark
+//! machine, inlined at every call site, where two compare-and-swaps alone,
+//! what any shared handle pays, take about 20 ns). That is the producer's
+//! case: fill a frame fresh from an allocator or a pool. With other handles
+//! it is the ordinary locked map.
 //!
 //! Within one process that rule holds across roots too: every root of the
 //! same file (two imports of one fd, a frame received from this very
