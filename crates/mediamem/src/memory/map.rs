@@ -23,7 +23,8 @@ pub(crate) struct Mapping {
     pub(crate) flags: MapFlags,
     pub(crate) borrow: Borrow,
     /// Whether the map holds the lock word (false only for `map_mut` of an
-    /// owned block).
+    /// owned block, and for read maps of a READONLY root that no other
+    /// root aliases, which nothing can write).
     pub(crate) locked: bool,
     /// Whether the backend's `map` was called (the block has no static
     /// address), so its `unmap` must be.
@@ -46,8 +47,10 @@ impl Mapping {
         // SAFETY: the backend keeps the block's initialised bytes valid until
         // unmap (MemoryBackend contract), and every slice-giving guard holds
         // at least a shared borrow of the block, or (an unlocked `map_mut`)
-        // the only handle to it, mutably borrowed, so no `&mut` aliases
-        // them. (RawMap never calls this.)
+        // the only handle to it, mutably borrowed, or (an unlocked read map)
+        // a READONLY root without alias, whose bytes no map, lock or other
+        // root can ever write, so no `&mut` aliases them. (RawMap never
+        // calls this.)
         unsafe { std::slice::from_raw_parts(self.data(), self.size) }
     }
 

@@ -30,6 +30,7 @@
 //! | `is_span` on system memory writes the offset even when it returns FALSE | [`Memory::is_span`] returns `Some(offset)` only on success |
 //! | Unmapping twice corrupts counters (before 1.28) | impossible: maps are guards, unmapped on drop |
 //! | Mapping with no READ/WRITE bit takes no lock | refused: [`Error::InvalidMapFlags`] |
+//! | Read maps of READONLY memory count in its lock word (and at most 255 nest) | a READONLY root that no other root aliases is mapped for reading without the lock word (nothing can write it): its `lock_state()` stays 0 and its read maps are not limited |
 //! | The allocator's `alloc` aborts on OOM (before 1.28.3) | [`Error::OutOfMemory`] |
 //!
 //! Kept as GStreamer does it: the lock-word layout and nesting rules, share
@@ -593,13 +594,30 @@ impl Memory {
 
     /// Take the lock for `flags` on this memory and the byte borrow on its
     /// block: one CAS for a root (both live in its word), two for a share.
+    /// `Ok(false)`: nothing needed taking.
+    ///
+    /// That is a read map of a READONLY root that no other root aliases:
+    /// nothing can ever write its bytes (READONLY is set when a memory is
+    /// made and never cleared, every WRITE map or lock of it is refused, and
+    /// no alias gives another, writable root), so a read map needs neither
+    /// the lock word nor a byte borrow. Its `lock_state()` stays 0 while such
+    /// maps are alive (GStreamer's would count them), and they are not
+    /// limited to 255 at once; every success and failure is otherwise the
+    /// same.
     #[inline(always)]
-    fn lock_for_map(&self, flags: LockFlags, borrow: Borrow) -> Result<()> {
+    fn lock_for_map(&self, flags: LockFlags, borrow: Borrow) -> Result<bool> {
         let readonly = self.is_readonly();
         match &self.inner.origin {
             Origin::Root { .. } => {
                 let Some(alias) = self.root_alias() else {
-                    return self.inner.lock.lock_borrow(flags, readonly, borrow);
+                    if readonly && !flags.contains(LockFlags::WRITE) {
+                        return Ok(false);
+                    }
+                    return self
+                        .inner
+                        .lock
+                        .lock_borrow(flags, readonly, borrow)
+                        .map(|()| true);
                 };
                 self.inner.lock.lock(flags, readonly)?;
                 if let Err(e) = alias.word().borrow(borrow) {
@@ -607,7 +625,7 @@ impl Memory {
                     debug_assert!(released.is_ok());
                     return Err(e);
                 }
-                Ok(())
+                Ok(true)
             }
             Origin::Share { root } => {
                 self.inner.lock.lock(flags, readonly)?;
@@ -615,7 +633,7 @@ impl Memory {
                     self.unlock_map(flags, Borrow::None);
                     return Err(e);
                 }
-                Ok(())
+                Ok(true)
             }
         }
     }
@@ -734,9 +752,7 @@ impl Memory {
                 why: "neither READ nor WRITE",
             });
         }
-        if locked {
-            self.lock_for_map(lock_flags, borrow)?;
-        }
+        let locked = locked && self.lock_for_map(lock_flags, borrow)?;
         let (backend, static_base) = self.root_parts();
         let (base, backend_mapped) = match NonNull::new(static_base as *mut u8) {
             Some(base) => (base, false),
