@@ -151,10 +151,43 @@ struct Inner {
     region: Region,
 }
 
+/// A root's allocator: the system allocator by its static handle (no
+/// reference count to take when a system memory is made and to drop when
+/// it is freed: two atomic read-modify-writes per memory), any other by a
+/// handle of its own.
+enum RootAllocator {
+    System,
+    Other(Allocator),
+}
+
+impl RootAllocator {
+    #[inline]
+    fn of(allocator: &Allocator) -> Self {
+        if allocator.ptr_eq(Allocator::system_ref()) {
+            RootAllocator::System
+        } else {
+            RootAllocator::Other(allocator.clone())
+        }
+    }
+
+    #[inline]
+    fn get(&self) -> &Allocator {
+        match self {
+            RootAllocator::System => Allocator::system_ref(),
+            RootAllocator::Other(a) => a,
+        }
+    }
+
+    /// Move the handle out, leaving the (free) static one behind.
+    fn take(&mut self) -> RootAllocator {
+        std::mem::replace(self, RootAllocator::System)
+    }
+}
+
 enum Origin {
     Root {
         /// Shares reach their allocator through the root.
-        allocator: Allocator,
+        allocator: RootAllocator,
         /// Dropped with the root, or handed to a free hook (see `Drop`).
         backend: ManuallyDrop<BackendSlot>,
         /// The block's address when the backend says it never needs a map
@@ -217,7 +250,7 @@ impl Drop for Inner {
                     let backend = unsafe { ManuallyDrop::take(backend) };
                     let (offset, size) = self.region.get();
                     hook(FreedBlock {
-                        allocator: allocator.clone(),
+                        allocator: allocator.take(),
                         backend: Some(backend),
                         static_base: *static_base,
                         alias: extra.as_mut().and_then(|e| e.alias.take()),
@@ -241,7 +274,7 @@ impl Drop for Inner {
 /// can make a fresh memory of it ([`FreedBlock::into_memory`]: a pool takes
 /// its buffer back) or drop it (the storage is freed as usual).
 pub struct FreedBlock {
-    allocator: Allocator,
+    allocator: RootAllocator,
     backend: Option<BackendSlot>,
     static_base: usize,
     alias: Option<BlockAlias>,
@@ -255,7 +288,7 @@ pub struct FreedBlock {
 impl fmt::Debug for FreedBlock {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("FreedBlock")
-            .field("mem_type", &self.allocator.mem_type())
+            .field("mem_type", &self.allocator.get().mem_type())
             .field("maxsize", &self.maxsize)
             .field("offset", &self.offset)
             .field("size", &self.size)
@@ -266,7 +299,7 @@ impl fmt::Debug for FreedBlock {
 impl FreedBlock {
     /// The allocator that made the block.
     pub fn allocator(&self) -> &Allocator {
-        &self.allocator
+        self.allocator.get()
     }
 
     /// `(size, offset, maxsize)` of the root when it was freed.
@@ -301,7 +334,7 @@ impl FreedBlock {
         Ok(Memory {
             inner: Counted::new(Inner {
                 origin: Origin::Root {
-                    allocator: self.allocator.clone(),
+                    allocator: self.allocator.take(),
                     backend: ManuallyDrop::new(backend),
                     static_base: self.static_base,
                     extra: RootExtra::with_alias(self.alias.take()),
@@ -380,7 +413,7 @@ impl Memory {
         Ok(Memory {
             inner: Counted::new(Inner {
                 origin: Origin::Root {
-                    allocator: allocator.clone(),
+                    allocator: RootAllocator::of(allocator),
                     static_base: parts
                         .backend
                         .get()
@@ -419,7 +452,7 @@ impl Memory {
     /// The allocator that made this memory (shares keep their root's).
     pub fn allocator(&self) -> &Allocator {
         match &self.root().inner.origin {
-            Origin::Root { allocator, .. } => allocator,
+            Origin::Root { allocator, .. } => allocator.get(),
             Origin::Share { .. } => unreachable!("shares always point at a root"),
         }
     }
@@ -1364,6 +1397,32 @@ mod tests {
         let (lo, hi) = (5, 4);
         assert!(resolve_range(lo..hi, 10, "t").is_err());
         assert!(resolve_range(..=usize::MAX, 10, "t").is_err());
+    }
+
+    #[test]
+    fn roots_keep_their_allocator_static_or_owned() {
+        let sys = Memory::with_size(8).unwrap();
+        assert!(sys.allocator().ptr_eq(Allocator::system_ref()));
+        assert!(sys
+            .share(..4)
+            .unwrap()
+            .allocator()
+            .ptr_eq(&Allocator::system()));
+        let other = Allocator::new(system::SystemAllocator);
+        let m = other.alloc(8, None).unwrap();
+        assert!(m.allocator().ptr_eq(&other) && !m.allocator().ptr_eq(&Allocator::system()));
+        // A freed block hands its allocator on to the memory made of it.
+        for (mut mem, alloc) in [(sys, Allocator::system()), (m, other)] {
+            let back = std::sync::Arc::new(std::sync::Mutex::new(None));
+            let slot = back.clone();
+            mem.set_on_block_free(std::sync::Arc::new(move |freed: FreedBlock| {
+                *slot.lock().unwrap() = Some(freed.into_memory(0, 8).unwrap());
+            }))
+            .unwrap();
+            drop(mem);
+            let again = back.lock().unwrap().take().unwrap();
+            assert!(again.allocator().ptr_eq(&alloc));
+        }
     }
 
     #[test]
