@@ -194,6 +194,10 @@ impl Allocator {
         let default = AllocationParams::default();
         let params = params.unwrap_or(&default);
         params.validate()?;
+        if self.ptr_eq(Allocator::system_ref()) {
+            // The common case, without the generic path's virtual calls.
+            return super::system::alloc_system(size, params);
+        }
         let parts = self.0.alloc(size, params)?;
         // The memory is made with `self` as its allocator, so only its
         // size can disagree with the request (its region is checked
@@ -233,8 +237,16 @@ impl Allocator {
             Some(f) => f(w),
             None => Ok(()),
         };
+        if self.ptr_eq(Allocator::system_ref()) {
+            return crate::system::alloc_with_system(size, params, &mut call);
+        }
         if self.is::<crate::system::SystemAllocator>() {
-            let parts = crate::system::alloc_written(size, params, &mut call)?;
+            // Another instance of the system allocator.
+            let (block, maxsize, align) = crate::system::alloc_written(size, params, &mut call)?;
+            let parts = MemoryParts::system(block, maxsize)
+                .flags(params.flags)
+                .align(align)
+                .region(params.prefix, size);
             return Memory::from_parts(self, parts);
         }
         let mut mem = self.alloc(size, Some(params))?;

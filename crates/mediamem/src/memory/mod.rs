@@ -435,6 +435,40 @@ impl Memory {
         })
     }
 
+    /// A root of the static system allocator over a fresh heap block: what
+    /// [`Allocator::alloc`] does for it, without building and moving
+    /// [`MemoryParts`] or calling the backend through its vtable. The caller
+    /// sized the block (`offset + size <= maxsize`, `align` a valid mask).
+    #[inline]
+    pub(crate) fn system_root(
+        block: system::SysBlock,
+        maxsize: usize,
+        align: usize,
+        flags: MemoryFlags,
+        offset: usize,
+        size: usize,
+    ) -> Result<Memory> {
+        debug_assert!(check_align_mask(align).is_ok());
+        debug_assert!(offset.checked_add(size).is_some_and(|end| end <= maxsize));
+        let align = u32::try_from(align).map_err(|_| Error::InvalidAlign { align })?;
+        let static_base = block.base().as_ptr() as usize;
+        Ok(Memory {
+            inner: Counted::new(Inner {
+                origin: Origin::Root {
+                    allocator: RootAllocator::System,
+                    backend: ManuallyDrop::new(BackendSlot::System(block)),
+                    static_base,
+                    extra: None,
+                },
+                maxsize,
+                align,
+                flags: AtomicU32::new((flags | MemoryFlags::LOCKABLE).bits()),
+                lock: LockWord::default(),
+                region: Region::new(offset, size),
+            }),
+        })
+    }
+
     /// A memory of `size` bytes from the default allocator.
     pub fn with_size(size: usize) -> Result<Memory> {
         Allocator::default_allocator().alloc(size, None)

@@ -63,6 +63,11 @@ impl AllocatorImpl for SystemAllocator {
 /// GStreamer's sysmem sizing: the align mask and `maxsize`.
 fn sizing(size: usize, params: &AllocationParams) -> Result<(usize, usize)> {
     let align = params.align | DEFAULT_ALIGN_MASK;
+    if u32::try_from(align).is_err() {
+        // A memory keeps its mask in 32 bits: refuse before allocating
+        // (the block would be aligned to 8 GiB or more).
+        return Err(Error::InvalidAlign { align });
+    }
     let maxsize = size
         .checked_add(params.prefix)
         .and_then(|n| n.checked_add(params.padding))
@@ -213,7 +218,7 @@ pub(crate) fn alloc_written(
     size: usize,
     params: &AllocationParams,
     init: Init<'_>,
-) -> Result<MemoryParts> {
+) -> Result<(SysBlock, usize, usize)> {
     let (align, maxsize) = sizing(size, params)?;
     // Freed by its drop on every failure path (including a panic in
     // `init`); its bytes are not read before they are all written.
@@ -235,10 +240,26 @@ pub(crate) fn alloc_written(
     };
     run_init(&mut cursor, init)?;
     // Every byte of the block is now initialised (zeroed or written).
-    Ok(MemoryParts::system(block, maxsize)
-        .flags(params.flags)
-        .align(align)
-        .region(prefix, size))
+    Ok((block, maxsize, align))
+}
+
+/// `Allocator::alloc` of the static system allocator: a zeroed block,
+/// straight into a memory.
+#[inline]
+pub(crate) fn alloc_system(size: usize, params: &AllocationParams) -> Result<Memory> {
+    let (align, maxsize) = sizing(size, params)?;
+    let block = SysBlock::zeroed(maxsize, align)?;
+    Memory::system_root(block, maxsize, align, params.flags, params.prefix, size)
+}
+
+/// `Allocator::alloc_with` of the static system allocator.
+pub(crate) fn alloc_with_system(
+    size: usize,
+    params: &AllocationParams,
+    init: Init<'_>,
+) -> Result<Memory> {
+    let (block, maxsize, align) = alloc_written(size, params, init)?;
+    Memory::system_root(block, maxsize, align, params.flags, params.prefix, size)
 }
 
 /// Run `init` over bytes that are already initialised (a memory of another
@@ -300,6 +321,12 @@ impl fmt::Debug for SysBlock {
 }
 
 impl SysBlock {
+    /// Start of the bytes.
+    #[inline]
+    pub(crate) fn base(&self) -> NonNull<u8> {
+        self.ptr
+    }
+
     /// `len` zeroed bytes whose start is aligned to `align + 1`.
     fn zeroed(len: usize, align: usize) -> Result<SysBlock> {
         let layout =
@@ -403,11 +430,10 @@ pub(crate) fn copy_into_sysmem(src: &[u8], align: usize) -> Result<Memory> {
         align,
         ..AllocationParams::default()
     };
-    let parts = alloc_written(src.len(), &params, &mut |w| {
+    alloc_with_system(src.len(), &params, &mut |w| {
         w.put(src);
         Ok(())
-    })?;
-    Memory::from_parts(Allocator::system_ref(), parts)
+    })
 }
 
 impl Memory {
@@ -473,6 +499,56 @@ mod tests {
     use super::*;
     use std::sync::atomic::{AtomicUsize, Ordering};
     use std::sync::Arc;
+
+    #[test]
+    fn the_direct_system_path_matches_the_generic_one() {
+        // Allocator::system() takes the direct path; another instance of
+        // the system allocator goes through AllocatorImpl and from_parts.
+        let direct = Allocator::system();
+        let generic = Allocator::new(SystemAllocator);
+        let f = MemoryFlags::ZERO_PREFIXED | MemoryFlags::ZERO_PADDED;
+        for p in [
+            AllocationParams::default(),
+            AllocationParams::new(f, 63, 10, 3),
+            AllocationParams::new(MemoryFlags::READONLY, 4095, 0, 0),
+        ] {
+            for size in [0, 1, 64, 4096] {
+                let a = direct.alloc(size, Some(&p)).unwrap();
+                let b = generic.alloc(size, Some(&p)).unwrap();
+                assert_eq!(
+                    (a.sizes(), a.align(), a.flags()),
+                    (b.sizes(), b.align(), b.flags())
+                );
+                assert!(a.allocator().ptr_eq(&direct) && b.allocator().ptr_eq(&generic));
+                let w = |m: &Memory| {
+                    let all = m.share_maxsize(..).unwrap();
+                    let v = all.map_readable().unwrap().to_vec();
+                    v
+                };
+                assert!(w(&a).iter().all(|&x| x == 0));
+                let c = generic
+                    .alloc_with(size, Some(&p), |w| {
+                        w.fill_rest(1);
+                        Ok(())
+                    })
+                    .unwrap();
+                assert_eq!(
+                    (c.sizes(), c.align(), c.flags()),
+                    (a.sizes(), a.align(), a.flags())
+                );
+            }
+        }
+        #[cfg(target_pointer_width = "64")]
+        {
+            let p = AllocationParams::new(MemoryFlags::empty(), (1usize << 33) - 1, 0, 0);
+            for a in [&direct, &generic] {
+                assert!(matches!(
+                    a.alloc(1, Some(&p)),
+                    Err(Error::InvalidAlign { .. })
+                ));
+            }
+        }
+    }
 
     #[test]
     fn write_once_allocation_writes_every_byte_and_sizes_as_alloc() {
