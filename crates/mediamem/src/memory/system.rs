@@ -26,7 +26,11 @@ use crate::memory::{
 ///
 /// Blocks are zero-initialised: a `&[u8]` over uninitialised bytes is
 /// undefined behaviour in Rust. The ZERO_PREFIXED / ZERO_PADDED flags are
-/// therefore always true when requested.
+/// therefore always true when requested. A producer that writes the whole
+/// memory anyway can skip the zeroing with
+/// [`Allocator::alloc_with`](crate::Allocator::alloc_with), which hands it
+/// the uninitialised bytes through a [`WriteCursor`] and makes the memory
+/// only once every byte is written.
 ///
 /// ```
 /// use mediamem::{AllocationParams, Allocator, MemoryFlags};
