@@ -12,8 +12,9 @@
 //!   build cache stays as it is. `LOOM_MAX_PREEMPTIONS` defaults to 4
 //!   (seconds on a 2-core machine, after a build of a few minutes).
 //! * `vm-test`: the device tests on a real kernel under QEMU (see `vm.rs`).
-//! * `bench [--report-only]`: the benchmarks against GStreamer and the
-//!   syscall floor; writes `bench/results.md` and `bench/results.png`.
+//! * `bench [--report-only]`: mediamem against GStreamer's C API in
+//!   interleaved rounds, with floors measured in the same run; writes the
+//!   top section of `bench/results.md` and `bench/results.png`.
 //! * `fuzz [--time SECONDS] [--runs N] [TARGET...]`: libFuzzer on the IPC
 //!   receiver's decoding (see `fuzz.rs`); 60 s per target by default.
 //!   `test` runs every target for 20 s after the host tests.

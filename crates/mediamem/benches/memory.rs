@@ -1,9 +1,9 @@
-//! mediamem against GStreamer (through gstreamer-rs, feature
-//! `compare-gstreamer`) and against the raw-syscall floor.
+//! mediamem's own criterion suite, with the raw-syscall floors (shm
+//! allocation, IPC round trips): `cargo bench -p mediamem --bench memory`.
 //!
-//! `cargo xtask bench` installs GStreamer's dev packages, runs this with the
-//! feature on, and writes `bench/results.md` and `bench/results.png`.
-//! Without the feature: `cargo bench -p mediamem --bench memory`.
+//! The comparison with GStreamer is `benches/compare.rs` (GStreamer's C API
+//! through a C harness, in interleaved rounds), which `cargo xtask bench`
+//! runs.
 
 use std::hint::black_box;
 use std::io::{IoSlice, IoSliceMut};
@@ -25,15 +25,6 @@ const SIZES: &[(usize, &str)] = &[
     (1 << 20, "1MiB"),
     (8 << 20, "8MiB"),
 ];
-
-#[cfg(feature = "compare-gstreamer")]
-mod gst_side {
-    pub use gstreamer as gst;
-    pub use gstreamer_allocators as gsta;
-    pub fn init() {
-        gst::init().expect("GStreamer initialises");
-    }
-}
 
 /// memfd_create + ftruncate + mmap + munmap + close: what any fd allocation
 /// must do at least.
@@ -58,11 +49,6 @@ fn floor_memfd(size: usize) {
 }
 
 fn alloc_map_free(c: &mut Criterion) {
-    #[cfg(feature = "compare-gstreamer")]
-    let gst_fd = {
-        gst_side::init();
-        gst_side::gsta::FdAllocator::new()
-    };
     let sys = Allocator::system();
     let shm = ShmAllocator::get();
     for &(size, name) in SIZES {
@@ -78,13 +64,6 @@ fn alloc_map_free(c: &mut Criterion) {
                 )
             })
         });
-        #[cfg(feature = "compare-gstreamer")]
-        g.bench_function("gstreamer sysmem", |b| {
-            b.iter(|| {
-                let mut m = gst_side::gst::Memory::with_size(size);
-                black_box(m.get_mut().unwrap().map_writable().unwrap().as_ptr());
-            })
-        });
         g.bench_function("mediamem shm", |b| {
             b.iter(|| {
                 black_box(
@@ -94,22 +73,6 @@ fn alloc_map_free(c: &mut Criterion) {
                         .unwrap()
                         .as_ptr(),
                 )
-            })
-        });
-        #[cfg(feature = "compare-gstreamer")]
-        g.bench_function("gstreamer fd (memfd)", |b| {
-            use gst_side::gsta::prelude::*;
-            use std::os::fd::IntoRawFd;
-            b.iter(|| {
-                let fd = rustix::fs::memfd_create("gst", MemfdFlags::CLOEXEC).unwrap();
-                rustix::fs::ftruncate(&fd, size as u64).unwrap();
-                // SAFETY: the memory takes ownership of the fd.
-                let mut m = unsafe {
-                    gst_fd
-                        .alloc_fd(fd.into_raw_fd(), size, gst_side::gsta::FdMemoryFlags::NONE)
-                        .unwrap()
-                };
-                black_box(m.get_mut().unwrap().map_writable().unwrap().as_ptr());
             })
         });
         g.bench_function("syscall floor (memfd)", |b| b.iter(|| floor_memfd(size)));
@@ -146,36 +109,6 @@ fn map_unmap(c: &mut Criterion) {
     g.bench_function("mediamem shm map_readable", |b| {
         b.iter(|| black_box(shm.map_readable().unwrap().as_ptr()))
     });
-    #[cfg(feature = "compare-gstreamer")]
-    {
-        gst_side::init();
-        let gm = gst_side::gst::Memory::with_size(4096);
-        g.bench_function("gstreamer sysmem map_readable", |b| {
-            b.iter(|| black_box(gm.map_readable().unwrap().as_ptr()))
-        });
-        let mut gw = gst_side::gst::Memory::with_size(4096);
-        let gw = gw.get_mut().expect("a fresh memory is writable");
-        g.bench_function("gstreamer sysmem map_writable", |b| {
-            b.iter(|| black_box(gw.map_writable().unwrap().as_mut_ptr()))
-        });
-        use gst_side::gsta::prelude::*;
-        use std::os::fd::IntoRawFd;
-        let fd = rustix::fs::memfd_create("gst", MemfdFlags::CLOEXEC).unwrap();
-        rustix::fs::ftruncate(&fd, 4096).unwrap();
-        // SAFETY: the memory takes ownership of the fd.
-        let gfd = unsafe {
-            gst_side::gsta::FdAllocator::new()
-                .alloc_fd(
-                    fd.into_raw_fd(),
-                    4096,
-                    gst_side::gsta::FdMemoryFlags::KEEP_MAPPED,
-                )
-                .unwrap()
-        };
-        g.bench_function("gstreamer fd keep-mapped map_readable", |b| {
-            b.iter(|| black_box(gfd.map_readable().unwrap().as_ptr()))
-        });
-    }
     g.finish();
 }
 
@@ -185,21 +118,12 @@ fn share_copy(c: &mut Criterion) {
     g.bench_function("mediamem", |b| {
         b.iter(|| black_box(m.share(100..200).unwrap()))
     });
-    #[cfg(feature = "compare-gstreamer")]
-    let gm = {
-        gst_side::init();
-        gst_side::gst::Memory::with_size(1 << 20)
-    };
-    #[cfg(feature = "compare-gstreamer")]
-    g.bench_function("gstreamer", |b| b.iter(|| black_box(gm.share(100..200))));
     g.finish();
     for (len, name) in [(4096usize, "4KiB"), (1 << 20, "1MiB")] {
         let mut g = c.benchmark_group(format!("copy_{name}"));
         g.bench_function("mediamem", |b| {
             b.iter(|| black_box(m.copy_range(..len).unwrap()))
         });
-        #[cfg(feature = "compare-gstreamer")]
-        g.bench_function("gstreamer", |b| b.iter(|| black_box(gm.copy_range(..len))));
         g.finish();
     }
 }
@@ -210,23 +134,6 @@ fn pool(c: &mut Criterion) {
     g.bench_function("mediamem", |b| {
         b.iter(|| black_box(pool.acquire().unwrap()))
     });
-    #[cfg(feature = "compare-gstreamer")]
-    {
-        use gst_side::gst::prelude::*;
-        gst_side::init();
-        let gpool = gst_side::gst::BufferPool::new();
-        let mut config = gpool.config();
-        config.set_params(None, 4096, 4, 4);
-        gpool.set_config(config).unwrap();
-        gpool.set_active(true).unwrap();
-        g.bench_function("gstreamer BufferPool", |b| {
-            b.iter(|| black_box(gpool.acquire_buffer(None).unwrap()))
-        });
-        g.finish();
-        gpool.set_active(false).unwrap();
-        return;
-    }
-    #[allow(unreachable_code)]
     g.finish();
 }
 

@@ -55,6 +55,17 @@ pub enum Error {
         size: usize,
     },
 
+    /// The initialiser of a write-once allocation
+    /// ([`Allocator::alloc_with`](crate::Allocator::alloc_with)) returned
+    /// without writing every visible byte; no memory was made.
+    #[error("the initialiser wrote {written} of {size} bytes; every byte must be written")]
+    Uninitialised {
+        /// Bytes written.
+        written: usize,
+        /// Bytes that had to be.
+        size: usize,
+    },
+
     /// A range did not fit inside the bytes it refers to.
     #[error("range {start}..{end} is out of bounds of {bound} bytes ({what})")]
     OutOfRange {

@@ -196,3 +196,72 @@ fn a_leaked_map_still_counts_against_map_mut() -> Result<()> {
     }
     Ok(())
 }
+
+/// Three call sites in three functions, as in a program that fills
+/// memories in several places: each one maps without the lock word, sees
+/// the visible region at its offset, and leaves the word idle.
+#[inline(never)]
+fn fill_at_site_one(mem: &mut Memory) -> Result<(bool, usize, usize)> {
+    let mut map = mem.map_mut()?;
+    map[0] = 1;
+    Ok((map.is_lockless(), map.size(), map.maxsize()))
+}
+#[inline(never)]
+fn fill_at_site_two(mem: &mut Memory) -> Result<bool> {
+    let mut map = mem.map_mut()?;
+    map[1] = 2;
+    Ok(map.is_lockless())
+}
+#[inline(never)]
+fn fill_at_site_three(mem: &mut Memory) -> Result<bool> {
+    match mem.map_mut() {
+        Ok(mut map) => {
+            let last = map.len() - 1;
+            map[last] = 3;
+            Ok(map.is_lockless())
+        }
+        Err(e) => Err(e),
+    }
+}
+
+#[test]
+fn map_mut_from_several_call_sites_skips_the_lock_word() -> Result<()> {
+    let mut mem = Memory::with_size(100)?;
+    mem.resize(10..60)?;
+    // A second handle: the locked path, from every site.
+    let other = mem.clone();
+    assert_eq!(fill_at_site_one(&mut mem)?, (false, 50, 97));
+    assert!(!fill_at_site_two(&mut mem)?);
+    assert!(!fill_at_site_three(&mut mem)?);
+    assert_eq!(other.lock_state(), 0);
+    drop(other);
+    // A fresh only handle: the lockless path, from every site.
+    let mut own = Memory::with_size(100)?;
+    own.resize(10..60)?;
+    assert_eq!(fill_at_site_one(&mut own)?, (true, 50, 97));
+    assert!(fill_at_site_two(&mut own)?);
+    assert!(fill_at_site_three(&mut own)?);
+    assert_eq!(own.lock_state(), 0);
+    let bytes = own.map_readable()?;
+    assert_eq!((bytes[0], bytes[1], bytes[49]), (1, 2, 3));
+    Ok(())
+}
+
+#[test]
+fn an_owned_block_without_a_fixed_address_is_mapped_by_its_backend() -> Result<()> {
+    // A custom backend (no static address): map_mut's slow path, still
+    // lockless for the only handle; the backend maps and unmaps.
+    let alloc = common::vec_alloc("mapmut-vec", mediamem::AllocatorFlags::empty());
+    let mut mem = alloc.alloc(16, None)?;
+    {
+        let mut map = mem.map_mut()?;
+        assert!(map.is_lockless());
+        map.copy_from_slice(&[7; 16]);
+    }
+    assert_eq!(mem.lock_state(), 0);
+    assert_eq!(&*mem.map_readable()?, &[7; 16]);
+    let other = mem.clone();
+    assert!(!mem.map_mut()?.is_lockless());
+    drop(other);
+    Ok(())
+}

@@ -194,6 +194,10 @@ impl Allocator {
         let default = AllocationParams::default();
         let params = params.unwrap_or(&default);
         params.validate()?;
+        if self.ptr_eq(Allocator::system_ref()) {
+            // The common case, without the generic path's virtual calls.
+            return super::system::alloc_system(size, params);
+        }
         let parts = self.0.alloc(size, params)?;
         // The memory is made with `self` as its allocator, so only its
         // size can disagree with the request (its region is checked
@@ -206,6 +210,55 @@ impl Allocator {
             });
         }
         Memory::from_parts(self, parts)
+    }
+
+    /// Allocate `size` bytes and have `init` write every visible byte
+    /// before the memory exists: a write-once allocation, for a producer
+    /// that fills the whole memory anyway. System memory is then not
+    /// zeroed first (its prefix and padding are); other allocators' memory
+    /// is allocated as usual and written over. `init` writes through a
+    /// [`WriteCursor`](crate::system::WriteCursor), front to back.
+    ///
+    /// # Errors
+    /// Those of [`alloc`](Allocator::alloc); `init`'s own error;
+    /// [`Error::Uninitialised`] when `init` returned without writing every
+    /// visible byte (no memory is made and nothing leaks).
+    pub fn alloc_with(
+        &self,
+        size: usize,
+        params: Option<&AllocationParams>,
+        init: impl FnOnce(&mut crate::system::WriteCursor<'_>) -> Result<()>,
+    ) -> Result<Memory> {
+        let default = AllocationParams::default();
+        let params = params.unwrap_or(&default);
+        params.validate()?;
+        let mut init = Some(init);
+        let mut call = |w: &mut crate::system::WriteCursor<'_>| match init.take() {
+            Some(f) => f(w),
+            None => Ok(()),
+        };
+        if self.ptr_eq(Allocator::system_ref()) {
+            return crate::system::alloc_with_system(size, params, &mut call);
+        }
+        if self.is::<crate::system::SystemAllocator>() {
+            // Another instance of the system allocator.
+            let (block, maxsize, align) = crate::system::alloc_written(size, params, &mut call)?;
+            let parts = MemoryParts::system(block, maxsize)
+                .flags(params.flags)
+                .align(align)
+                .region(params.prefix, size);
+            return Memory::from_parts(self, parts);
+        }
+        let mut mem = self.alloc(size, Some(params))?;
+        if mem.size() != size {
+            // A custom allocator may give more visible bytes: keep `size`.
+            mem.resize(..size)?;
+        }
+        {
+            let mut map = mem.map_mut()?;
+            crate::system::write_over(&mut map, &mut call)?;
+        }
+        Ok(mem)
     }
 
     /// The implementation, if it is a `T`.

@@ -20,18 +20,21 @@ pub(crate) struct Mapping {
     /// Visible region at map time (a later resize does not affect it).
     pub(crate) offset: usize,
     pub(crate) size: usize,
-    /// Size of the whole block.
-    pub(crate) maxsize: usize,
     pub(crate) flags: MapFlags,
     pub(crate) borrow: Borrow,
     /// Whether the map holds the lock word (false only for `map_mut` of an
-    /// owned block).
+    /// owned block, and for read maps of a READONLY root that no other
+    /// root aliases, which nothing can write).
     pub(crate) locked: bool,
+    /// Whether the backend's `map` was called (the block has no static
+    /// address), so its `unmap` must be.
+    pub(crate) backend_mapped: bool,
     /// The extra reference of [`MapFlags::REF_MEMORY`].
     pub(crate) _keep: Option<Memory>,
 }
 
 impl Mapping {
+    #[inline]
     fn data(&self) -> *mut u8 {
         // SAFETY: offset + size <= maxsize was true when the mapping was made
         // (the region is read consistently), so this stays inside the block.
@@ -39,16 +42,20 @@ impl Mapping {
     }
 
     /// The visible bytes.
+    #[inline]
     fn slice(&self) -> &[u8] {
         // SAFETY: the backend keeps the block's initialised bytes valid until
         // unmap (MemoryBackend contract), and every slice-giving guard holds
         // at least a shared borrow of the block, or (an unlocked `map_mut`)
-        // the only handle to it, mutably borrowed, so no `&mut` aliases
-        // them. (RawMap never calls this.)
+        // the only handle to it, mutably borrowed, or (an unlocked read map)
+        // a READONLY root without alias, whose bytes no map, lock or other
+        // root can ever write, so no `&mut` aliases them. (RawMap never
+        // calls this.)
         unsafe { std::slice::from_raw_parts(self.data(), self.size) }
     }
 
     /// The visible bytes, mutably, if this is a WRITE map.
+    #[inline]
     fn slice_mut(&mut self) -> Option<&mut [u8]> {
         if !self.flags.contains(MapFlags::WRITE) {
             return None;
@@ -132,26 +139,31 @@ impl<'a, M: MapMode> MemoryMap<'a, M> {
     }
 
     /// The flags of this map.
+    #[inline]
     pub fn flags(&self) -> MapFlags {
         self.mapping.flags
     }
 
     /// Number of visible bytes (the memory's size at map time).
+    #[inline]
     pub fn size(&self) -> usize {
         self.mapping.size
     }
 
     /// `maxsize - offset` at map time (`GstMapInfo.maxsize`).
+    #[inline]
     pub fn maxsize(&self) -> usize {
-        self.mapping.maxsize - self.mapping.offset
+        self.memory.maxsize() - self.mapping.offset
     }
 
     /// The visible bytes.
+    #[inline]
     pub fn as_slice(&self) -> &[u8] {
         self.mapping.slice()
     }
 
     /// Start of the visible bytes.
+    #[inline]
     pub fn as_ptr(&self) -> *const u8 {
         self.mapping.data()
     }
@@ -163,6 +175,7 @@ macro_rules! memory_accessor {
     ($($mode:ty),*) => {$(
         impl<'a> MemoryMap<'a, $mode> {
             /// The mapped memory.
+            #[inline]
             pub fn memory(&self) -> &'a Memory {
                 self.memory
             }
@@ -173,6 +186,7 @@ memory_accessor!(Readable, Writable, Dynamic);
 
 impl MemoryMap<'_, Writable> {
     /// The visible bytes, mutably.
+    #[inline]
     pub fn as_mut_slice(&mut self) -> &mut [u8] {
         self.mapping
             .slice_mut()
@@ -182,22 +196,26 @@ impl MemoryMap<'_, Writable> {
 
 impl MemoryMap<'_, Owned> {
     /// The visible bytes, mutably.
+    #[inline]
     pub fn as_mut_slice(&mut self) -> &mut [u8] {
         self.mapping.slice_mut().expect("map_mut makes WRITE maps")
     }
 
     /// Start of the visible bytes, for writing.
+    #[inline]
     pub fn as_mut_ptr(&mut self) -> *mut u8 {
         self.mapping.data()
     }
 
     /// Whether the map skipped the lock word (the handle owned the block).
+    #[inline]
     pub fn is_lockless(&self) -> bool {
         !self.mapping.locked
     }
 }
 
 impl AsMut<[u8]> for MemoryMap<'_, Owned> {
+    #[inline]
     fn as_mut(&mut self) -> &mut [u8] {
         self.as_mut_slice()
     }
@@ -205,6 +223,7 @@ impl AsMut<[u8]> for MemoryMap<'_, Owned> {
 
 impl MemoryMap<'_, Dynamic> {
     /// The visible bytes, mutably, if the map includes WRITE.
+    #[inline]
     pub fn as_mut_slice(&mut self) -> Option<&mut [u8]> {
         self.mapping.slice_mut()
     }
@@ -212,24 +231,28 @@ impl MemoryMap<'_, Dynamic> {
 
 impl<M: MapMode> Deref for MemoryMap<'_, M> {
     type Target = [u8];
+    #[inline]
     fn deref(&self) -> &[u8] {
         self.as_slice()
     }
 }
 
 impl DerefMut for MemoryMap<'_, Writable> {
+    #[inline]
     fn deref_mut(&mut self) -> &mut [u8] {
         self.as_mut_slice()
     }
 }
 
 impl DerefMut for MemoryMap<'_, Owned> {
+    #[inline]
     fn deref_mut(&mut self) -> &mut [u8] {
         self.as_mut_slice()
     }
 }
 
 impl<M: MapMode> AsRef<[u8]> for MemoryMap<'_, M> {
+    #[inline]
     fn as_ref(&self) -> &[u8] {
         self.as_slice()
     }
@@ -247,9 +270,13 @@ impl<M: MapMode> fmt::Debug for MemoryMap<'_, M> {
 }
 
 impl<M: MapMode> Drop for MemoryMap<'_, M> {
-    #[inline]
+    #[inline(always)]
     fn drop(&mut self) {
-        self.memory.unmap(&self.mapping);
+        // An owned map of a heap block holds nothing to give back: nothing
+        // to call, so the drop stays a two-flag test at every call site.
+        if self.mapping.locked || self.mapping.backend_mapped {
+            self.memory.unmap_held(&self.mapping);
+        }
     }
 }
 
@@ -276,26 +303,31 @@ impl<M: MapMode> MappedMemory<M> {
     }
 
     /// The mapped memory.
+    #[inline]
     pub fn memory(&self) -> &Memory {
         &self.memory
     }
 
     /// The flags of this map.
+    #[inline]
     pub fn flags(&self) -> MapFlags {
         self.mapping.flags
     }
 
     /// Number of visible bytes.
+    #[inline]
     pub fn size(&self) -> usize {
         self.mapping.size
     }
 
     /// The visible bytes.
+    #[inline]
     pub fn as_slice(&self) -> &[u8] {
         self.mapping.slice()
     }
 
     /// Unmap and give the memory back.
+    #[inline]
     pub fn into_memory(self) -> Memory {
         let mut this = ManuallyDrop::new(self);
         this.memory.unmap(&this.mapping);
@@ -310,6 +342,7 @@ impl<M: MapMode> MappedMemory<M> {
 
 impl MappedMemory<Writable> {
     /// The visible bytes, mutably.
+    #[inline]
     pub fn as_mut_slice(&mut self) -> &mut [u8] {
         self.mapping
             .slice_mut()
@@ -319,6 +352,7 @@ impl MappedMemory<Writable> {
 
 impl MappedMemory<Dynamic> {
     /// The visible bytes, mutably, if the map includes WRITE.
+    #[inline]
     pub fn as_mut_slice(&mut self) -> Option<&mut [u8]> {
         self.mapping.slice_mut()
     }
@@ -326,18 +360,21 @@ impl MappedMemory<Dynamic> {
 
 impl<M: MapMode> Deref for MappedMemory<M> {
     type Target = [u8];
+    #[inline]
     fn deref(&self) -> &[u8] {
         self.as_slice()
     }
 }
 
 impl DerefMut for MappedMemory<Writable> {
+    #[inline]
     fn deref_mut(&mut self) -> &mut [u8] {
         self.as_mut_slice()
     }
 }
 
 impl<M: MapMode> AsRef<[u8]> for MappedMemory<M> {
+    #[inline]
     fn as_ref(&self) -> &[u8] {
         self.as_slice()
     }
@@ -353,6 +390,7 @@ impl<M: MapMode> fmt::Debug for MappedMemory<M> {
 }
 
 impl<M: MapMode> Drop for MappedMemory<M> {
+    #[inline]
     fn drop(&mut self) {
         self.memory.unmap(&self.mapping);
         // SAFETY: drop runs once; the fields are not used afterwards.
@@ -387,31 +425,37 @@ impl<'a> RawMap<'a> {
     }
 
     /// The mapped memory.
+    #[inline]
     pub fn memory(&self) -> &'a Memory {
         self.memory
     }
 
     /// The flags of this map.
+    #[inline]
     pub fn flags(&self) -> MapFlags {
         self.mapping.flags
     }
 
     /// Number of visible bytes.
+    #[inline]
     pub fn size(&self) -> usize {
         self.mapping.size
     }
 
     /// `maxsize - offset` at map time.
+    #[inline]
     pub fn maxsize(&self) -> usize {
-        self.mapping.maxsize - self.mapping.offset
+        self.memory.maxsize() - self.mapping.offset
     }
 
     /// Start of the visible bytes; valid for `maxsize()` bytes until drop.
+    #[inline]
     pub fn as_ptr(&self) -> *const u8 {
         self.mapping.data()
     }
 
     /// Start of the visible bytes for writing, if the map includes WRITE.
+    #[inline]
     pub fn as_mut_ptr(&self) -> Option<*mut u8> {
         self.mapping
             .flags
@@ -424,6 +468,7 @@ impl<'a> RawMap<'a> {
     /// # Safety
     /// `offset + size <= maxsize` of the block, and no `&mut` to those bytes
     /// may be alive.
+    #[inline]
     pub(crate) unsafe fn block_slice(&self, offset: usize, size: usize) -> &[u8] {
         // SAFETY: forwarded to the caller; the mapping covers the block.
         unsafe { std::slice::from_raw_parts(self.mapping.base.as_ptr().add(offset), size) }
@@ -441,6 +486,7 @@ impl fmt::Debug for RawMap<'_> {
 }
 
 impl Drop for RawMap<'_> {
+    #[inline]
     fn drop(&mut self) {
         self.memory.unmap(&self.mapping);
     }

@@ -30,6 +30,7 @@
 //! | `is_span` on system memory writes the offset even when it returns FALSE | [`Memory::is_span`] returns `Some(offset)` only on success |
 //! | Unmapping twice corrupts counters (before 1.28) | impossible: maps are guards, unmapped on drop |
 //! | Mapping with no READ/WRITE bit takes no lock | refused: [`Error::InvalidMapFlags`] |
+//! | Read maps of READONLY memory count in its lock word (and at most 255 nest) | a READONLY root that no other root aliases is mapped for reading without the lock word (nothing can write it): its `lock_state()` stays 0 and its read maps are not limited |
 //! | The allocator's `alloc` aborts on OOM (before 1.28.3) | [`Error::OutOfMemory`] |
 //!
 //! Kept as GStreamer does it: the lock-word layout and nesting rules, share
@@ -54,10 +55,11 @@
 //! `&mut self`, and when that handle is the only one to a root memory with
 //! nothing held, no other map, share or lock can exist while its guard
 //! lives, so it maps without touching the lock word (no atomic
-//! read-modify-write; 3.4 ns for a map and unmap on the benchmark machine,
-//! where two compare-and-swaps alone, what any shared handle pays, take
-//! 9.7 ns). That is the producer's case: fill a frame fresh from an
-//! allocator or a pool. With other handles it is the ordinary locked map.
+//! read-modify-write; about 4.5 ns for a map and unmap on the benchmark
+//! machine, inlined at every call site, where two compare-and-swaps alone,
+//! what any shared handle pays, take about 20 ns). That is the producer's
+//! case: fill a frame fresh from an allocator or a pool. With other handles
+//! it is the ordinary locked map.
 //!
 //! Within one process that rule holds across roots too: every root of the
 //! same file (two imports of one fd, a frame received from this very
@@ -149,10 +151,43 @@ struct Inner {
     region: Region,
 }
 
+/// A root's allocator: the system allocator by its static handle (no
+/// reference count to take when a system memory is made and to drop when
+/// it is freed: two atomic read-modify-writes per memory), any other by a
+/// handle of its own.
+enum RootAllocator {
+    System,
+    Other(Allocator),
+}
+
+impl RootAllocator {
+    #[inline]
+    fn of(allocator: &Allocator) -> Self {
+        if allocator.ptr_eq(Allocator::system_ref()) {
+            RootAllocator::System
+        } else {
+            RootAllocator::Other(allocator.clone())
+        }
+    }
+
+    #[inline]
+    fn get(&self) -> &Allocator {
+        match self {
+            RootAllocator::System => Allocator::system_ref(),
+            RootAllocator::Other(a) => a,
+        }
+    }
+
+    /// Move the handle out, leaving the (free) static one behind.
+    fn take(&mut self) -> RootAllocator {
+        std::mem::replace(self, RootAllocator::System)
+    }
+}
+
 enum Origin {
     Root {
         /// Shares reach their allocator through the root.
-        allocator: Allocator,
+        allocator: RootAllocator,
         /// Dropped with the root, or handed to a free hook (see `Drop`).
         backend: ManuallyDrop<BackendSlot>,
         /// The block's address when the backend says it never needs a map
@@ -215,7 +250,7 @@ impl Drop for Inner {
                     let backend = unsafe { ManuallyDrop::take(backend) };
                     let (offset, size) = self.region.get();
                     hook(FreedBlock {
-                        allocator: allocator.clone(),
+                        allocator: allocator.take(),
                         backend: Some(backend),
                         static_base: *static_base,
                         alias: extra.as_mut().and_then(|e| e.alias.take()),
@@ -239,7 +274,7 @@ impl Drop for Inner {
 /// can make a fresh memory of it ([`FreedBlock::into_memory`]: a pool takes
 /// its buffer back) or drop it (the storage is freed as usual).
 pub struct FreedBlock {
-    allocator: Allocator,
+    allocator: RootAllocator,
     backend: Option<BackendSlot>,
     static_base: usize,
     alias: Option<BlockAlias>,
@@ -253,7 +288,7 @@ pub struct FreedBlock {
 impl fmt::Debug for FreedBlock {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("FreedBlock")
-            .field("mem_type", &self.allocator.mem_type())
+            .field("mem_type", &self.allocator.get().mem_type())
             .field("maxsize", &self.maxsize)
             .field("offset", &self.offset)
             .field("size", &self.size)
@@ -264,7 +299,7 @@ impl fmt::Debug for FreedBlock {
 impl FreedBlock {
     /// The allocator that made the block.
     pub fn allocator(&self) -> &Allocator {
-        &self.allocator
+        self.allocator.get()
     }
 
     /// `(size, offset, maxsize)` of the root when it was freed.
@@ -299,7 +334,7 @@ impl FreedBlock {
         Ok(Memory {
             inner: Counted::new(Inner {
                 origin: Origin::Root {
-                    allocator: self.allocator.clone(),
+                    allocator: self.allocator.take(),
                     backend: ManuallyDrop::new(backend),
                     static_base: self.static_base,
                     extra: RootExtra::with_alias(self.alias.take()),
@@ -378,7 +413,7 @@ impl Memory {
         Ok(Memory {
             inner: Counted::new(Inner {
                 origin: Origin::Root {
-                    allocator: allocator.clone(),
+                    allocator: RootAllocator::of(allocator),
                     static_base: parts
                         .backend
                         .get()
@@ -400,6 +435,40 @@ impl Memory {
         })
     }
 
+    /// A root of the static system allocator over a fresh heap block: what
+    /// [`Allocator::alloc`] does for it, without building and moving
+    /// [`MemoryParts`] or calling the backend through its vtable. The caller
+    /// sized the block (`offset + size <= maxsize`, `align` a valid mask).
+    #[inline]
+    pub(crate) fn system_root(
+        block: system::SysBlock,
+        maxsize: usize,
+        align: usize,
+        flags: MemoryFlags,
+        offset: usize,
+        size: usize,
+    ) -> Result<Memory> {
+        debug_assert!(check_align_mask(align).is_ok());
+        debug_assert!(offset.checked_add(size).is_some_and(|end| end <= maxsize));
+        let align = u32::try_from(align).map_err(|_| Error::InvalidAlign { align })?;
+        let static_base = block.base().as_ptr() as usize;
+        Ok(Memory {
+            inner: Counted::new(Inner {
+                origin: Origin::Root {
+                    allocator: RootAllocator::System,
+                    backend: ManuallyDrop::new(BackendSlot::System(block)),
+                    static_base,
+                    extra: None,
+                },
+                maxsize,
+                align,
+                flags: AtomicU32::new((flags | MemoryFlags::LOCKABLE).bits()),
+                lock: LockWord::default(),
+                region: Region::new(offset, size),
+            }),
+        })
+    }
+
     /// A memory of `size` bytes from the default allocator.
     pub fn with_size(size: usize) -> Result<Memory> {
         Allocator::default_allocator().alloc(size, None)
@@ -417,7 +486,7 @@ impl Memory {
     /// The allocator that made this memory (shares keep their root's).
     pub fn allocator(&self) -> &Allocator {
         match &self.root().inner.origin {
-            Origin::Root { allocator, .. } => allocator,
+            Origin::Root { allocator, .. } => allocator.get(),
             Origin::Share { .. } => unreachable!("shares always point at a root"),
         }
     }
@@ -438,6 +507,7 @@ impl Memory {
     }
 
     /// Size of the whole block in bytes. Never changes.
+    #[inline]
     pub fn maxsize(&self) -> usize {
         self.inner.maxsize
     }
@@ -448,11 +518,13 @@ impl Memory {
     }
 
     /// Offset of the visible region in the block.
+    #[inline]
     pub fn offset(&self) -> usize {
         self.inner.region.get().0
     }
 
     /// Size of the visible region.
+    #[inline]
     pub fn size(&self) -> usize {
         self.inner.region.get().1
     }
@@ -589,13 +661,30 @@ impl Memory {
 
     /// Take the lock for `flags` on this memory and the byte borrow on its
     /// block: one CAS for a root (both live in its word), two for a share.
+    /// `Ok(false)`: nothing needed taking.
+    ///
+    /// That is a read map of a READONLY root that no other root aliases:
+    /// nothing can ever write its bytes (READONLY is set when a memory is
+    /// made and never cleared, every WRITE map or lock of it is refused, and
+    /// no alias gives another, writable root), so a read map needs neither
+    /// the lock word nor a byte borrow. Its `lock_state()` stays 0 while such
+    /// maps are alive (GStreamer's would count them), and they are not
+    /// limited to 255 at once; every success and failure is otherwise the
+    /// same.
     #[inline(always)]
-    fn lock_for_map(&self, flags: LockFlags, borrow: Borrow) -> Result<()> {
+    fn lock_for_map(&self, flags: LockFlags, borrow: Borrow) -> Result<bool> {
         let readonly = self.is_readonly();
         match &self.inner.origin {
             Origin::Root { .. } => {
                 let Some(alias) = self.root_alias() else {
-                    return self.inner.lock.lock_borrow(flags, readonly, borrow);
+                    if readonly && !flags.contains(LockFlags::WRITE) {
+                        return Ok(false);
+                    }
+                    return self
+                        .inner
+                        .lock
+                        .lock_borrow(flags, readonly, borrow)
+                        .map(|()| true);
                 };
                 self.inner.lock.lock(flags, readonly)?;
                 if let Err(e) = alias.word().borrow(borrow) {
@@ -603,7 +692,7 @@ impl Memory {
                     debug_assert!(released.is_ok());
                     return Err(e);
                 }
-                Ok(())
+                Ok(true)
             }
             Origin::Share { root } => {
                 self.inner.lock.lock(flags, readonly)?;
@@ -611,7 +700,7 @@ impl Memory {
                     self.unlock_map(flags, Borrow::None);
                     return Err(e);
                 }
-                Ok(())
+                Ok(true)
             }
         }
     }
@@ -730,14 +819,12 @@ impl Memory {
                 why: "neither READ nor WRITE",
             });
         }
-        if locked {
-            self.lock_for_map(lock_flags, borrow)?;
-        }
+        let locked = locked && self.lock_for_map(lock_flags, borrow)?;
         let (backend, static_base) = self.root_parts();
-        let base = match NonNull::new(static_base as *mut u8) {
-            Some(base) => base,
+        let (base, backend_mapped) = match NonNull::new(static_base as *mut u8) {
+            Some(base) => (base, false),
             None => match backend.map(self.inner.maxsize, flags) {
-                Ok(base) => base,
+                Ok(base) => (base, true),
                 Err(e) => {
                     // A backend map failure is an ordinary result: no log
                     // above debug (GStreamer's
@@ -755,10 +842,10 @@ impl Memory {
             base,
             offset,
             size,
-            maxsize: self.inner.maxsize,
             flags,
             borrow,
             locked,
+            backend_mapped,
             _keep: flags.contains(MapFlags::REF_MEMORY).then(|| self.clone()),
         })
     }
@@ -766,13 +853,19 @@ impl Memory {
     /// Undo `map_with`. Called exactly once per mapping by the guards.
     #[inline(always)]
     fn unmap(&self, mapping: &Mapping) {
-        let (backend, static_base) = self.root_parts();
-        if static_base == 0 {
-            backend.unmap(mapping.flags);
+        if mapping.backend_mapped {
+            self.root_parts().0.unmap(mapping.flags);
         }
         if mapping.locked {
             self.unlock_map(mapping.flags.lock_flags(), mapping.borrow);
         }
+    }
+
+    /// [`unmap`](Memory::unmap) out of line, for guards that hold a lock or
+    /// a backend map (the owned heap map holds neither and calls nothing).
+    #[inline(never)]
+    fn unmap_held(&self, mapping: &Mapping) {
+        self.unmap(mapping);
     }
 
     /// Map for reading: a guard that derefs to the visible bytes.
@@ -828,8 +921,64 @@ impl Memory {
     ///
     /// # Errors
     /// Those of [`map_writable`](Memory::map_writable).
-    #[inline]
+    #[inline(always)]
     pub fn map_mut(&mut self) -> Result<MemoryMapMut<'_>> {
+        // Small enough to inline at every call site: the common case, the
+        // only handle of a heap block, is a few plain loads; anything else
+        // is one out-of-line call.
+        match self.owned_heap_base() {
+            Some(base) => {
+                let (offset, size) = self.inner.region.get();
+                Ok(MemoryMapMut::new(
+                    self,
+                    Mapping {
+                        base,
+                        offset,
+                        size,
+                        flags: MapFlags::WRITE,
+                        borrow: Borrow::Exclusive,
+                        locked: false,
+                        backend_mapped: false,
+                        _keep: None,
+                    },
+                ))
+            }
+            None => self.map_mut_slow(),
+        }
+    }
+
+    /// `map_mut`'s fast path: the address of a block this handle owns
+    /// ([`owns_block`](Memory::owns_block)) whose bytes are always at one
+    /// address (system memory), so that neither the lock word nor the
+    /// backend needs touching, now or at unmap. `None`: take the slow path.
+    /// (A pointer, not the whole mapping, so that nothing large is moved
+    /// through an `Option`.)
+    #[inline(always)]
+    fn owned_heap_base(&mut self) -> Option<NonNull<u8>> {
+        if !Counted::is_unique(&self.inner) {
+            return None;
+        }
+        let Origin::Root {
+            static_base, extra, ..
+        } = &self.inner.origin
+        else {
+            return None;
+        };
+        let base = NonNull::new(*static_base as *mut u8)?;
+        if extra.as_ref().is_some_and(|e| e.alias.is_some())
+            || !self.inner.lock.is_idle()
+            || self.is_readonly()
+        {
+            return None;
+        }
+        Some(base)
+    }
+
+    /// Everything else `map_mut` does: an owned block without a static
+    /// address (its backend maps it), or the ordinary locked map.
+    #[cold]
+    #[inline(never)]
+    fn map_mut_slow(&mut self) -> Result<MemoryMapMut<'_>> {
         let locked = !self.owns_block();
         let mapping = self.map_locked(MapFlags::WRITE, Borrow::Exclusive, locked)?;
         Ok(MemoryMapMut::new(self, mapping))
@@ -1282,6 +1431,32 @@ mod tests {
         let (lo, hi) = (5, 4);
         assert!(resolve_range(lo..hi, 10, "t").is_err());
         assert!(resolve_range(..=usize::MAX, 10, "t").is_err());
+    }
+
+    #[test]
+    fn roots_keep_their_allocator_static_or_owned() {
+        let sys = Memory::with_size(8).unwrap();
+        assert!(sys.allocator().ptr_eq(Allocator::system_ref()));
+        assert!(sys
+            .share(..4)
+            .unwrap()
+            .allocator()
+            .ptr_eq(&Allocator::system()));
+        let other = Allocator::new(system::SystemAllocator);
+        let m = other.alloc(8, None).unwrap();
+        assert!(m.allocator().ptr_eq(&other) && !m.allocator().ptr_eq(&Allocator::system()));
+        // A freed block hands its allocator on to the memory made of it.
+        for (mut mem, alloc) in [(sys, Allocator::system()), (m, other)] {
+            let back = std::sync::Arc::new(std::sync::Mutex::new(None));
+            let slot = back.clone();
+            mem.set_on_block_free(std::sync::Arc::new(move |freed: FreedBlock| {
+                *slot.lock().unwrap() = Some(freed.into_memory(0, 8).unwrap());
+            }))
+            .unwrap();
+            drop(mem);
+            let again = back.lock().unwrap().take().unwrap();
+            assert!(again.allocator().ptr_eq(&alloc));
+        }
     }
 
     #[test]

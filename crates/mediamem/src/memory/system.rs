@@ -4,6 +4,7 @@
 use std::alloc::Layout;
 use std::any::Any;
 use std::fmt;
+use std::mem::MaybeUninit;
 use std::ops::RangeBounds;
 use std::ptr::NonNull;
 
@@ -25,7 +26,11 @@ use crate::memory::{
 ///
 /// Blocks are zero-initialised: a `&[u8]` over uninitialised bytes is
 /// undefined behaviour in Rust. The ZERO_PREFIXED / ZERO_PADDED flags are
-/// therefore always true when requested.
+/// therefore always true when requested. A producer that writes the whole
+/// memory anyway can skip the zeroing with
+/// [`Allocator::alloc_with`](crate::Allocator::alloc_with), which hands it
+/// the uninitialised bytes through a [`WriteCursor`] and makes the memory
+/// only once every byte is written.
 ///
 /// ```
 /// use mediamem::{AllocationParams, Allocator, MemoryFlags};
@@ -50,21 +55,235 @@ impl AllocatorImpl for SystemAllocator {
     }
 
     fn alloc(&self, size: usize, params: &AllocationParams) -> Result<MemoryParts> {
-        let align = params.align | DEFAULT_ALIGN_MASK;
-        let overflow = Error::SizeOverflow {
-            what: "size + prefix + padding + align",
-        };
-        let maxsize = size
-            .checked_add(params.prefix)
-            .and_then(|n| n.checked_add(params.padding))
-            .and_then(|n| n.checked_add(align))
-            .ok_or(overflow)?;
+        let (align, maxsize) = sizing(size, params)?;
         let block = SysBlock::zeroed(maxsize, align)?;
         Ok(MemoryParts::system(block, maxsize)
             .flags(params.flags)
             .align(align)
             .region(params.prefix, size))
     }
+}
+
+/// GStreamer's sysmem sizing: the align mask and `maxsize`.
+fn sizing(size: usize, params: &AllocationParams) -> Result<(usize, usize)> {
+    let align = params.align | DEFAULT_ALIGN_MASK;
+    if u32::try_from(align).is_err() {
+        // A memory keeps its mask in 32 bits: refuse before allocating
+        // (the block would be aligned to 8 GiB or more).
+        return Err(Error::InvalidAlign { align });
+    }
+    let maxsize = size
+        .checked_add(params.prefix)
+        .and_then(|n| n.checked_add(params.padding))
+        .and_then(|n| n.checked_add(align))
+        .ok_or(Error::SizeOverflow {
+            what: "size + prefix + padding + align",
+        })?;
+    Ok((align, maxsize))
+}
+
+/// The bytes of a memory being made by a write-once allocation
+/// ([`Allocator::alloc_with`]): not initialised yet, so they can only be
+/// written, front to back. The memory exists only if every byte was.
+///
+/// ```
+/// use mediamem::Allocator;
+/// let mem = Allocator::system().alloc_with(6, None, |w| {
+///     w.put(b"abc");
+///     w.fill(b'-', 3);
+///     Ok(())
+/// })?;
+/// assert_eq!(&*mem.map_readable()?, b"abc---");
+/// // Leaving bytes unwritten is an error, and no memory is made.
+/// assert!(Allocator::system().alloc_with(6, None, |w| { w.put(b"ab"); Ok(()) }).is_err());
+/// # Ok::<(), mediamem::Error>(())
+/// ```
+pub struct WriteCursor<'a> {
+    buf: &'a mut [MaybeUninit<u8>],
+    filled: usize,
+    /// The bytes were initialised before (a memory of another allocator,
+    /// written over): whatever the initialiser leaves unwritten is zeroed
+    /// again, even on unwind, so they never stay uninitialised.
+    rezero_rest: bool,
+}
+
+impl WriteCursor<'_> {
+    /// Bytes to write in all.
+    #[inline]
+    pub fn len(&self) -> usize {
+        self.buf.len()
+    }
+
+    /// Whether there is nothing to write at all.
+    #[inline]
+    pub fn is_empty(&self) -> bool {
+        self.buf.is_empty()
+    }
+
+    /// Bytes written so far.
+    #[inline]
+    pub fn written(&self) -> usize {
+        self.filled
+    }
+
+    /// Bytes still to write.
+    #[inline]
+    pub fn remaining(&self) -> usize {
+        self.buf.len() - self.filled
+    }
+
+    /// Append as much of `bytes` as fits; returns how many were written.
+    #[inline]
+    pub fn put(&mut self, bytes: &[u8]) -> usize {
+        let n = bytes.len().min(self.remaining());
+        let dst = &mut self.buf[self.filled..self.filled + n];
+        // SAFETY: `MaybeUninit<u8>` has the layout of `u8`; `dst` and
+        // `bytes` are both `n` long and cannot overlap (`dst` is borrowed
+        // mutably from the cursor).
+        unsafe { std::ptr::copy_nonoverlapping(bytes.as_ptr(), dst.as_mut_ptr().cast(), n) };
+        self.filled += n;
+        n
+    }
+
+    /// Append `n` copies of `byte` (fewer if fewer remain); returns how many
+    /// were written.
+    #[inline]
+    pub fn fill(&mut self, byte: u8, n: usize) -> usize {
+        let n = n.min(self.remaining());
+        let dst = &mut self.buf[self.filled..self.filled + n];
+        // SAFETY: `dst` is `n` writable bytes (MaybeUninit<u8> is a u8).
+        unsafe { std::ptr::write_bytes(dst.as_mut_ptr().cast::<u8>(), byte, n) };
+        self.filled += n;
+        n
+    }
+
+    /// Write `byte` over everything that remains.
+    #[inline]
+    pub fn fill_rest(&mut self, byte: u8) {
+        self.fill(byte, self.remaining());
+    }
+
+    /// The bytes not written yet, for code that writes them itself (a
+    /// `read` into uninitialised memory); follow with
+    /// [`advance`](WriteCursor::advance).
+    #[inline]
+    pub fn unfilled(&mut self) -> &mut [MaybeUninit<u8>] {
+        &mut self.buf[self.filled..]
+    }
+
+    /// Count the first `n` bytes of [`unfilled`](WriteCursor::unfilled) as
+    /// written.
+    ///
+    /// # Safety
+    /// Those `n` bytes (`n <= remaining()`) must have been initialised.
+    #[inline]
+    pub unsafe fn advance(&mut self, n: usize) {
+        assert!(n <= self.remaining(), "advance past the end of the memory");
+        self.filled += n;
+    }
+}
+
+impl fmt::Debug for WriteCursor<'_> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("WriteCursor")
+            .field("len", &self.len())
+            .field("written", &self.filled)
+            .finish()
+    }
+}
+
+impl Drop for WriteCursor<'_> {
+    fn drop(&mut self) {
+        if self.rezero_rest {
+            self.fill_rest(0);
+        }
+    }
+}
+
+/// The initialiser of a write-once allocation.
+pub(crate) type Init<'f> = &'f mut dyn FnMut(&mut WriteCursor<'_>) -> Result<()>;
+
+/// Run `init` on `cursor` and check that it wrote everything.
+fn run_init(cursor: &mut WriteCursor<'_>, init: Init<'_>) -> Result<()> {
+    init(cursor)?;
+    if cursor.filled != cursor.len() {
+        return Err(Error::Uninitialised {
+            written: cursor.filled,
+            size: cursor.len(),
+        });
+    }
+    Ok(())
+}
+
+/// A system block of `size` visible bytes (sized as `alloc` sizes them)
+/// written by `init` without being zeroed first; prefix, padding and slack
+/// are zeroed. The block exists only if `init` wrote every visible byte.
+pub(crate) fn alloc_written(
+    size: usize,
+    params: &AllocationParams,
+    init: Init<'_>,
+) -> Result<(SysBlock, usize, usize)> {
+    let (align, maxsize) = sizing(size, params)?;
+    // Freed by its drop on every failure path (including a panic in
+    // `init`); its bytes are not read before they are all written.
+    let block = SysBlock::uninit(maxsize, align)?;
+    let base = block.ptr.as_ptr();
+    let prefix = params.prefix;
+    // SAFETY: the block has `maxsize >= prefix + size` bytes (sizing), so
+    // both zeroed ranges and the cursor's range lie inside it, and they do
+    // not overlap; nothing else refers to the block yet.
+    let buf = unsafe {
+        std::ptr::write_bytes(base, 0, prefix);
+        std::ptr::write_bytes(base.add(prefix + size), 0, maxsize - prefix - size);
+        std::slice::from_raw_parts_mut(base.add(prefix).cast::<MaybeUninit<u8>>(), size)
+    };
+    let mut cursor = WriteCursor {
+        buf,
+        filled: 0,
+        rezero_rest: false,
+    };
+    run_init(&mut cursor, init)?;
+    // Every byte of the block is now initialised (zeroed or written).
+    Ok((block, maxsize, align))
+}
+
+/// `Allocator::alloc` of the static system allocator: a zeroed block,
+/// straight into a memory.
+#[inline]
+pub(crate) fn alloc_system(size: usize, params: &AllocationParams) -> Result<Memory> {
+    let (align, maxsize) = sizing(size, params)?;
+    let block = SysBlock::zeroed(maxsize, align)?;
+    Memory::system_root(block, maxsize, align, params.flags, params.prefix, size)
+}
+
+/// `Allocator::alloc_with` of the static system allocator.
+pub(crate) fn alloc_with_system(
+    size: usize,
+    params: &AllocationParams,
+    init: Init<'_>,
+) -> Result<Memory> {
+    let (block, maxsize, align) = alloc_written(size, params, init)?;
+    Memory::system_root(block, maxsize, align, params.flags, params.prefix, size)
+}
+
+/// Run `init` over bytes that are already initialised (a memory of another
+/// allocator): what it leaves unwritten is zeroed again.
+pub(crate) fn write_over(bytes: &mut [u8], init: Init<'_>) -> Result<()> {
+    // SAFETY: `MaybeUninit<u8>` has the layout of `u8`, and the bytes are
+    // initialised. Safe code can store an uninitialised value through the
+    // cursor only into the part not written yet (`unfilled`), and the
+    // cursor's drop writes zeros over all of that part (also on unwind)
+    // unless `advance` — whose caller promises initialised bytes — counted
+    // it as written: every byte is initialised again when this returns.
+    let buf = unsafe {
+        std::slice::from_raw_parts_mut(bytes.as_mut_ptr().cast::<MaybeUninit<u8>>(), bytes.len())
+    };
+    let mut cursor = WriteCursor {
+        buf,
+        filled: 0,
+        rezero_rest: true,
+    };
+    run_init(&mut cursor, init)
 }
 
 /// Where the bytes of a system block live.
@@ -106,6 +325,12 @@ impl fmt::Debug for SysBlock {
 }
 
 impl SysBlock {
+    /// Start of the bytes.
+    #[inline]
+    pub(crate) fn base(&self) -> NonNull<u8> {
+        self.ptr
+    }
+
     /// `len` zeroed bytes whose start is aligned to `align + 1`.
     fn zeroed(len: usize, align: usize) -> Result<SysBlock> {
         let layout =
@@ -124,26 +349,20 @@ impl SysBlock {
         })
     }
 
-    /// A block holding a copy of `src` followed by zeroed slack up to
-    /// `len` (>= `src.len()`), start aligned to `align + 1`. Every byte is
-    /// written before the block is used, so nothing is zeroed twice.
-    fn copied(src: &[u8], len: usize, align: usize) -> Result<SysBlock> {
+    /// `len` bytes whose start is aligned to `align + 1`, **not
+    /// initialised**: only for [`alloc_written`], which writes every byte
+    /// before the block can be mapped (the backend contract); until then it
+    /// may only be dropped.
+    fn uninit(len: usize, align: usize) -> Result<SysBlock> {
         let layout =
             Layout::from_size_align(len.max(1), align.saturating_add(1).max(1)).map_err(|_| {
                 Error::SizeOverflow {
                     what: "block layout (size beyond isize::MAX or alignment too large)",
                 }
             })?;
-        debug_assert!(src.len() <= len);
         // SAFETY: the layout has a non-zero size.
         let ptr = unsafe { std::alloc::alloc(layout) };
         let ptr = NonNull::new(ptr).ok_or(Error::OutOfMemory { size: len })?;
-        // SAFETY: `ptr` is valid for `len` bytes and does not overlap `src`;
-        // after these two writes all `len` bytes are initialised.
-        unsafe {
-            std::ptr::copy_nonoverlapping(src.as_ptr(), ptr.as_ptr(), src.len());
-            std::ptr::write_bytes(ptr.as_ptr().add(src.len()), 0, len - src.len());
-        }
         Ok(SysBlock {
             ptr,
             len,
@@ -171,7 +390,7 @@ impl SysBlock {
 impl Drop for SysBlock {
     fn drop(&mut self) {
         match self.storage {
-            // SAFETY: allocated in `zeroed` with exactly this layout.
+            // SAFETY: allocated in `zeroed` or `uninit` with exactly this layout.
             Storage::Heap(layout) => unsafe { std::alloc::dealloc(self.ptr.as_ptr(), layout) },
             // SAFETY: created by Box::into_raw in `wrap`, dropped only here.
             Storage::Wrapped(owner) => drop(unsafe { Box::from_raw(owner.as_ptr()) }),
@@ -211,17 +430,14 @@ unsafe impl MemoryBackend for SysBlock {
 /// with align mask `align` would be (GStreamer's sysmem copy), without
 /// zeroing bytes that are copied over anyway.
 pub(crate) fn copy_into_sysmem(src: &[u8], align: usize) -> Result<Memory> {
-    let align = align | DEFAULT_ALIGN_MASK;
-    let maxsize = src.len().checked_add(align).ok_or(Error::SizeOverflow {
-        what: "copy size + align",
-    })?;
-    let block = SysBlock::copied(src, maxsize, align)?;
-    Memory::from_parts(
-        Allocator::system_ref(),
-        MemoryParts::system(block, maxsize)
-            .align(align)
-            .region(0, src.len()),
-    )
+    let params = AllocationParams {
+        align,
+        ..AllocationParams::default()
+    };
+    alloc_with_system(src.len(), &params, &mut |w| {
+        w.put(src);
+        Ok(())
+    })
 }
 
 impl Memory {
@@ -289,8 +505,169 @@ mod tests {
     use std::sync::Arc;
 
     #[test]
+    fn the_direct_system_path_matches_the_generic_one() {
+        // Allocator::system() takes the direct path; another instance of
+        // the system allocator goes through AllocatorImpl and from_parts.
+        let direct = Allocator::system();
+        let generic = Allocator::new(SystemAllocator);
+        let f = MemoryFlags::ZERO_PREFIXED | MemoryFlags::ZERO_PADDED;
+        for p in [
+            AllocationParams::default(),
+            AllocationParams::new(f, 63, 10, 3),
+            AllocationParams::new(MemoryFlags::READONLY, 4095, 0, 0),
+        ] {
+            for size in [0, 1, 64, 4096] {
+                let a = direct.alloc(size, Some(&p)).unwrap();
+                let b = generic.alloc(size, Some(&p)).unwrap();
+                assert_eq!(
+                    (a.sizes(), a.align(), a.flags()),
+                    (b.sizes(), b.align(), b.flags())
+                );
+                assert!(a.allocator().ptr_eq(&direct) && b.allocator().ptr_eq(&generic));
+                let w = |m: &Memory| {
+                    let all = m.share_maxsize(..).unwrap();
+                    let v = all.map_readable().unwrap().to_vec();
+                    v
+                };
+                assert!(w(&a).iter().all(|&x| x == 0));
+                let c = generic
+                    .alloc_with(size, Some(&p), |w| {
+                        w.fill_rest(1);
+                        Ok(())
+                    })
+                    .unwrap();
+                assert_eq!(
+                    (c.sizes(), c.align(), c.flags()),
+                    (a.sizes(), a.align(), a.flags())
+                );
+            }
+        }
+        #[cfg(target_pointer_width = "64")]
+        {
+            let p = AllocationParams::new(MemoryFlags::empty(), (1usize << 33) - 1, 0, 0);
+            for a in [&direct, &generic] {
+                assert!(matches!(
+                    a.alloc(1, Some(&p)),
+                    Err(Error::InvalidAlign { .. })
+                ));
+            }
+        }
+    }
+
+    #[test]
+    fn write_once_allocation_writes_every_byte_and_sizes_as_alloc() {
+        let sys = Allocator::system();
+        let p = AllocationParams::new(
+            MemoryFlags::ZERO_PREFIXED | MemoryFlags::ZERO_PADDED,
+            63,
+            10,
+            5,
+        );
+        let m = sys
+            .alloc_with(100, Some(&p), |w| {
+                assert_eq!((w.len(), w.written(), w.remaining()), (100, 0, 100));
+                assert_eq!(w.put(&[1; 40]), 40);
+                assert_eq!(w.fill(2, 30), 30);
+                let rest = w.unfilled();
+                assert_eq!(rest.len(), 30);
+                for b in rest.iter_mut() {
+                    b.write(3);
+                }
+                // SAFETY: the 30 bytes were written just above.
+                unsafe { w.advance(30) };
+                assert_eq!(w.put(b"more"), 0, "nothing fits any more");
+                Ok(())
+            })
+            .unwrap();
+        let z = sys.alloc(100, Some(&p)).unwrap();
+        assert_eq!(m.sizes(), z.sizes());
+        assert_eq!((m.align(), m.flags()), (z.align(), z.flags()));
+        let all = m.share_maxsize(..).unwrap();
+        let all = all.map_readable().unwrap();
+        assert!(all[..10].iter().all(|&b| b == 0), "prefix zeroed");
+        assert!(all[10..50].iter().all(|&b| b == 1));
+        assert!(all[50..80].iter().all(|&b| b == 2));
+        assert!(all[80..110].iter().all(|&b| b == 3));
+        assert!(all[110..].iter().all(|&b| b == 0), "padding zeroed");
+        assert_eq!(all.as_ptr() as usize % 64, 0);
+    }
+
+    #[test]
+    fn write_once_allocation_refuses_unwritten_bytes() {
+        let sys = Allocator::system();
+        let short = sys.alloc_with(64, None, |w| {
+            w.fill_rest(9);
+            // SAFETY: nothing remains, so advancing by 0 claims nothing.
+            unsafe { w.advance(0) };
+            Ok(())
+        });
+        assert_eq!(&*short.unwrap().map_readable().unwrap(), &[9; 64]);
+        let r = sys.alloc_with(64, None, |w| {
+            w.put(&[1; 63]);
+            Ok(())
+        });
+        assert!(
+            matches!(
+                r,
+                Err(Error::Uninitialised {
+                    written: 63,
+                    size: 64
+                })
+            ),
+            "{r:?}"
+        );
+        let r = sys.alloc_with(64, None, |_| Err(Error::NoShare));
+        assert!(matches!(r, Err(Error::NoShare)), "{r:?}");
+        // A panicking initialiser: the block is freed by unwinding.
+        let r = std::panic::catch_unwind(|| {
+            let _ = Allocator::system().alloc_with(64, None, |w| {
+                w.put(&[1; 8]);
+                panic!("initialiser gave up")
+            });
+        });
+        assert!(r.is_err());
+        assert!(matches!(
+            sys.alloc_with(usize::MAX - 3, None, |_| Ok(())),
+            Err(Error::SizeOverflow { .. })
+        ));
+        let empty = sys.alloc_with(0, None, |w| {
+            assert!(w.is_empty());
+            Ok(())
+        });
+        assert_eq!(empty.unwrap().size(), 0);
+    }
+
+    #[test]
+    fn the_cursor_over_initialised_bytes_zeroes_what_is_left() {
+        // The cursor over initialised bytes zeroes what was left unwritten.
+        let mut bytes = vec![7u8; 16];
+        let r = write_over(&mut bytes, &mut |w| {
+            w.put(&[1, 2]);
+            for b in w.unfilled().iter_mut() {
+                *b = MaybeUninit::uninit();
+            }
+            Ok(())
+        });
+        assert!(r.is_err());
+        assert_eq!(&bytes[..2], &[1, 2]);
+        assert!(bytes[2..].iter().all(|&b| b == 0));
+    }
+
+    #[test]
+    fn copies_are_written_once_with_zeroed_slack() {
+        let src = Memory::from_slice((0..=255u8).collect::<Vec<_>>());
+        let c = src.copy_range(3..20).unwrap();
+        assert_eq!(
+            &*c.map_readable().unwrap(),
+            &(3..20u8).collect::<Vec<_>>()[..]
+        );
+        let all = c.share_maxsize(..).unwrap();
+        assert!(all.map_readable().unwrap()[17..].iter().all(|&b| b == 0));
+    }
+
+    #[test]
     fn debug_says_where_the_bytes_live() {
-        let heap = SysBlock::copied(b"abc", 8, 7).unwrap();
+        let heap = SysBlock::zeroed(8, 7).unwrap();
         let text = format!("{heap:?}");
         assert!(text.contains("SysBlock") && text.contains("heap"), "{text}");
     }
