@@ -342,14 +342,12 @@ fn unprivileged_users_are_told_the_nodes_mode_and_the_chain_moves_on() {
     }
     let copy = common::ExeCopy::new("provider");
     use std::os::unix::process::CommandExt;
-    let out = copy
-        .command()
-        .args(["--exact", test, "--nocapture"])
-        .env(CHILD, "1")
-        .uid(65534)
-        .gid(65534)
-        .output()
-        .unwrap();
+    let out = copy.output(|cmd| {
+        cmd.args(["--exact", test, "--nocapture"])
+            .env(CHILD, "1")
+            .uid(65534)
+            .gid(65534);
+    });
     let text =
         String::from_utf8_lossy(&out.stdout).into_owned() + &String::from_utf8_lossy(&out.stderr);
     assert!(out.status.success(), "child failed:\n{text}");

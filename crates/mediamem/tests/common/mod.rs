@@ -207,6 +207,25 @@ impl ExeCopy {
         cmd.current_dir(&self.dir);
         cmd
     }
+
+    /// Run the copy (set up by `configure`) to completion. An exec that
+    /// fails with `ETXTBSY` is tried again: a child forked by another test
+    /// thread while the copy was being written holds a write fd to it until
+    /// its own exec closes it (a known race of copying an executable in a
+    /// threaded process).
+    pub fn output(&self, configure: impl Fn(&mut std::process::Command)) -> std::process::Output {
+        for _ in 0..200 {
+            let mut cmd = self.command();
+            configure(&mut cmd);
+            match cmd.output() {
+                Err(e) if e.raw_os_error() == Some(26) => {
+                    std::thread::sleep(std::time::Duration::from_millis(10))
+                }
+                other => return other.unwrap(),
+            }
+        }
+        panic!("{}: still ETXTBSY after 2 s", self.exe.display())
+    }
 }
 
 impl Drop for ExeCopy {
