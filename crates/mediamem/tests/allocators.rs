@@ -335,3 +335,76 @@ fn from_parts_keeps_given_flags_and_is_type_compares() -> Result<()> {
     assert!(!Memory::with_size(8)?.is_type("vec-flags"));
     Ok(())
 }
+
+/// An allocator that hands out vectors and remembers the align mask it
+/// was last asked for.
+#[derive(Debug, Default)]
+struct AlignRecorder(std::sync::atomic::AtomicUsize);
+
+impl AllocatorImpl for AlignRecorder {
+    fn mem_type(&self) -> &str {
+        "align-recorder"
+    }
+    fn alloc(&self, size: usize, params: &AllocationParams) -> Result<MemoryParts> {
+        self.0
+            .store(params.align, std::sync::atomic::Ordering::SeqCst);
+        let mut v = vec![0u8; size + params.align + 1];
+        let p = NonNull::new(v.as_mut_ptr()).unwrap();
+        Ok(MemoryParts::new(Box::new(VecBlock(Mutex::new(v), p)), size).align(params.align))
+    }
+}
+
+#[test]
+fn a_generic_copy_asks_its_allocator_for_the_sources_alignment() -> Result<()> {
+    let a = Allocator::new(AlignRecorder::default());
+    let params = AllocationParams {
+        align: 15,
+        ..Default::default()
+    };
+    let mem = a.alloc(32, Some(&params))?;
+    mem.map_writable()?.copy_from_slice(&[9; 32]);
+    let recorder = a.downcast_ref::<AlignRecorder>().unwrap();
+    recorder.0.store(0, std::sync::atomic::Ordering::SeqCst);
+    let copy = mem.copy()?;
+    assert_eq!(recorder.0.load(std::sync::atomic::Ordering::SeqCst), 15);
+    assert_eq!(copy.align(), 15);
+    assert_eq!(&*copy.map_readable()?, &[9; 32]);
+    // A maxsize-relative range: its length is end - start.
+    let part = mem.copy_range_maxsize(2..6)?;
+    assert_eq!(part.size(), 4);
+    Ok(())
+}
+
+#[test]
+fn debug_and_lock_guards_say_what_they_hold() -> Result<()> {
+    use mediamem::LockFlags;
+    let mem = Memory::with_size(8)?;
+    let text = format!("{mem:?}");
+    assert!(
+        text.starts_with("Memory") && text.contains("SystemMemory"),
+        "{text}"
+    );
+    let guard = mem.lock(LockFlags::READ)?;
+    assert_eq!(guard.flags(), LockFlags::READ);
+    Ok(())
+}
+
+#[test]
+fn a_resize_that_keeps_the_end_keeps_zero_padded() -> Result<()> {
+    use mediamem::MemoryFlags;
+    let params = AllocationParams {
+        flags: MemoryFlags::ZERO_PADDED,
+        padding: 8,
+        ..Default::default()
+    };
+    let mem = Allocator::system().alloc(32, Some(&params))?;
+    assert!(mem.flags().contains(MemoryFlags::ZERO_PADDED));
+    mem.resize(4..32)?;
+    assert!(mem.flags().contains(MemoryFlags::ZERO_PADDED), "same end");
+    mem.resize(0..27)?;
+    assert!(
+        !mem.flags().contains(MemoryFlags::ZERO_PADDED),
+        "shorter end"
+    );
+    Ok(())
+}

@@ -336,6 +336,52 @@ mod tests {
     }
 
     #[test]
+    fn lock_transitions_and_their_refusals_in_raw_values() {
+        let (r, w, x) = (R.bits(), W.bits(), X.bits());
+        // A held mode is kept by further maps of the same access...
+        assert_eq!(next_locked(0x101, r).unwrap(), 0x201);
+        assert_eq!(next_locked(0x103, r).unwrap(), 0x203);
+        // ...and refused for an access it does not include, saying both.
+        match next_locked(0x101, w) {
+            Err(Error::LockConflict { requested, held }) => {
+                assert_eq!((requested.0, held.0), (w, r));
+            }
+            other => panic!("{other:?}"),
+        }
+        // Exclusive holders: the second makes the memory shared, and a
+        // write then fails with the number of holders.
+        assert_eq!(next_locked(0, x).unwrap(), SHARE_ONE);
+        match next_locked(SHARE_ONE, x | w) {
+            Err(Error::Shared { requested, shares }) => {
+                assert_eq!((requested.0, shares), (w | x, 2));
+            }
+            other => panic!("{other:?}"),
+        }
+        match next_locked(2 * SHARE_ONE + 0x100 + r, w) {
+            Err(Error::Shared { requested, shares }) => assert_eq!((requested.0, shares), (w, 2)),
+            other => panic!("{other:?}"),
+        }
+        // Unlocks that do not match say what was asked and what is held.
+        for (state, flags) in [(0, r), (0x101, w), (0, x), (0x101, x)] {
+            match next_unlocked(state, flags) {
+                Err(Error::NotLocked {
+                    requested,
+                    state: s,
+                }) => {
+                    assert_eq!(
+                        (requested.0, s),
+                        (flags & 0x7, state),
+                        "{state:#x} {flags:#x}"
+                    );
+                }
+                other => panic!("{state:#x} {flags:#x}: {other:?}"),
+            }
+        }
+        assert_eq!(next_unlocked(0x203, r).unwrap(), 0x103);
+        assert_eq!(next_unlocked(SHARE_ONE + 0x101, x | r).unwrap(), 0);
+    }
+
+    #[test]
     fn bit_layout() {
         let l = LockWord::default();
         l.lock(R, false).unwrap();
