@@ -17,6 +17,10 @@
 //! * `fuzz [--time SECONDS] [--runs N] [TARGET...]`: libFuzzer on the IPC
 //!   receiver's decoding (see `fuzz.rs`); 60 s per target by default.
 //!   `test` runs every target for 20 s after the host tests.
+//! * `gst-launch <pipeline...>`: `gst-launch-1.0 -e` in the Debian trixie
+//!   root filesystem with GStreamer 1.26 (see `gst.rs`), built under
+//!   `target/gst-trixie` at first use; `test` builds it too and points
+//!   the unixfd tests at it with `MEDIAMEM_GST_ROOTFS`.
 //! * `lint`: the architecture rules (`arch.rs`: where `unsafe` may be,
 //!   layers that read bottom-up), formatting (the fuzz crate's too),
 //!   clippy and rustdoc, warnings denied.
@@ -24,6 +28,7 @@
 mod arch;
 mod bench;
 mod fuzz;
+mod gst;
 mod vm;
 
 use std::process::{Command, ExitCode};
@@ -193,8 +198,19 @@ fn test(host_only: bool) -> bool {
         runs: None,
         fresh: true,
     };
+    let gst_root = match gst::rootfs() {
+        Ok(root) => root,
+        Err(e) => {
+            eprintln!("gst: {e}");
+            return false;
+        }
+    };
+    let gst_root = gst_root.to_string_lossy().into_owned();
     lint()
-        && cargo(&["test", "--workspace", "--no-fail-fast"])
+        && cargo_with(
+            &["test", "--workspace", "--no-fail-fast"],
+            &[(gst::ENV, &gst_root)],
+        )
         && examples()
         && loom()
         && fuzz(&[], &brief)
@@ -204,7 +220,7 @@ fn test(host_only: bool) -> bool {
 fn usage() -> ExitCode {
     eprintln!(
         "usage: cargo xtask <test [--host-only] | loom | vm-test | bench [--report-only] | \
-         fuzz [--time SECONDS] [--runs N] [TARGET...] | lint>"
+         fuzz [--time SECONDS] [--runs N] [TARGET...] | gst-launch PIPELINE... | lint>"
     );
     ExitCode::from(2)
 }
@@ -218,6 +234,13 @@ fn main() -> ExitCode {
         (Some("loom"), None) => loom(),
         (Some("vm-test"), None) => vm_test(),
         (Some("lint"), None) => lint(),
+        (Some("gst-launch"), Some(_)) => match gst::gst_launch(&args[1..]) {
+            Ok(()) => true,
+            Err(e) => {
+                eprintln!("gst: {e}");
+                false
+            }
+        },
         (Some("fuzz"), _) => match fuzz_args(&args[1..]) {
             Some((targets, budget)) => fuzz(&targets, &budget),
             None => return usage(),
