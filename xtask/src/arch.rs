@@ -32,6 +32,8 @@ const LAYERS: &[(&str, u32)] = &[
     ("pool", 6),
     ("ipc", 6),
     ("probe", 7),
+    // Uses ipc's receive policy and fd admission.
+    ("unixfd", 7),
 ];
 
 /// Names re-exported at the crate root that are modules of the core.

@@ -56,6 +56,7 @@ pub mod probe;
 pub mod shm;
 mod sys;
 pub mod udmabuf;
+pub mod unixfd;
 
 pub use allocator::{
     AllocationParams, Allocator, AllocatorCaps, AllocatorFlags, AllocatorImpl, ALLOCATOR_SYSMEM,
