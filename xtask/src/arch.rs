@@ -34,6 +34,7 @@ const LAYERS: &[(&str, u32)] = &[
     ("probe", 7),
     // Uses ipc's receive policy and fd admission.
     ("unixfd", 7),
+    ("gst_bridge", 7),
 ];
 
 /// Names re-exported at the crate root that are modules of the core.

@@ -196,6 +196,47 @@ pub fn launch(root: &Path, pipeline: &[&str]) -> Command {
     chroot(root, "gst-launch-1.0", &args)
 }
 
+/// The host's packages for the `gstreamer` feature (gstreamer-rs links
+/// libgstreamer and libgstallocators; its test runs `appsrc ! videoconvert
+/// ! appsink`).
+const HOST_PACKAGES: &[&str] = &[
+    "libgstreamer1.0-dev",
+    "libgstreamer-plugins-base1.0-dev",
+    "gstreamer1.0-plugins-base",
+    "pkg-config",
+];
+
+fn installed(pkg: &str) -> bool {
+    Command::new("dpkg-query")
+        .args(["-W", "-f=${Status}", pkg])
+        .output()
+        .is_ok_and(|o| String::from_utf8_lossy(&o.stdout).contains("install ok installed"))
+}
+
+/// Install [`HOST_PACKAGES`] with apt when some are missing.
+pub fn host_packages() -> Res<()> {
+    let missing: Vec<&str> = HOST_PACKAGES
+        .iter()
+        .copied()
+        .filter(|p| !installed(p))
+        .collect();
+    if missing.is_empty() {
+        return Ok(());
+    }
+    eprintln!("gst: installing {} with apt", missing.join(" "));
+    run(
+        Command::new("apt-get").args(["-q", "update"]),
+        "apt-get update",
+    )?;
+    run(
+        Command::new("apt-get")
+            .env("DEBIAN_FRONTEND", "noninteractive")
+            .args(["-q", "-y", "install", "--no-install-recommends"])
+            .args(&missing),
+        "apt-get install",
+    )
+}
+
 /// `cargo xtask gst-launch <pipeline...>`: provision, print the line, run.
 pub fn gst_launch(pipeline: &[String]) -> Res<()> {
     let root = rootfs()?;

@@ -20,7 +20,9 @@
 //! * `gst-launch <pipeline...>`: `gst-launch-1.0 -e` in the Debian trixie
 //!   root filesystem with GStreamer 1.26 (see `gst.rs`), built under
 //!   `target/gst-trixie` at first use; `test` builds it too and points
-//!   the unixfd tests at it with `MEDIAMEM_GST_ROOTFS`.
+//!   the unixfd tests at it with `MEDIAMEM_GST_ROOTFS`, and installs the
+//!   host's GStreamer dev packages for the `gstreamer` feature, whose
+//!   bridge it lints and tests.
 //! * `lint`: the architecture rules (`arch.rs`: where `unsafe` may be,
 //!   layers that read bottom-up), formatting (the fuzz crate's too),
 //!   clippy and rustdoc, warnings denied.
@@ -206,11 +208,37 @@ fn test(host_only: bool) -> bool {
         }
     };
     let gst_root = gst_root.to_string_lossy().into_owned();
+    if let Err(e) = gst::host_packages() {
+        eprintln!("gst: {e}");
+        return false;
+    }
     lint()
         && cargo_with(
             &["test", "--workspace", "--no-fail-fast"],
             &[(gst::ENV, &gst_root)],
         )
+        // The `gstreamer` feature (off by default): its bridge, linted and
+        // tested against the host's GStreamer.
+        && cargo(&[
+            "clippy",
+            "-p",
+            "mediamem",
+            "--features",
+            "gstreamer",
+            "--all-targets",
+            "--",
+            "-D",
+            "warnings",
+        ])
+        && cargo(&[
+            "test",
+            "-p",
+            "mediamem",
+            "--features",
+            "gstreamer",
+            "--test",
+            "gst_bridge",
+        ])
         && examples()
         && loom()
         && fuzz(&[], &brief)

@@ -44,6 +44,8 @@ pub mod dmabuf;
 pub mod drm;
 pub mod error;
 pub mod fd;
+#[cfg(feature = "gstreamer")]
+pub mod gst_bridge;
 pub mod heap;
 pub mod ipc;
 mod kind;
