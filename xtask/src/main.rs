@@ -23,6 +23,9 @@
 //!   the unixfd tests at it with `MEDIAMEM_GST_ROOTFS`, and installs the
 //!   host's GStreamer dev packages for the `gstreamer` feature, whose
 //!   bridge it lints and tests.
+//! * `bench-unixfd [--runs N]`: receiving from GStreamer's `unixfdsink`,
+//!   mediamem's client against `unixfdsrc` (see `unixfd_bench.rs`); writes
+//!   its own section of `bench/results.md`.
 //! * `lint`: the architecture rules (`arch.rs`: where `unsafe` may be,
 //!   layers that read bottom-up), formatting (the fuzz crate's too),
 //!   clippy and rustdoc, warnings denied.
@@ -31,6 +34,7 @@ mod arch;
 mod bench;
 mod fuzz;
 mod gst;
+mod unixfd_bench;
 mod vm;
 
 use std::process::{Command, ExitCode};
@@ -248,7 +252,8 @@ fn test(host_only: bool) -> bool {
 fn usage() -> ExitCode {
     eprintln!(
         "usage: cargo xtask <test [--host-only] | loom | vm-test | bench [--report-only] | \
-         fuzz [--time SECONDS] [--runs N] [TARGET...] | gst-launch PIPELINE... | lint>"
+         fuzz [--time SECONDS] [--runs N] [TARGET...] | gst-launch PIPELINE... | \
+         bench-unixfd [--runs N] | lint>"
     );
     ExitCode::from(2)
 }
@@ -262,6 +267,23 @@ fn main() -> ExitCode {
         (Some("loom"), None) => loom(),
         (Some("vm-test"), None) => vm_test(),
         (Some("lint"), None) => lint(),
+        (Some("bench-unixfd"), flag) => {
+            let runs = match (flag, args.get(2)) {
+                (None, _) => 5,
+                (Some("--runs"), Some(n)) => match n.parse() {
+                    Ok(n) if n > 0 => n,
+                    _ => return usage(),
+                },
+                _ => return usage(),
+            };
+            match unixfd_bench::bench_unixfd(runs) {
+                Ok(()) => true,
+                Err(e) => {
+                    eprintln!("bench-unixfd: {e}");
+                    false
+                }
+            }
+        }
         (Some("gst-launch"), Some(_)) => match gst::gst_launch(&args[1..]) {
             Ok(()) => true,
             Err(e) => {
