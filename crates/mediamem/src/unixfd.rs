@@ -635,6 +635,23 @@ impl Client {
         Ok(Client::new(stream, ReceivePolicy::default()))
     }
 
+    /// Connect to a `unixfdsink` with `socket-type=abstract` and
+    /// `socket-path=<name>` (Linux's abstract namespace: no file; the
+    /// name's bytes as they are, which is GStreamer's `ABSTRACT`, not
+    /// `ABSTRACT_PADDED`).
+    ///
+    /// # Errors
+    /// [`Error::Os`] when the name is too long or the connection fails.
+    pub fn connect_abstract(name: &[u8]) -> Result<Client> {
+        let stream = abstract_addr(name)
+            .and_then(|a| UnixStream::connect_addr(&a))
+            .map_err(|e| Error::Os {
+                op: "connect",
+                source: e,
+            })?;
+        Ok(Client::new(stream, ReceivePolicy::default()))
+    }
+
     /// A client on a connected stream socket.
     pub fn new(stream: UnixStream, policy: ReceivePolicy) -> Client {
         Client {
@@ -1030,6 +1047,21 @@ impl Server {
         Ok(server)
     }
 
+    /// Listen on `name` in Linux's abstract socket namespace, for
+    /// `unixfdsrc socket-type=abstract socket-path=<name>`.
+    ///
+    /// # Errors
+    /// [`Error::Os`] when the name is too long or taken.
+    pub fn bind_abstract(name: &[u8]) -> Result<Server> {
+        let listener = abstract_addr(name)
+            .and_then(|a| UnixListener::bind_addr(&a))
+            .map_err(|e| Error::Os {
+                op: "bind",
+                source: e,
+            })?;
+        Server::from_listener(listener)
+    }
+
     /// A server on a bound, listening socket (left in place on drop).
     ///
     /// # Errors
@@ -1404,6 +1436,11 @@ impl Drop for Server {
             let _ = std::fs::remove_file(path);
         }
     }
+}
+
+fn abstract_addr(name: &[u8]) -> std::io::Result<std::os::unix::net::SocketAddr> {
+    use std::os::linux::net::SocketAddrExt;
+    std::os::unix::net::SocketAddr::from_abstract_name(name)
 }
 
 fn set_send_buffer(sock: &UnixStream, bytes: usize) -> Result<()> {

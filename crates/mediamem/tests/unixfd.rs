@@ -338,6 +338,100 @@ fn two_clients_and_a_reconnecting_one() {
     assert!(!sock_host.exists());
 }
 
+/// `socket-type=abstract`: no socket file, both directions (the chroot
+/// shares the host's network namespace, where abstract names live).
+#[test]
+fn abstract_sockets_both_ways() {
+    let Some(root) = rootfs("abstract_sockets_both_ways") else {
+        return;
+    };
+    let work = Work::new(&root);
+    let name = format!("mediamem-unixfd-{}", std::process::id());
+    let mut sink = gst(
+        &root,
+        &work,
+        "sink",
+        &format!(
+            "videotestsrc num-buffers=10 ! video/x-raw,format=GRAY8,width=16,height=16 \
+             ! unixfdsink socket-type=abstract socket-path={name}-sink \
+             wait-for-connection=true sync=false"
+        ),
+    );
+    let end = Instant::now() + Duration::from_secs(30);
+    let mut client = loop {
+        match Client::connect_abstract(format!("{name}-sink").as_bytes()) {
+            Ok(c) => break c,
+            Err(e) => {
+                assert!(Instant::now() < end, "{e}");
+                std::thread::sleep(Duration::from_millis(20));
+            }
+        }
+    };
+    client.set_timeout(Some(Duration::from_secs(30)));
+    let mut frames = 0;
+    while let Some(e) = client.recv().unwrap() {
+        match e {
+            Event::Buffer(b) => {
+                assert_eq!(bytes_of(&b).len(), 256);
+                frames += 1;
+            }
+            Event::Eos => break,
+            Event::Caps(_) => {}
+        }
+    }
+    assert_eq!(frames, 10);
+    sink.finish(Duration::from_secs(30));
+
+    let mut server = Server::bind_abstract(format!("{name}-src").as_bytes()).unwrap();
+    server.set_caps("application/x-mediamem-test").unwrap();
+    let (out_host, out_guest) = work.path("out");
+    let mut src = gst(
+        &root,
+        &work,
+        "src",
+        &format!(
+            "unixfdsrc socket-type=abstract socket-path={name}-src ! filesink \
+             location={out_guest} sync=false"
+        ),
+    );
+    assert!(server.wait_for_clients(1, Duration::from_secs(30)).unwrap());
+    for f in 0..10 {
+        server
+            .send_buffer(OutBuffer {
+                memories: vec![shm_frame(pattern(f), 1000)],
+                ..Default::default()
+            })
+            .unwrap();
+    }
+    server.send_eos().unwrap();
+    src.finish(Duration::from_secs(30));
+    let out = std::fs::read(out_host).unwrap();
+    let expect: Vec<u8> = (0..10).flat_map(|f| (0..1000).map(pattern(f))).collect();
+    assert!(out == expect, "unixfdsrc wrote what was sent");
+}
+
+#[test]
+fn dmabuf_type_with_a_memfd_is_fd_memory() {
+    // Type 1 says "wrap as dma-buf"; the fd is checked, not trusted: a
+    // sealed memfd is mapped as fd memory (no DMA_BUF_IOCTL_SYNC on it).
+    let (mut peer, mut client) = hostile_pair();
+    let mut mem = ShmAllocator::get().alloc(4096, None).unwrap();
+    mem.map_mut().unwrap().fill(4);
+    let payload = new_buffer_payload(3, 1, &[(4096, 0)], 0);
+    let mut msg = header(NEW_BUFFER, payload.len());
+    msg.extend_from_slice(&payload);
+    send_with_fds(&peer, &msg, &[mem.try_clone_fd().unwrap()]);
+    let Some(Event::Buffer(b)) = client.recv().unwrap() else {
+        panic!("a buffer")
+    };
+    assert_eq!(b.memory_type, MemoryType::DmaBuf);
+    assert!(mediamem::is_fd_memory(&b.memories[0]));
+    assert!(!mediamem::is_dmabuf_memory(&b.memories[0]));
+    assert_eq!(bytes_of(&b), vec![4; 4096]);
+    drop(b);
+    assert_eq!(read_release(&mut peer), 3);
+}
+
 // ---------------------------------------------------------------------------
 // mediamem → GStreamer.
 
