@@ -1150,10 +1150,17 @@ impl Server {
     /// dropped (as `unixfdsink` does).
     ///
     /// # Errors
-    /// [`Error::Protocol`] for more than 253 memories or more than 65535
-    /// metas, and copy errors for non-fd memory. A client that does not
-    /// take the buffer is dropped, not an error.
+    /// [`Error::Protocol`] before [`set_caps`](Server::set_caps) (a
+    /// `unixfdsrc` cannot negotiate a buffer without caps), for more than
+    /// 253 memories or more than 65535 metas; copy errors for non-fd
+    /// memory. A client that does not take the buffer is dropped, not an
+    /// error.
     pub fn send_buffer(&mut self, buffer: OutBuffer) -> Result<u64> {
+        if self.caps.is_none() {
+            return Err(Error::Protocol(
+                "a buffer before any caps: call set_caps first".into(),
+            ));
+        }
         self.process(Some(Duration::ZERO))?;
         let n = buffer.memories.len();
         if n > MAX_FDS {

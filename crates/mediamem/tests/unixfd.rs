@@ -1045,6 +1045,13 @@ fn hostile_oversized_payload_is_refused_without_reading_it() {
 fn server_with_buffer(dir: &Path) -> (Server, UnixStream, u64) {
     let mut server = Server::bind(dir.join("sock")).unwrap();
     server.set_timeout(Duration::from_millis(500));
+    assert!(
+        matches!(
+            server.send_buffer(OutBuffer::default()),
+            Err(Error::Protocol(_))
+        ),
+        "no buffer before the caps"
+    );
     server.set_caps("a/b").unwrap();
     let mut peer = UnixStream::connect(dir.join("sock")).unwrap();
     assert!(server.wait_for_clients(1, Duration::from_secs(5)).unwrap());
