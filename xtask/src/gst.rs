@@ -37,12 +37,18 @@ pub const PACKAGES: &[&str] = &[
     "gstreamer1.0-plugins-base",
     "gstreamer1.0-plugins-good",
     "gstreamer1.0-plugins-bad",
+    // GStreamer's own metas on buffers (a custom meta, a 1 MB meta) need a
+    // program that registers and adds them: a short Python script in the
+    // unixfd tests.
+    "python3-gi",
+    "gir1.2-gstreamer-1.0",
+    "gir1.2-gst-plugins-base-1.0",
 ];
 
 /// The environment variable through which tests find the root filesystem.
 pub const ENV: &str = "MEDIAMEM_GST_ROOTFS";
 
-/// Written last into a complete root filesystem.
+/// Written last into a complete root filesystem: the package list it has.
 const READY: &str = ".mediamem-gst-ready";
 
 fn run(cmd: &mut Command, what: &str) -> Res<()> {
@@ -91,7 +97,31 @@ fn unmount_below(dir: &Path) {
 pub fn rootfs() -> Res<PathBuf> {
     let target = crate::root().join("target");
     let root = target.join("gst-trixie");
-    if root.join(READY).exists() {
+    let wanted = format!("{}\n", PACKAGES.join("\n"));
+    if let Ok(have) = fs::read_to_string(root.join(READY)) {
+        if have == wanted {
+            return Ok(root);
+        }
+        // Built for an older package list: add what is missing.
+        eprintln!(
+            "gst: installing {} in {}",
+            PACKAGES.join(" "),
+            root.display()
+        );
+        let mut args = vec![
+            "DEBIAN_FRONTEND=noninteractive",
+            "apt-get",
+            "-q",
+            "-y",
+            "install",
+            "--no-install-recommends",
+        ];
+        args.extend_from_slice(PACKAGES);
+        run(
+            &mut chroot(&root, "env", &args),
+            "apt-get install in the root filesystem",
+        )?;
+        fs::write(root.join(READY), &wanted).map_err(|e| e.to_string())?;
         return Ok(root);
     }
     if !have("debootstrap") {
@@ -168,7 +198,7 @@ pub fn rootfs() -> Res<PathBuf> {
             }
         }
     }
-    fs::write(partial.join(READY), "complete\n").map_err(|e| e.to_string())?;
+    fs::write(partial.join(READY), &wanted).map_err(|e| e.to_string())?;
     fs::rename(&partial, &root).map_err(|e| format!("rename the root filesystem: {e}"))?;
     eprintln!("gst: root filesystem ready in {}", root.display());
     Ok(root)

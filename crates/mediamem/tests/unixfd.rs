@@ -91,6 +91,13 @@ struct Gst {
 }
 
 fn gst(root: &Path, work: &Work, name: &str, pipeline: &str) -> Gst {
+    let mut args = vec!["gst-launch-1.0", "-e"];
+    args.extend(pipeline.split_whitespace());
+    in_root(root, work, name, &args)
+}
+
+/// `program args...` in the root filesystem (see [`gst`]).
+fn in_root(root: &Path, work: &Work, name: &str, program_and_args: &[&str]) -> Gst {
     let (log, _) = work.path(&format!("{name}.log"));
     let out = std::fs::File::create(&log).unwrap();
     let child = Command::new("unshare")
@@ -109,8 +116,7 @@ fn gst(root: &Path, work: &Work, name: &str, pipeline: &str) -> Gst {
         // MEDIAMEM_GST_DEBUG=<GST_DEBUG value>: GStreamer's log in the
         // pipeline's log file.
         .args(std::env::var("MEDIAMEM_GST_DEBUG").map(|d| format!("GST_DEBUG={d}")))
-        .args(["gst-launch-1.0", "-e"])
-        .args(pipeline.split_whitespace())
+        .args(program_and_args)
         .stdin(Stdio::null())
         .stdout(out.try_clone().unwrap())
         .stderr(out)
@@ -119,7 +125,7 @@ fn gst(root: &Path, work: &Work, name: &str, pipeline: &str) -> Gst {
     Gst {
         child,
         log,
-        line: format!("gst-launch-1.0 -e {pipeline}"),
+        line: program_and_args.join(" "),
     }
 }
 
@@ -430,6 +436,124 @@ fn dmabuf_type_with_a_memfd_is_fd_memory() {
     assert_eq!(bytes_of(&b), vec![4; 4096]);
     drop(b);
     assert_eq!(read_release(&mut peer), 3);
+}
+
+/// A GStreamer program that puts metas on its buffers (gst-launch-1.0
+/// cannot): appsrc ! unixfdsink, four shm buffers "Hello world!" one
+/// second apart, each with a custom meta and a GstReferenceTimestampMeta
+/// (timestamp 42); the third one's reference caps hold a 100 kB string,
+/// the fourth one's a 1 MB string.
+const METAS_PY: &str = r#"
+import sys, gi
+gi.require_version("Gst", "1.0")
+gi.require_version("GstAllocators", "1.0")
+from gi.repository import Gst, GstAllocators
+Gst.init(None)
+GstAllocators.ShmAllocator.init_once()
+Gst.Meta.register_custom_simple("mediamem-test-meta")
+p = Gst.parse_launch("appsrc name=a caps=application/x-mediamem-test format=time "
+                     "! unixfdsink socket-path=%s wait-for-connection=true sync=false" % sys.argv[1])
+a = p.get_by_name("a")
+p.set_state(Gst.State.PLAYING)
+shm = Gst.Allocator.find("shm")
+big = [Gst.Caps.from_string("timestamp/x-mediamem, data=(string)" + "B" * n)
+       for n in (100000, 1000000)]
+for i in range(4):
+    buf = Gst.Buffer.new()
+    buf.append_memory(Gst.Allocator.alloc(shm, 12, None))
+    buf.fill(0, b"Hello world!")
+    buf.pts = i * Gst.SECOND
+    buf.add_custom_meta("mediamem-test-meta")
+    ref = big[i - 2] if i >= 2 else Gst.Caps.from_string("timestamp/x-mediamem")
+    buf.add_reference_timestamp_meta(ref, 42, Gst.CLOCK_TIME_NONE)
+    if a.emit("push-buffer", buf) != Gst.FlowReturn.OK:
+        sys.exit(1)
+a.emit("end-of-stream")
+msg = p.get_bus().timed_pop_filtered(30 * Gst.SECOND, Gst.MessageType.EOS | Gst.MessageType.ERROR)
+p.set_state(Gst.State.NULL)
+sys.exit(0 if msg is not None and msg.type == Gst.MessageType.EOS else 1)
+"#;
+
+/// GStreamer's test_unixfd_videotestsrc (custom meta), test_unixfd_segment
+/// (PTS one second apart), test_unixfd_copy ("Hello world!") and
+/// test_unixfd_big_payload (big metas), received by mediamem's client.
+///
+/// Trixie's unixfdsink (1.26.2) writes a command with one non-blocking
+/// `sendmsg` and does not finish a short write (fixed in 1.26.7): a
+/// payload larger than its socket buffer (about 200 kB) is cut, and the
+/// stream goes on with the next command's bytes. A 100 kB meta arrives
+/// whole; the 1 MB one arrives whole from a fixed GStreamer, and from
+/// 1.26.2 must give a typed error (the end of file inside the payload
+/// when the sink closes), not a hang or a garbage buffer.
+#[test]
+fn gstreamer_custom_meta_timestamps_and_big_metas() {
+    let Some(root) = rootfs("gstreamer_custom_meta_timestamps_and_big_metas") else {
+        return;
+    };
+    let work = Work::new(&root);
+    let (script_host, script_guest) = work.path("metas.py");
+    std::fs::write(&script_host, METAS_PY).unwrap();
+    let (sock_host, sock_guest) = work.path("sock");
+    let mut app = in_root(
+        &root,
+        &work,
+        "metas",
+        &["python3", &script_guest, &sock_guest],
+    );
+    let mut client = connect(&sock_host);
+    match first_caps(&mut client) {
+        Some(Event::Caps(c)) => assert_eq!(c, "application/x-mediamem-test"),
+        other => panic!("{other:?}\n{}", app.log()),
+    }
+    let check = |b: &Buffer, big: usize| {
+        assert_eq!(bytes_of(b), b"Hello world!");
+        let custom = b
+            .metas
+            .iter()
+            .find(|m| m.name() == "mediamem-test-meta")
+            .expect("the custom meta");
+        assert!(custom.payload().starts_with(b"mediamem-test-meta"));
+        assert_eq!(custom.payload().last(), Some(&0));
+        let ts = b
+            .metas
+            .iter()
+            .find(|m| m.name() == "GstReferenceTimestampMeta")
+            .expect("the reference timestamp meta");
+        let p = ts.payload();
+        assert_eq!(&p[..8], &42u64.to_le_bytes(), "timestamp 42");
+        assert_eq!(&p[8..16], &u64::MAX.to_le_bytes(), "no duration");
+        assert!(p[16..].starts_with(b"timestamp/x-mediamem"));
+        if big > 0 {
+            let run = "B".repeat(big);
+            assert!(
+                p.windows(run.len()).any(|w| w == run.as_bytes()),
+                "the {big}-byte meta arrived whole"
+            );
+        }
+        b.info.pts.expect("a pts")
+    };
+    let mut pts = Vec::new();
+    for big in [0, 0, 100_000] {
+        match client.recv().unwrap() {
+            Some(Event::Buffer(b)) => pts.push(check(&b, big)),
+            other => panic!("{other:?}\n{}", app.log()),
+        }
+    }
+    // CLOCK_MONOTONIC on the wire: one second apart, as pushed.
+    assert_eq!(pts[1] - pts[0], 1_000_000_000);
+    assert_eq!(pts[2] - pts[1], 1_000_000_000);
+    match client.recv() {
+        Ok(Some(Event::Buffer(b))) => {
+            check(&b, 1_000_000);
+            assert!(matches!(client.recv().unwrap(), Some(Event::Eos)));
+        }
+        Err(Error::Protocol(why)) => {
+            eprintln!("1 MB meta from this GStreamer: {why}");
+            assert!(why.contains("payload"), "{why}");
+        }
+        other => panic!("neither the 1 MB meta nor a typed error: {other:?}"),
+    }
+    app.finish(Duration::from_secs(30));
 }
 
 // ---------------------------------------------------------------------------
