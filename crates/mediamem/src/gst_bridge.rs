@@ -10,11 +10,11 @@
 //! | GStreamer dma-buf / fd memory | mediamem | a duplicate of the fd, [`DmaBufAllocator`] / [`FdAllocator`] |
 //! | any other GStreamer memory | mediamem | wrapped zero-copy ([`Memory::from_slice`]): the mediamem memory keeps a read map of the GStreamer memory alive, and is read-only |
 //!
-//! A memory that cannot be mapped for reading now (it is mapped for
-//! writing elsewhere) is copied instead of wrapped: the copy is taken
-//! under a read map as soon as one is possible, so this only happens for
-//! memory some other code holds mapped writable, and the result is then a
-//! snapshot. Both fd paths cross the same file (the same `st_ino` on both
+//! Wrapping needs a read map. A mediamem memory mapped writable elsewhere
+//! cannot be read (nor copied) while that map lives: [`to_gst`] then
+//! fails with [`Error::Aliased`] or [`Error::LockConflict`]. A GStreamer
+//! memory that refuses a read map is copied (`gst_memory_copy`, whose
+//! result is system memory) and the copy wrapped. Both fd paths cross the same file (the same `st_ino` on both
 //! sides): the bytes are shared, offset and size are kept, and the
 //! GStreamer side is read-only (a share) when the mediamem memory is. The
 //! fd path does not keep the mediamem handle: a pool that recycles the
@@ -70,16 +70,14 @@ pub fn to_gst(mem: &Memory) -> Result<gst::Memory> {
 
 /// A read-only `gst::Memory` wrapping `mem` zero-copy, whatever its kind:
 /// it holds a read map of `mem` (and so `mem`'s block) until GStreamer
-/// frees it. Memory mapped writable elsewhere is copied.
+/// frees it.
 ///
 /// # Errors
-/// Map and copy errors.
+/// Map errors: [`Error::Aliased`] or [`Error::LockConflict`] while `mem`
+/// is mapped writable elsewhere.
 pub fn to_gst_wrapped(mem: &Memory) -> Result<gst::Memory> {
     init()?;
-    let mapped = match mem.clone().into_mapped_readable() {
-        Ok(m) => m,
-        Err(_) => mem.copy()?.into_mapped_readable().map_err(|e| e.error)?,
-    };
+    let mapped = mem.clone().into_mapped_readable().map_err(|e| e.error)?;
     Ok(gst::Memory::from_slice(mapped))
 }
 
@@ -115,8 +113,7 @@ pub fn from_gst(mem: gst::Memory) -> Result<Memory> {
     match mem.into_mapped_memory_readable() {
         Ok(mapped) => Ok(Memory::from_slice(mapped)),
         Err(mem) => {
-            // Mapped writable elsewhere: copy what a read map shows when
-            // one is possible (GStreamer's copy maps for reading).
+            // No read map now: GStreamer's copy (system memory), wrapped.
             let copy = mem.copy_range(..);
             let mapped = copy
                 .into_mapped_memory_readable()

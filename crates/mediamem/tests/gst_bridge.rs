@@ -159,3 +159,17 @@ fn system_memory_is_wrapped_zero_copy_both_ways() {
     let w = to_gst_wrapped(&shm).unwrap();
     assert_eq!(&*w.map_readable().unwrap(), &*shm.map_readable().unwrap());
 }
+
+#[test]
+fn memory_mapped_writable_elsewhere_is_refused_not_read() {
+    gst::init().unwrap();
+    let m = Allocator::system().alloc(64, None).unwrap();
+    let w = m.map_writable().unwrap();
+    // mediamem's borrow rule: no reader (nor a copy) while a writer maps it.
+    assert!(matches!(
+        to_gst(&m),
+        Err(mediamem::Error::Aliased { .. } | mediamem::Error::LockConflict { .. })
+    ));
+    drop(w);
+    assert!(to_gst(&m).is_ok());
+}
