@@ -1299,7 +1299,9 @@ fn server_to_client_in_process() {
     assert_eq!(b.metas[0].name(), "M");
     assert_eq!(b.metas[0].version(), 1);
     assert_eq!(b.metas[0].payload(), b"xyz");
-    drop(b);
+    // Dropped on another thread: the release still goes, without the
+    // client's help.
+    std::thread::spawn(move || drop(b)).join().unwrap();
     assert!(server.wait_released(Duration::from_secs(5)).unwrap());
     server.send_eos().unwrap();
     assert!(matches!(client.recv().unwrap(), Some(Event::Eos)));
