@@ -33,6 +33,9 @@ const LAYERS: &[(&str, u32)] = &[
     ("ipc", 6),
     ("provider", 6),
     ("probe", 7),
+    // Uses ipc's receive policy and fd admission.
+    ("unixfd", 7),
+    ("gst_bridge", 7),
 ];
 
 /// Names re-exported at the crate root that are modules of the core.

@@ -23,6 +23,15 @@
 //!   (see `python.rs`). `test` runs it after the examples.
 //! * `python-bench`: the Python call overhead of mediamem next to
 //!   PyGObject's on the host's GStreamer (`python.rs`).
+//! * `gst-launch <pipeline...>`: `gst-launch-1.0 -e` in the Debian trixie
+//!   root filesystem with GStreamer 1.26 (see `gst.rs`), built under
+//!   `target/gst-trixie` at first use; `test` builds it too and points
+//!   the unixfd tests at it with `MEDIAMEM_GST_ROOTFS`, and installs the
+//!   host's GStreamer dev packages for the `gstreamer` feature, whose
+//!   bridge it lints and tests.
+//! * `bench-unixfd [--runs N]`: receiving from GStreamer's `unixfdsink`,
+//!   mediamem's client against `unixfdsrc` (see `unixfd_bench.rs`); writes
+//!   its own section of `bench/results.md`.
 //! * `lint`: the architecture rules (`arch.rs`: where `unsafe` may be,
 //!   layers that read bottom-up), formatting (the fuzz crate's too),
 //!   clippy and rustdoc, warnings denied.
@@ -30,7 +39,9 @@
 mod arch;
 mod bench;
 mod fuzz;
+mod gst;
 mod python;
+mod unixfd_bench;
 mod vm;
 
 use std::process::{Command, ExitCode};
@@ -200,8 +211,45 @@ fn test(host_only: bool) -> bool {
         runs: None,
         fresh: true,
     };
+    let gst_root = match gst::rootfs() {
+        Ok(root) => root,
+        Err(e) => {
+            eprintln!("gst: {e}");
+            return false;
+        }
+    };
+    let gst_root = gst_root.to_string_lossy().into_owned();
+    if let Err(e) = gst::host_packages() {
+        eprintln!("gst: {e}");
+        return false;
+    }
     lint()
-        && cargo(&["test", "--workspace", "--no-fail-fast"])
+        && cargo_with(
+            &["test", "--workspace", "--no-fail-fast"],
+            &[(gst::ENV, &gst_root)],
+        )
+        // The `gstreamer` feature (off by default): its bridge, linted and
+        // tested against the host's GStreamer.
+        && cargo(&[
+            "clippy",
+            "-p",
+            "mediamem",
+            "--features",
+            "gstreamer",
+            "--all-targets",
+            "--",
+            "-D",
+            "warnings",
+        ])
+        && cargo(&[
+            "test",
+            "-p",
+            "mediamem",
+            "--features",
+            "gstreamer",
+            "--test",
+            "gst_bridge",
+        ])
         && examples()
         && python_test()
         && loom()
@@ -221,8 +269,9 @@ fn python_test() -> bool {
 
 fn usage() -> ExitCode {
     eprintln!(
-        "usage: cargo xtask <test [--host-only] | loom | vm-test | python-test | python-bench | bench [--report-only] | \
-         fuzz [--time SECONDS] [--runs N] [TARGET...] | lint>"
+        "usage: cargo xtask <test [--host-only] | loom | vm-test | python-test | python-bench | \
+         bench [--report-only] | fuzz [--time SECONDS] [--runs N] [TARGET...] | \
+         gst-launch PIPELINE... | bench-unixfd [--runs N] | lint>"
     );
     ExitCode::from(2)
 }
@@ -244,6 +293,30 @@ fn main() -> ExitCode {
             }
         },
         (Some("lint"), None) => lint(),
+        (Some("bench-unixfd"), flag) => {
+            let runs = match (flag, args.get(2)) {
+                (None, _) => 5,
+                (Some("--runs"), Some(n)) => match n.parse() {
+                    Ok(n) if n > 0 => n,
+                    _ => return usage(),
+                },
+                _ => return usage(),
+            };
+            match unixfd_bench::bench_unixfd(runs) {
+                Ok(()) => true,
+                Err(e) => {
+                    eprintln!("bench-unixfd: {e}");
+                    false
+                }
+            }
+        }
+        (Some("gst-launch"), Some(_)) => match gst::gst_launch(&args[1..]) {
+            Ok(()) => true,
+            Err(e) => {
+                eprintln!("gst: {e}");
+                false
+            }
+        },
         (Some("fuzz"), _) => match fuzz_args(&args[1..]) {
             Some((targets, budget)) => fuzz(&targets, &budget),
             None => return usage(),

@@ -127,7 +127,7 @@ fn provision_virtme(vm: &Path) -> Res<PathBuf> {
 }
 
 /// The Debian mirror this machine's apt uses.
-fn debian_mirror() -> Res<String> {
+pub(crate) fn debian_mirror() -> Res<String> {
     let mut text = fs::read_to_string("/etc/apt/sources.list.d/debian.sources").unwrap_or_default();
     text.push('\n');
     text.push_str(&fs::read_to_string("/etc/apt/sources.list").unwrap_or_default());

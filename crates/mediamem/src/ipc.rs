@@ -825,7 +825,7 @@ impl Default for ReceivePolicy {
 
 /// What the receiver does with one received fd.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum Admission {
+pub(crate) enum Admission {
     /// Map it zero-copy as a dma-buf.
     DmaBuf,
     /// Map it zero-copy as fd memory (sealed memfd).
@@ -839,7 +839,7 @@ enum Admission {
 /// Decide how a received fd may be used: a real dma-buf (the dma-buf
 /// filesystem's magic, whatever the sender called it) cannot shrink; every
 /// other file gets the memfd rules, checked with `F_GET_SEALS`.
-fn admit(
+pub(crate) fn admit(
     fd: &OwnedFd,
     announced_dmabuf: bool,
     policy: &ReceivePolicy,
@@ -1289,7 +1289,7 @@ impl Drop for Receiver {
 /// of raising `SIGBUS`). `copied` counts the bytes the frame has copied so
 /// far; past `limit` ([`ReceivePolicy::max_copy_bytes`]) the copy is
 /// refused before anything is allocated.
-fn copy_by_pread(
+pub(crate) fn copy_by_pread(
     fd: &OwnedFd,
     (offset, size, maxsize): (usize, usize, usize),
     copied: &mut usize,

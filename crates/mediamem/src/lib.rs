@@ -44,6 +44,8 @@ pub mod dmabuf;
 pub mod drm;
 pub mod error;
 pub mod fd;
+#[cfg(feature = "gstreamer")]
+pub mod gst_bridge;
 pub mod heap;
 pub mod ipc;
 mod kind;
@@ -57,6 +59,7 @@ pub mod provider;
 pub mod shm;
 mod sys;
 pub mod udmabuf;
+pub mod unixfd;
 
 pub use allocator::{
     AllocationParams, Allocator, AllocatorCaps, AllocatorFlags, AllocatorImpl, ALLOCATOR_SYSMEM,

@@ -13,6 +13,8 @@ mod dma_buf;
 mod dma_heap;
 mod drm;
 mod file;
+#[cfg(feature = "gstreamer")]
+mod gst;
 mod sigbus;
 mod udmabuf;
 
@@ -20,6 +22,8 @@ pub(crate) use dma_buf::*;
 pub(crate) use dma_heap::*;
 pub(crate) use drm::*;
 pub(crate) use file::{file_id, FdHandle, FileId, FsKind};
+#[cfg(feature = "gstreamer")]
+pub(crate) use gst::{gst_fd_memory, gst_memory_fd};
 pub(crate) use sigbus::SigbusGuard;
 pub(crate) use udmabuf::*;
 
