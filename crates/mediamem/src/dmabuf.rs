@@ -122,9 +122,10 @@ impl DmaBufBackend {
 
     /// Map read-write once (with its syncs), keep the mapping, and lock its
     /// pages in RAM (CMA memory, whose frames must not move). Returns the
-    /// address.
+    /// address. The block must have been made with `KEEP_MAPPED`, so the
+    /// mapping outlives the unmap.
     pub(crate) fn lock_in_ram(&mut self) -> Result<usize> {
-        self.block.keep_mapped()?;
+        debug_assert!(self.block.flags().contains(FdMemoryFlags::KEEP_MAPPED));
         self.map(self.block.maxsize(), MapFlags::READWRITE)?;
         self.unmap(MapFlags::READWRITE);
         self.block.lock_in_ram()

@@ -433,32 +433,19 @@ impl FdBlock {
         self.mapping.count()
     }
 
-    /// Keep the mapping after the last unmap from now on (`KEEP_MAPPED`).
-    pub(crate) fn keep_mapped(&mut self) -> Result<()> {
-        self.flags |= FdMemoryFlags::KEEP_MAPPED;
-        if !self.mapping.options().keep {
-            self.mapping = FileMapping::new(MapOptions {
-                keep: true,
-                upgrade: Upgrade::WhenIdle,
-                ..self.mapping.options()
-            })
-            .map_err(|_| Error::SizeOverflow {
-                what: "maxsize rounded to the huge page size",
-            })?;
-        }
-        Ok(())
-    }
-
     /// Map the block read-write now and keep it mapped until the backend
     /// drops, so every later map of the memory is the bare lock word (no
     /// backend call, no mutex). For memory this process made and owns
-    /// outright (shm, huge pages); never for dma-bufs, whose maps must be
-    /// bracketed by syncs.
+    /// outright (shm, huge pages), made with `KEEP_MAPPED`; never for
+    /// dma-bufs, whose maps must be bracketed by syncs.
     pub(crate) fn pin_mapped(&mut self, mem_type: &str) -> Result<NonNull<u8>> {
         if let Some(base) = self.pinned {
             return Ok(base.get());
         }
-        self.keep_mapped()?;
+        debug_assert!(
+            self.mapping.options().keep,
+            "pinned blocks are made with KEEP_MAPPED"
+        );
         let base = self
             .mapping
             .pin(self.fd.as_fd())
