@@ -270,3 +270,20 @@ fn a_freed_block_refuses_a_region_past_its_end() -> Result<()> {
     ));
     Ok(())
 }
+
+#[test]
+fn a_frame_dropped_with_a_leaked_map_comes_back_unlocked() -> Result<()> {
+    // Forgetting a guard is safe and leaves the lock held; the pool must
+    // not hand that lock word out again (the block comes back through its
+    // hook with a fresh one).
+    let (pool, made) = counting_pool(1);
+    let frame = pool.acquire()?;
+    std::mem::forget(frame.map_readable()?);
+    assert_ne!(frame.lock_state(), 0);
+    drop(frame);
+    let mut again = pool.acquire()?;
+    assert_eq!(again.lock_state(), 0);
+    again.map_mut()?[0] = 1;
+    assert_eq!(made.load(Ordering::SeqCst), 1, "the same block");
+    Ok(())
+}
