@@ -168,6 +168,9 @@ use crate::memory::{
 };
 use crate::shm::ShmAllocator;
 
+mod fanout;
+pub use fanout::{ClientId, FanOut, FanOutReport, DEFAULT_CLIENT_TIMEOUT};
+
 /// `"MMIP"` read as a little-endian u32.
 pub const MAGIC: u32 = u32::from_le_bytes(*b"MMIP");
 /// Protocol version.
@@ -796,6 +799,8 @@ pub struct Sender {
     unregister: Vec<u32>,
     /// The message being built (kept for its capacity).
     scratch: Vec<u8>,
+    /// The peer closed its end (seen when reading releases).
+    closed: bool,
 }
 
 impl std::fmt::Debug for Sender {
@@ -845,6 +850,7 @@ impl Sender {
             max_registered: DEFAULT_MAX_REGISTERED,
             unregister: Vec::new(),
             scratch: Vec::new(),
+            closed: false,
         }
     }
 
@@ -889,6 +895,14 @@ impl Sender {
     /// Frames sent and not yet released.
     pub fn in_flight(&self) -> usize {
         self.held.len()
+    }
+
+    /// Whether the peer was seen closing its end (by
+    /// [`wait_release`](Sender::wait_release) or
+    /// [`poll_releases`](Sender::poll_releases) reading the end of the
+    /// stream): it releases nothing more.
+    pub fn peer_closed(&self) -> bool {
+        self.closed
     }
 
     fn check_sync(&self) -> Result<()> {
@@ -1287,7 +1301,10 @@ impl Sender {
                 // A Unix socket reports ECONNRESET once the queued data is
                 // read when the peer closed with some of ours unread: the
                 // end of the stream.
-                Err(rustix::io::Errno::CONNRESET) if self.partial_len == 0 => return Ok(None),
+                Err(rustix::io::Errno::CONNRESET) if self.partial_len == 0 => {
+                    self.closed = true;
+                    return Ok(None);
+                }
                 Err(rustix::io::Errno::CONNRESET) => {
                     return Err(
                         self.out_of_sync(Error::Protocol("end of stream inside a release".into()))
@@ -1302,6 +1319,7 @@ impl Sender {
             }
             if msg.bytes == 0 {
                 if self.partial_len == 0 {
+                    self.closed = true;
                     return Ok(None);
                 }
                 return Err(

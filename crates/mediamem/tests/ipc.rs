@@ -1979,3 +1979,87 @@ fn no_leaks_over_ten_thousand_frames_good_and_refused() -> Result<()> {
     assert_eq!(tx.in_flight(), 0);
     Ok(())
 }
+
+// ---------------------------------------------------------------------------
+// One sender, several receivers.
+// ---------------------------------------------------------------------------
+
+#[test]
+fn a_fanned_out_frame_comes_back_when_every_receiver_released_it() -> Result<()> {
+    use mediamem::ipc::FanOut;
+    let pool = MemoryPool::new(ShmAllocator::get(), 4096, None, 1, 1)?;
+    let mut fan = FanOut::new(4);
+    let mut rxs = Vec::new();
+    for _ in 0..3 {
+        let (a, b) = UnixStream::pair().unwrap();
+        fan.add(a);
+        rxs.push(Receiver::new(b, ReceivePolicy::default()));
+    }
+    for round in 0..20u8 {
+        let mut frame = pool.acquire()?;
+        frame.map_mut()?[0] = round;
+        let report = fan.send_frame(&[frame.memory().clone()], FrameInfo::default())?;
+        drop(frame);
+        assert_eq!((report.sent.len(), report.skipped.len()), (3, 0));
+        let mut frames: Vec<_> = rxs.iter_mut().map(|r| r.recv().unwrap().unwrap()).collect();
+        while let Some(f) = frames.pop() {
+            assert_eq!(f.memories[0].map_readable()?[0], round);
+            drop(f);
+            fan.poll_releases()?;
+            // Back only once the last receiver released it.
+            assert_eq!(pool.acquire().is_ok(), frames.is_empty(), "round {round}");
+        }
+    }
+    Ok(())
+}
+
+#[test]
+fn a_slow_receiver_is_bounded_and_a_gone_one_releases_everything() -> Result<()> {
+    use mediamem::ipc::FanOut;
+    let pool = MemoryPool::new(ShmAllocator::get(), 4096, None, 3, 3)?;
+    let mut fan = FanOut::new(2);
+    let (a, b) = UnixStream::pair().unwrap();
+    let fast_id = fan.add(a);
+    let mut fast = Receiver::new(b, ReceivePolicy::default());
+    let (a, b) = UnixStream::pair().unwrap();
+    let slow_id = fan.add(a);
+    let mut slow = Receiver::new(b, ReceivePolicy::default());
+    let mut slow_frames = Vec::new();
+    for i in 0..10u32 {
+        let frame = pool.acquire()?;
+        let report = fan.send_frame(&[frame.memory().clone()], FrameInfo::default())?;
+        drop(frame);
+        assert!(report.sent.contains(&fast_id));
+        // The slow one (never releasing) gets two frames, then none.
+        assert_eq!(report.sent.contains(&slow_id), i < 2, "frame {i}");
+        assert_eq!(report.skipped.contains(&slow_id), i >= 2, "frame {i}");
+        if i < 2 {
+            slow_frames.push(slow.recv()?.unwrap());
+        }
+        drop(fast.recv()?.unwrap());
+        fast.flush()?;
+        fan.poll_releases()?;
+    }
+    assert_eq!(fan.in_flight(slow_id), Some(2));
+    assert_eq!(fan.skipped(slow_id), Some(8));
+    assert_eq!(fan.in_flight(fast_id), Some(0));
+    assert_eq!(pool.outstanding(), 2, "the slow receiver's two frames");
+    // Releasing lets it back in.
+    drop(slow_frames.pop());
+    slow.flush()?;
+    fan.poll_releases()?;
+    let frame = pool.acquire()?;
+    let report = fan.send_frame(&[frame.memory().clone()], FrameInfo::default())?;
+    drop(frame);
+    assert_eq!(report.sent.len(), 2);
+    drop(fast.recv()?.unwrap());
+    fast.flush()?;
+    // The slow receiver goes away holding two frames (one unread): the
+    // fan-out removes it and everything it held comes back.
+    drop((slow, slow_frames));
+    let (_, gone) = fan.poll_releases()?;
+    assert_eq!(gone, vec![slow_id]);
+    assert_eq!(fan.clients(), vec![fast_id]);
+    assert_eq!(pool.outstanding(), 0);
+    Ok(())
+}
