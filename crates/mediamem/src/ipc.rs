@@ -1264,11 +1264,9 @@ impl Sender {
         let deadline = deadline(self.timeout);
         let mut space = [MaybeUninit::uninit(); rustix::cmsg_space!(ScmRights(MAX_MEMORIES))];
         loop {
-            let want = if self.partial_len < HEADER_LEN {
-                HEADER_LEN
-            } else {
-                RELEASE_LEN
-            };
+            // Everything the sender reads is a release (24 bytes): read the
+            // rest of one in one call; anything else is out of sync anyway.
+            let want = RELEASE_LEN;
             let mut control = RecvAncillaryBuffer::new(&mut space);
             let r = rustix::net::recvmsg(
                 &self.sock,
@@ -1326,8 +1324,9 @@ impl Sender {
                     self.out_of_sync(Error::Protocol("end of stream inside a release".into()))
                 );
             }
+            let had = self.partial_len;
             self.partial_len += msg.bytes;
-            if self.partial_len == HEADER_LEN {
+            if had < HEADER_LEN && self.partial_len >= HEADER_LEN {
                 let head: &[u8; HEADER_LEN] = self.partial[..HEADER_LEN]
                     .try_into()
                     .expect("a header's bytes");
