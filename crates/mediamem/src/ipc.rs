@@ -73,6 +73,12 @@
 //! the metadata; one fd per memory. The sender no longer writes it; the
 //! receiver still takes it ([`parse_frame`]).
 //!
+//! The receiver reads ahead: one `recvmsg` brings a message's header and
+//! payload, and often the next messages. A message's fds must come with the
+//! write that carries its first byte (the kernel then hands them over with
+//! the read that reaches that write); fds that no message starting in
+//! their read announces are a framing error.
+//!
 //! A **release**'s payload is the frame id; an **unregister**'s is one or
 //! more buffer ids (u32 each, at most [`MAX_UNREGISTER`]); end of stream
 //! has none. The sender writes an unregister right after a frame, in the
@@ -644,46 +650,185 @@ struct RawMessage {
     fds: Vec<OwnedFd>,
 }
 
+/// Fds that came with one read. A sender's fds go with the first write of
+/// their message, and the kernel ends a read after the first write that
+/// carried fds (having read at least its first byte): so they belong to
+/// the one message that announces fds and starts within the read.
+struct FdBatch {
+    /// Stream positions of the read's first and last bytes.
+    first: u64,
+    last: u64,
+    fds: Vec<OwnedFd>,
+}
+
+/// Bytes the receiver read ahead of the message it handles, so that one
+/// `recvmsg` usually brings a whole message (header and payload) and
+/// sometimes the next ones too.
+#[derive(Default)]
+struct InBuf {
+    bytes: Vec<u8>,
+    start: usize,
+    end: usize,
+    /// Stream position of `bytes[start]`.
+    pos: u64,
+    batches: std::collections::VecDeque<FdBatch>,
+}
+
+/// Bytes one read asks for at least.
+const READ_AHEAD: usize = 16 << 10;
+
+impl InBuf {
+    fn available(&self) -> usize {
+        self.end - self.start
+    }
+
+    /// Whether part of a message (bytes or fds) is buffered.
+    fn inside_message(&self) -> bool {
+        self.available() > 0 || !self.batches.is_empty()
+    }
+
+    /// Room for at least `need` bytes from `start` and a read-ahead.
+    fn reserve(&mut self, need: usize) {
+        if self.start == self.end {
+            self.start = 0;
+            self.end = 0;
+        }
+        let want = need.max(self.available() + READ_AHEAD);
+        if self.bytes.len() - self.start < want {
+            self.bytes.copy_within(self.start..self.end, 0);
+            self.end -= self.start;
+            self.start = 0;
+            if self.bytes.len() < want {
+                self.bytes.resize(want, 0);
+            }
+        }
+    }
+
+    /// The whole message at the front, if it is all here: its header
+    /// (checked), payload and fds.
+    fn take_message(&mut self) -> Result<Option<RawMessage>> {
+        if self.available() < HEADER_LEN {
+            return Ok(None);
+        }
+        let head: &[u8; HEADER_LEN] = self.bytes[self.start..self.start + HEADER_LEN]
+            .try_into()
+            .expect("a header's bytes");
+        let header = parse_header(head)?;
+        let len = HEADER_LEN + header.payload_len as usize;
+        if self.available() < len {
+            return Ok(None);
+        }
+        let (at, end) = (self.pos, self.pos + len as u64);
+        let mut fds = Vec::new();
+        let announced = header.n_fds > 0;
+        if announced
+            && self
+                .batches
+                .front()
+                .is_some_and(|b| b.first <= at && at <= b.last)
+        {
+            fds = self.batches.pop_front().expect("checked").fds;
+        }
+        // Fds whose read ended inside this message and that it did not
+        // take: nothing can claim them.
+        if self.batches.front().is_some_and(|b| b.last < end) {
+            let stray = self.batches.pop_front().expect("checked").fds.len();
+            return Err(Error::Protocol(format!(
+                "{stray} fds arrived that no message announced (header announces {})",
+                header.n_fds
+            )));
+        }
+        if fds.len() != header.n_fds as usize {
+            return Err(Error::Protocol(format!(
+                "header announces {} fds, {} arrived",
+                header.n_fds,
+                fds.len()
+            )));
+        }
+        let payload = self.bytes[self.start + HEADER_LEN..self.start + len].to_vec();
+        self.start += len;
+        self.pos = end;
+        Ok(Some(RawMessage {
+            header,
+            payload,
+            fds,
+        }))
+    }
+
+    /// What an end of file means here.
+    fn end_of_stream(&self) -> Result<Option<RawMessage>> {
+        if !self.inside_message() {
+            return Ok(None);
+        }
+        if self.available() < HEADER_LEN {
+            return Err(Error::Protocol(
+                "end of stream inside a message header".into(),
+            ));
+        }
+        let head: &[u8; HEADER_LEN] = self.bytes[self.start..self.start + HEADER_LEN]
+            .try_into()
+            .expect("a header's bytes");
+        let len = parse_header(head).map_or(0, |h| h.payload_len as usize);
+        Err(Error::Protocol(format!(
+            "end of stream after {} of {len} payload bytes",
+            self.available() - HEADER_LEN
+        )))
+    }
+}
+
 /// Read one message for the receiver, never blocking in the kernel: while
 /// nothing is there it waits (writing pending releases as room appears) for
 /// at most `timeout` at a time. `Ok(None)` at end of file between messages
 /// (or `ECONNRESET`: the peer closed with some of our releases unread).
+/// Reads go through `inbuf`, which may keep the start of the next
+/// messages.
 ///
 /// `try_only`: when nothing of a message is there, give up at once with
 /// `TimedOut { inside_message: false }` instead of waiting.
 fn read_message(
     conn: &Conn,
+    inbuf: &mut InBuf,
     timeout: Option<Duration>,
     try_only: bool,
 ) -> Result<Option<RawMessage>> {
-    let sock = &conn.stream;
-    let mut head = [0u8; HEADER_LEN];
-    let mut got = 0;
-    let mut fds: Vec<OwnedFd> = Vec::new();
     let mut space = [MaybeUninit::uninit(); rustix::cmsg_space!(ScmRights(MAX_MEMORIES))];
-    while got < HEADER_LEN {
+    loop {
+        if let Some(m) = inbuf.take_message()? {
+            return Ok(Some(m));
+        }
+        let need = if inbuf.available() >= HEADER_LEN {
+            let head: &[u8; HEADER_LEN] = inbuf.bytes[inbuf.start..inbuf.start + HEADER_LEN]
+                .try_into()
+                .expect("a header's bytes");
+            HEADER_LEN + parse_header(head)?.payload_len as usize
+        } else {
+            HEADER_LEN
+        };
+        inbuf.reserve(need);
         let mut control = RecvAncillaryBuffer::new(&mut space);
+        let end = inbuf.end;
         let r = rustix::net::recvmsg(
-            sock,
-            &mut [IoSliceMut::new(&mut head[got..])],
+            &conn.stream,
+            &mut [IoSliceMut::new(&mut inbuf.bytes[end..])],
             &mut control,
             RecvFlags::CMSG_CLOEXEC | RecvFlags::DONTWAIT,
         );
         let msg = match r {
             Ok(m) => m,
             Err(rustix::io::Errno::INTR) => continue,
-            Err(rustix::io::Errno::AGAIN) if try_only && got == 0 && fds.is_empty() => {
+            Err(rustix::io::Errno::AGAIN) if try_only && !inbuf.inside_message() => {
                 return Err(Error::TimedOut {
                     inside_message: false,
                 })
             }
             Err(rustix::io::Errno::AGAIN) => {
-                conn.wait_readable(timeout, got > 0 || !fds.is_empty())?;
+                conn.wait_readable(timeout, inbuf.inside_message())?;
                 continue;
             }
-            Err(rustix::io::Errno::CONNRESET) if got == 0 && fds.is_empty() => return Ok(None),
+            Err(rustix::io::Errno::CONNRESET) => return inbuf.end_of_stream(),
             Err(e) => return Err(Error::os("recvmsg", e)),
         };
+        let mut fds = Vec::new();
         for c in control.drain() {
             if let RecvAncillaryMessage::ScmRights(received) = c {
                 fds.extend(received);
@@ -695,47 +840,16 @@ fn read_message(
             ));
         }
         if msg.bytes == 0 {
-            return if got == 0 && fds.is_empty() {
-                Ok(None)
-            } else {
-                Err(Error::Protocol(
-                    "end of stream inside a message header".into(),
-                ))
-            };
+            // Fds need a byte to travel with: none come with an end of file.
+            return inbuf.end_of_stream();
         }
-        got += msg.bytes;
-    }
-    let header = parse_header(&head)?;
-    if fds.len() != header.n_fds as usize {
-        return Err(Error::Protocol(format!(
-            "header announces {} fds, {} arrived",
-            header.n_fds,
-            fds.len()
-        )));
-    }
-    let mut payload = vec![0u8; header.payload_len as usize];
-    let mut read = 0;
-    while read < payload.len() {
-        // No control buffer: fds sent with payload bytes are closed by the
-        // kernel (they were not announced).
-        match rustix::net::recv(sock, &mut payload[read..], RecvFlags::DONTWAIT) {
-            Ok((0, _)) | Err(rustix::io::Errno::CONNRESET) => {
-                return Err(Error::Protocol(format!(
-                    "end of stream after {read} of {} payload bytes",
-                    payload.len()
-                )))
-            }
-            Ok((n, _)) => read += n,
-            Err(rustix::io::Errno::INTR) => continue,
-            Err(rustix::io::Errno::AGAIN) => conn.wait_readable(timeout, true)?,
-            Err(e) => return Err(Error::os("recv", e)),
+        let first = inbuf.pos + inbuf.available() as u64;
+        inbuf.end += msg.bytes;
+        if !fds.is_empty() {
+            let last = first + msg.bytes as u64 - 1;
+            inbuf.batches.push_back(FdBatch { first, last, fds });
         }
     }
-    Ok(Some(RawMessage {
-        header,
-        payload,
-        fds,
-    }))
 }
 
 /// Bytes of one release message.
@@ -1755,6 +1869,8 @@ pub struct Receiver {
     timeout: Option<Duration>,
     /// Buffers registered by the sender, by id.
     registry: HashMap<u32, Arc<RegisteredBuffer>>,
+    /// Bytes read ahead.
+    inbuf: InBuf,
     /// Ids whose registration was refused (at most [`MAX_UNREGISTER`]):
     /// the sender still unregisters them when it frees their block.
     refused: std::collections::HashSet<u32>,
@@ -1762,9 +1878,11 @@ pub struct Receiver {
 
 impl AsFd for Receiver {
     /// The socket, for `poll`/`epoll`: readable when a frame (or the end
-    /// of the stream) is there for [`Receiver::try_recv`]. Releases left
-    /// queued by drops are written by the next `try_recv`, `recv` or
-    /// [`Receiver::flush`].
+    /// of the stream) is there for [`Receiver::try_recv`]. The receiver
+    /// reads ahead (one read often brings several messages), so call
+    /// `try_recv` until it returns [`Received::Empty`] before waiting for
+    /// the socket again. Releases left queued by drops are written by the
+    /// next `try_recv`, `recv` or [`Receiver::flush`].
     fn as_fd(&self) -> BorrowedFd<'_> {
         self.sock.stream.as_fd()
     }
@@ -1793,6 +1911,7 @@ impl Receiver {
             broken: None,
             timeout: None,
             registry: HashMap::new(),
+            inbuf: InBuf::default(),
             refused: std::collections::HashSet::new(),
         }
     }
@@ -1892,7 +2011,7 @@ impl Receiver {
                 )));
             }
             self.sock.flush_nonblocking();
-            let raw = match read_message(&self.sock, self.timeout, try_only) {
+            let raw = match read_message(&self.sock, &mut self.inbuf, self.timeout, try_only) {
                 Ok(Some(m)) => m,
                 Ok(None) => {
                     self.registry.clear();
@@ -1910,6 +2029,8 @@ impl Receiver {
                 ) => return Err(e),
                 Err(e) => {
                     self.broken = Some(e.to_string());
+                    // Out of sync: what was read ahead (fds too) goes.
+                    self.inbuf = InBuf::default();
                     return Err(e);
                 }
             };

@@ -2063,3 +2063,45 @@ fn a_slow_receiver_is_bounded_and_a_gone_one_releases_everything() -> Result<()>
     assert_eq!(pool.outstanding(), 0);
     Ok(())
 }
+
+#[test]
+fn fds_belong_to_the_message_that_announces_them_however_reads_fall() -> Result<()> {
+    let fd = sealed_memfd(4096);
+    // Several messages in one write, the fds with a frame in the middle
+    // (after a frame without fds, before an unregister): all read right.
+    let (mut peer, ours) = UnixStream::pair().unwrap();
+    let mut rx = Receiver::new(ours, ReceivePolicy::default());
+    rx.set_timeout(Some(Duration::from_secs(5)))?;
+    send_raw(
+        &peer,
+        &frame2(1, &[(S_REGISTER, 0, 1, 0, 8, 4096)], &[], b""),
+        &[fd.as_fd()],
+    );
+    drop(rx.recv()?.unwrap());
+    assert_eq!(read_release(&mut peer), Some(1));
+    // Frame 2 alone, then one write with frame 3 (and its fd), an
+    // unregister and frame 4: the reads may take frame 2 and the second
+    // write together.
+    let mut bytes = frame2(2, &[(S_BUFFER, 0, 1, 0, 8, 0)], &[], b"a");
+    bytes.extend(frame2(3, &[(S_FD, 0, 0, 0, 8, 4096)], &[], b"b"));
+    bytes.extend(unregister_msg(&[1]));
+    bytes.extend(frame2(4, &[], &[], b"c"));
+    let split = frame2(2, &[(S_BUFFER, 0, 1, 0, 8, 0)], &[], b"a").len();
+    send_raw(&peer, &bytes[..split], &[]);
+    send_raw(&peer, &bytes[split..], &[fd.as_fd()]);
+    let metas: Vec<Vec<u8>> = (0..3).map(|_| rx.recv().unwrap().unwrap().meta).collect();
+    assert_eq!(metas, [b"a".to_vec(), b"b".to_vec(), b"c".to_vec()]);
+    assert_eq!(rx.registered(), 0, "the unregister between them was read");
+
+    // Fds attached to a message that announces none: a framing error,
+    // and they are closed.
+    let (peer, ours) = UnixStream::pair().unwrap();
+    let mut rx = Receiver::new(ours, ReceivePolicy::default());
+    rx.set_timeout(Some(Duration::from_millis(200)))?;
+    let stray = sealed_memfd(4096);
+    send_raw(&peer, &frame2(5, &[], &[], b""), &[stray.as_fd()]);
+    assert!(matches!(rx.recv(), Err(Error::Protocol(ref w)) if w.contains("no message announced")));
+    assert_eq!(fds_on_file(stray.as_fd()), 1);
+
+    Ok(())
+}
