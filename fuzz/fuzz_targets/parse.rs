@@ -58,7 +58,10 @@ fuzz_target!(|data: &[u8]| {
         assert_eq!(with_fds, n_fds);
         assert!(f.memories.len() <= MAX_MEMORIES);
         let layout = f.layout.as_ref().map_or(0, |l| 24 + 16 * l.planes().len());
-        assert_eq!(payload.len(), 48 + 40 * f.memories.len() + layout + f.meta.len());
+        assert_eq!(
+            payload.len(),
+            48 + 40 * f.memories.len() + layout + f.meta.len()
+        );
         assert_eq!(payload[..8], f.id.to_le_bytes());
         for m in &f.memories {
             assert!(m.kind <= 1, "unknown kind {} accepted", m.kind);
