@@ -174,6 +174,8 @@ use crate::memory::{
 };
 use crate::shm::ShmAllocator;
 
+#[cfg(feature = "tokio")]
+pub mod aio;
 mod fanout;
 pub use fanout::{ClientId, FanOut, FanOutReport, DEFAULT_CLIENT_TIMEOUT};
 
@@ -938,6 +940,18 @@ impl AsFd for Sender {
     }
 }
 
+impl std::os::fd::AsRawFd for Sender {
+    fn as_raw_fd(&self) -> std::os::fd::RawFd {
+        self.sock.as_raw_fd()
+    }
+}
+
+impl std::os::fd::AsRawFd for Receiver {
+    fn as_raw_fd(&self) -> std::os::fd::RawFd {
+        self.sock.stream.as_raw_fd()
+    }
+}
+
 /// The fd block behind `m` (fd, shm, dma-buf, huge page memory and their
 /// shares), if any.
 fn fd_block(m: &Memory) -> Option<&FdBlock> {
@@ -1476,6 +1490,16 @@ impl Sender {
     /// later call fails), and I/O errors.
     pub fn wait_release(&mut self) -> Result<Option<u64>> {
         self.take_release(true)
+    }
+
+    /// The next release if a whole one is here now (never waits; half a
+    /// release is kept for the next call). `Ok(None)` also when the peer
+    /// closed ([`peer_closed`](Sender::peer_closed) tells).
+    ///
+    /// # Errors
+    /// As [`wait_release`](Sender::wait_release).
+    pub fn try_release(&mut self) -> Result<Option<u64>> {
+        self.take_release(false)
     }
 
     /// Handle every release already received, without waiting (half a
