@@ -1,9 +1,10 @@
 //! Fuzz target `parse`: the receiver's pure decoders on arbitrary bytes.
 //!
 //! Input: 16 bytes read as a message header by `parse_header`, the rest
-//! read as a frame payload by `parse_frame`, with the header's fd count
-//! field (valid or not) as the number of fds that came with it. Inputs
-//! under 16 bytes are a payload that came with no fd.
+//! read as a frame payload by `parse_frame` (version 1's fd frame) and by
+//! `parse_frame_v2`, with the header's fd count field (valid or not) as
+//! the number of fds that came with it. Inputs under 16 bytes are a
+//! payload that came with no fd.
 //!
 //! Invariants: nothing panics (overflow checks are on); an accepted header
 //! has a known type, a payload and an fd count within the limits and the
@@ -13,7 +14,9 @@
 #![no_main]
 
 use libfuzzer_sys::fuzz_target;
-use mediamem::ipc::{parse_frame, parse_header, MAX_MEMORIES, MAX_PAYLOAD};
+use mediamem::ipc::{
+    parse_frame, parse_frame_v2, parse_header, Source, MAX_MEMORIES, MAX_PAYLOAD, MAX_UNREGISTER,
+};
 
 fuzz_target!(|data: &[u8]| {
     let Some((head, payload)) = data.split_first_chunk::<16>() else {
@@ -27,7 +30,12 @@ fuzz_target!(|data: &[u8]| {
         assert!(h.payload_len as usize <= MAX_PAYLOAD);
         assert!(h.n_fds as usize <= MAX_MEMORIES);
         match h.kind {
-            1 => {}
+            1 | 4 => {}
+            5 => {
+                assert_eq!(h.n_fds, 0);
+                assert!(h.payload_len > 0 && h.payload_len % 4 == 0);
+                assert!(h.payload_len as usize / 4 <= MAX_UNREGISTER);
+            }
             2 => assert_eq!((h.payload_len, h.n_fds), (8, 0)),
             3 => assert_eq!((h.payload_len, h.n_fds), (0, 0)),
             other => panic!("header of unknown type {other} accepted"),
@@ -43,6 +51,26 @@ fuzz_target!(|data: &[u8]| {
             assert!(m.kind <= 1, "unknown kind {} accepted", m.kind);
             let end = m.offset.checked_add(m.size).expect("region overflows");
             assert!(end <= m.maxsize && m.maxsize <= isize::MAX as u64);
+        }
+    }
+    if let Ok(f) = parse_frame_v2(payload, n_fds) {
+        let with_fds = f.memories.iter().filter(|m| m.source.has_fd()).count();
+        assert_eq!(with_fds, n_fds);
+        assert!(f.memories.len() <= MAX_MEMORIES);
+        let layout = f.layout.as_ref().map_or(0, |l| 24 + 16 * l.planes().len());
+        assert_eq!(
+            payload.len(),
+            48 + 40 * f.memories.len() + layout + f.meta.len()
+        );
+        assert_eq!(payload[..8], f.id.to_le_bytes());
+        for m in &f.memories {
+            assert!(m.kind <= 1, "unknown kind {} accepted", m.kind);
+            if let Source::Buffer(_) = m.source {
+                assert_eq!((m.kind, m.maxsize), (0, 0));
+            } else {
+                let end = m.offset.checked_add(m.size).expect("region overflows");
+                assert!(end <= m.maxsize && m.maxsize <= isize::MAX as u64);
+            }
         }
     }
 });

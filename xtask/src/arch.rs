@@ -29,6 +29,7 @@ const LAYERS: &[(&str, u32)] = &[
     ("heap", 4),
     ("drm", 4),
     ("phys", 5),
+    ("layout", 5),
     ("pool", 6),
     ("ipc", 6),
     ("provider", 6),

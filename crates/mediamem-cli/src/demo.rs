@@ -1,12 +1,20 @@
 //! `mediamem demo`: stream video frames from a producer process to a
-//! consumer process, zero-copy (fds of pool memory, released back), then
-//! the same frames copied through the socket, and compare.
+//! consumer process three ways and compare what the transport costs:
+//! zero-copy with registered buffers (pool buffers sent once, then ids:
+//! wire version 2), zero-copy with an fd sent and mapped afresh for every
+//! frame (version 1's way), and the bytes copied through the socket.
 //!
-//! The producer (this process) fills every frame with a pattern that
-//! depends on the frame number and computes a checksum while filling. The
-//! consumer (a child process, `mediamem demo-consumer`) recomputes the
-//! checksum of every frame it gets and exits non-zero at the first
-//! mismatch. Time runs from the first frame to the consumer's exit.
+//! Every frame carries its NV12 layout, a timestamp and, in its metadata,
+//! its number, checksum and the `CLOCK_MONOTONIC` time just before it was
+//! sent. The consumer (a child process, `mediamem demo-consumer`) does
+//! `--touch`'s work on each frame: nothing, one byte per 4 KiB page, or
+//! the whole checksum (the default: the producer then fills every byte,
+//! and the consumer exits non-zero at the first mismatch). Reported per
+//! run: frames/s, transport latency (send to the frame in the consumer's
+//! hands; p50 and p99; frames wait behind the consumer's work, so with
+//! `checksum` it includes that queueing), CPU time per frame of each
+//! process (`getrusage`), and frame bytes copied per frame. Time runs from
+//! the first frame to the consumer's exit.
 
 use std::io::{IsTerminal, Read, Write};
 use std::os::fd::{AsRawFd, FromRawFd};
@@ -16,7 +24,8 @@ use std::time::{Duration, Instant};
 
 use mediamem::drm::{fourcc, DrmDumbAllocator};
 use mediamem::heap::DmaHeapAllocator;
-use mediamem::ipc::{ReceivePolicy, Receiver, Sender};
+use mediamem::ipc::{FrameInfo, ReceivePolicy, Receiver, Sender, Timestamps};
+use mediamem::layout::FrameLayout;
 use mediamem::pool::MemoryPool;
 use mediamem::{drm_dumb_memory_export_dmabuf, Error, ShmAllocator, UdmabufAllocator};
 
@@ -57,6 +66,37 @@ pub struct DemoArgs {
     /// No progress bar.
     #[arg(long)]
     pub quiet: bool,
+    /// The consumer's work on each frame: nothing, one byte per 4 KiB
+    /// page, or the whole checksum (every frame verified).
+    #[arg(long, value_enum, default_value_t = Touch::Checksum)]
+    pub touch: Touch,
+}
+
+/// What the consumer does with each frame's bytes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum Touch {
+    /// Nothing: the transport alone.
+    None,
+    /// Read one byte per 4 KiB page.
+    Read,
+    /// Verify the whole frame's checksum (the producer fills it all).
+    Checksum,
+}
+
+impl Touch {
+    fn name(self) -> &'static str {
+        match self {
+            Touch::None => "none",
+            Touch::Read => "read",
+            Touch::Checksum => "checksum",
+        }
+    }
+
+    fn parse(s: &str) -> Option<Self> {
+        [Touch::None, Touch::Read, Touch::Checksum]
+            .into_iter()
+            .find(|t| t.name() == s)
+    }
 }
 
 /// The largest frame the demo sends (the copy-mode consumer refuses
@@ -226,7 +266,11 @@ impl Progress {
 }
 
 /// Start the consumer on one end of a socket pair.
-fn spawn_consumer(mode: &str, theirs: &UnixStream) -> std::io::Result<std::process::Child> {
+fn spawn_consumer(
+    mode: &str,
+    touch: Touch,
+    theirs: &UnixStream,
+) -> std::io::Result<std::process::Child> {
     rustix::io::fcntl_setfd(theirs, rustix::io::FdFlags::empty())?;
     Command::new(std::env::current_exe()?)
         .args([
@@ -234,47 +278,148 @@ fn spawn_consumer(mode: &str, theirs: &UnixStream) -> std::io::Result<std::proce
             "--fd",
             &theirs.as_raw_fd().to_string(),
             "--mode",
-            mode,
+            &format!("{mode}/{}", touch.name()),
         ])
         .stdout(Stdio::piped())
         .spawn()
+}
+
+/// CPU time (user + system) this process used so far, in nanoseconds
+/// (`getrusage(RUSAGE_SELF)`).
+pub fn cpu_ns() -> u64 {
+    let mut usage = std::mem::MaybeUninit::<libc::rusage>::zeroed();
+    // SAFETY: getrusage writes a whole `rusage` into the pointer it is
+    // given, which points at one; RUSAGE_SELF is always valid.
+    let ok = unsafe { libc::getrusage(libc::RUSAGE_SELF, usage.as_mut_ptr()) } == 0;
+    if !ok {
+        return 0;
+    }
+    // SAFETY: zero-initialised, then filled by a successful getrusage.
+    let usage = unsafe { usage.assume_init() };
+    let ns = |t: libc::timeval| t.tv_sec as u64 * 1_000_000_000 + t.tv_usec as u64 * 1000;
+    ns(usage.ru_utime) + ns(usage.ru_stime)
+}
+
+/// `CLOCK_MONOTONIC` in nanoseconds: the same clock in both processes, so
+/// a time stamped by the producer can be subtracted in the consumer.
+pub fn monotonic_ns() -> u64 {
+    let mut ts = std::mem::MaybeUninit::<libc::timespec>::zeroed();
+    // SAFETY: clock_gettime writes a whole `timespec` into the pointer it
+    // is given; CLOCK_MONOTONIC always exists on Linux.
+    let ok = unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC, ts.as_mut_ptr()) } == 0;
+    if !ok {
+        return 0;
+    }
+    // SAFETY: filled by a successful clock_gettime.
+    let ts = unsafe { ts.assume_init() };
+    ts.tv_sec as u64 * 1_000_000_000 + ts.tv_nsec as u64
+}
+
+/// The `q` quantile (0..=1) of sorted `values`.
+pub fn quantile(sorted: &[u64], q: f64) -> u64 {
+    if sorted.is_empty() {
+        return 0;
+    }
+    let at = ((sorted.len() - 1) as f64 * q).round() as usize;
+    sorted[at.min(sorted.len() - 1)]
 }
 
 /// What one run measured.
 struct RunResult {
     frames: u64,
     elapsed: Duration,
+    /// Frames whose checksum the consumer verified.
+    checked: u64,
+    /// Transport latency quantiles (ns): from just before the send to
+    /// the frame in the consumer's hands.
+    p50_ns: u64,
+    p99_ns: u64,
+    producer_cpu_ns: u64,
+    consumer_cpu_ns: u64,
+    /// Frame bytes copied by the transport, per frame.
+    copied_per_frame: usize,
 }
 
-fn finish(child: std::process::Child, frames: u64, started: Instant) -> Result<RunResult, String> {
+/// `key value` pairs of the consumer's report.
+fn field(text: &str, key: &str) -> Option<u64> {
+    let mut words = text.split_whitespace();
+    while let Some(w) = words.next() {
+        if w == key {
+            return words.next()?.parse().ok();
+        }
+    }
+    None
+}
+
+fn finish(
+    child: std::process::Child,
+    frames: u64,
+    started: Instant,
+    cpu_before: u64,
+    copied_per_frame: usize,
+) -> Result<RunResult, String> {
     let out = child.wait_with_output().map_err(|e| e.to_string())?;
     let elapsed = started.elapsed();
+    let producer_cpu_ns = cpu_ns().saturating_sub(cpu_before);
     let text = String::from_utf8_lossy(&out.stdout);
     if !out.status.success() {
         return Err(format!("the consumer failed: {text}"));
     }
-    let verified: u64 = text
-        .split_whitespace()
-        .nth(1)
-        .and_then(|n| n.parse().ok())
-        .unwrap_or(0);
+    let verified = field(&text, "verified").unwrap_or(0);
     if verified != frames {
         return Err(format!(
             "the consumer verified {verified} of {frames} frames"
         ));
     }
-    Ok(RunResult { frames, elapsed })
+    Ok(RunResult {
+        frames,
+        elapsed,
+        checked: field(&text, "checked").unwrap_or(0),
+        p50_ns: field(&text, "p50_ns").unwrap_or(0),
+        p99_ns: field(&text, "p99_ns").unwrap_or(0),
+        producer_cpu_ns,
+        consumer_cpu_ns: field(&text, "cpu_ns").unwrap_or(0),
+        copied_per_frame,
+    })
 }
 
-fn run_zero_copy(args: &DemoArgs, size: usize) -> Result<RunResult, String> {
+/// How the zero-copy producer sends.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Transport {
+    /// Pool buffers registered once, then ids (wire version 2's way).
+    Registered,
+    /// Every frame's fd sent again and mapped afresh (version 1's way).
+    FdEachFrame,
+}
+
+/// Write frame `n` into `buf`: the whole pattern when the consumer
+/// verifies checksums (returns it), else only the frame number.
+fn produce(buf: &mut [u8], n: u64, touch: Touch) -> u64 {
+    if touch == Touch::Checksum {
+        return fill(buf, n);
+    }
+    let head = buf.len().min(8);
+    buf[..head].copy_from_slice(&n.to_le_bytes()[..head]);
+    0
+}
+
+fn run_zero_copy(args: &DemoArgs, size: usize, transport: Transport) -> Result<RunResult, String> {
     let pool = pool_for(args, size).map_err(|e| format!("{:?} allocator: {e}", args.allocator))?;
+    let layout = FrameLayout::packed(fourcc(*b"NV12"), args.width, args.height)
+        .map_err(|e| e.to_string())?;
     let (ours, theirs) = UnixStream::pair().map_err(|e| e.to_string())?;
-    let child = spawn_consumer("zero-copy", &theirs).map_err(|e| e.to_string())?;
+    let child = spawn_consumer("zero-copy", args.touch, &theirs).map_err(|e| e.to_string())?;
     drop(theirs);
+    let cpu_before = cpu_ns();
     let started = Instant::now();
     let produced = (|| -> mediamem::Result<()> {
         let mut tx = Sender::new(ours);
-        let mut progress = Progress::new(args, "zero-copy");
+        tx.set_register_buffers(transport == Transport::Registered);
+        let label = match transport {
+            Transport::Registered => "zero-copy",
+            Transport::FdEachFrame => "fd/frame",
+        };
+        let mut progress = Progress::new(args, label);
         for n in 0..args.frames {
             let mut frame = loop {
                 match pool.acquire() {
@@ -287,11 +432,20 @@ fn run_zero_copy(args: &DemoArgs, size: usize) -> Result<RunResult, String> {
                     Err(e) => return Err(e),
                 }
             };
-            let sum = fill(&mut frame.map_mut()?, n);
-            let mut meta = [0u8; 16];
+            let sum = produce(&mut frame.map_mut()?, n, args.touch);
+            let mut meta = [0u8; 24];
             meta[..8].copy_from_slice(&n.to_le_bytes());
-            meta[8..].copy_from_slice(&sum.to_le_bytes());
-            tx.send_frame(vec![frame], &meta)?;
+            meta[8..16].copy_from_slice(&sum.to_le_bytes());
+            meta[16..].copy_from_slice(&monotonic_ns().to_le_bytes());
+            let info = FrameInfo {
+                timestamps: Timestamps {
+                    pts: Some(n * 1_000_000_000 / 30),
+                    ..Timestamps::default()
+                },
+                layout: Some(&layout),
+                meta: &meta,
+            };
+            tx.send_frame_with(vec![frame], info)?;
             tx.poll_releases()?;
             progress.update(n + 1, size, started);
         }
@@ -299,32 +453,34 @@ fn run_zero_copy(args: &DemoArgs, size: usize) -> Result<RunResult, String> {
         while tx.in_flight() > 0 && tx.wait_release()?.is_some() {}
         Ok(())
     })();
-    let result = finish(child, args.frames, started);
+    let result = finish(child, args.frames, started, cpu_before, 0);
     produced.map_err(|e| e.to_string())?;
     result
 }
 
 fn run_copy(args: &DemoArgs, size: usize) -> Result<RunResult, String> {
     let (mut ours, theirs) = UnixStream::pair().map_err(|e| e.to_string())?;
-    let child = spawn_consumer("copy", &theirs).map_err(|e| e.to_string())?;
+    let child = spawn_consumer("copy", args.touch, &theirs).map_err(|e| e.to_string())?;
     drop(theirs);
     let mut buf = vec![0u8; size];
+    let cpu_before = cpu_ns();
     let started = Instant::now();
     let produced = (|| -> std::io::Result<()> {
         let mut progress = Progress::new(args, "copy");
         for n in 0..args.frames {
-            let sum = fill(&mut buf, n);
-            let mut head = [0u8; 24];
+            let sum = produce(&mut buf, n, args.touch);
+            let mut head = [0u8; 32];
             head[..8].copy_from_slice(&n.to_le_bytes());
             head[8..16].copy_from_slice(&sum.to_le_bytes());
-            head[16..].copy_from_slice(&(size as u64).to_le_bytes());
+            head[16..24].copy_from_slice(&(size as u64).to_le_bytes());
+            head[24..].copy_from_slice(&monotonic_ns().to_le_bytes());
             ours.write_all(&head)?;
             ours.write_all(&buf)?;
             progress.update(n + 1, size, started);
         }
         ours.shutdown(std::net::Shutdown::Write)
     })();
-    let result = finish(child, args.frames, started);
+    let result = finish(child, args.frames, started, cpu_before, size);
     produced.map_err(|e| e.to_string())?;
     result
 }
@@ -342,44 +498,74 @@ fn output_error(e: std::io::Error) -> String {
     format!("cannot write the output: {e}")
 }
 
+/// The report of one run: a headline and the transport's figures.
+fn report_run(out: &mut dyn Write, label: &str, r: &RunResult, size: usize) -> std::io::Result<()> {
+    let (fps, gbs) = rate(r, size);
+    let verified = if r.checked == r.frames {
+        "every checksum verified".to_owned()
+    } else {
+        format!("{} of {} checksums verified (--touch)", r.checked, r.frames)
+    };
+    let per = |ns: u64| ns as f64 / 1e3 / r.frames.max(1) as f64;
+    writeln!(
+        out,
+        "{label} {} frames in {:.2} s: {fps:.0} frames/s, {gbs:.2} GB/s, {verified}",
+        r.frames,
+        r.elapsed.as_secs_f64()
+    )?;
+    writeln!(
+        out,
+        "    transport latency p50 {:.1} µs, p99 {:.1} µs; CPU per frame: producer {:.1} µs, consumer {:.1} µs; frame bytes copied per frame: {}",
+        r.p50_ns as f64 / 1e3,
+        r.p99_ns as f64 / 1e3,
+        per(r.producer_cpu_ns),
+        per(r.consumer_cpu_ns),
+        r.copied_per_frame
+    )
+}
+
 /// The main job; the report goes to `out`.
 pub fn demo(args: &DemoArgs, out: &mut dyn Write) -> Result<(), String> {
     let size = check_args(args)?;
     writeln!(
         out,
-        "mediamem demo: {} frames of {}x{} NV12 ({:.1} MB each), {:?} memory, pool of {}",
+        "mediamem demo: {} frames of {}x{} NV12 ({:.1} MB each), {:?} memory, pool of {}, consumer: --touch {}",
         args.frames,
         args.width,
         args.height,
         size as f64 / 1e6,
         args.allocator,
-        args.pool
+        args.pool,
+        args.touch.name()
     )
     .and_then(|()| out.flush())
     .map_err(output_error)?;
-    let zc = run_zero_copy(args, size)?;
-    let (fps, gbs) = rate(&zc, size);
-    writeln!(
-        out,
-        "zero-copy (fd passing):  {} frames in {:.2} s: {fps:.0} frames/s, {gbs:.2} GB/s, every checksum verified",
-        zc.frames,
-        zc.elapsed.as_secs_f64()
-    )
-    .and_then(|()| out.flush())
-    .map_err(output_error)?;
-    if !args.zero_copy_only {
-        let cp = run_copy(args, size)?;
-        let (cfps, cgbs) = rate(&cp, size);
-        writeln!(
-            out,
-            "copy through the socket: {} frames in {:.2} s: {cfps:.0} frames/s, {cgbs:.2} GB/s, every checksum verified",
-            cp.frames,
-            cp.elapsed.as_secs_f64()
-        )
-        .and_then(|()| writeln!(out, "zero-copy speed-up: {:.2}x", fps / cfps))
+    let zc = run_zero_copy(args, size, Transport::Registered)?;
+    report_run(out, "zero-copy (fd passing): ", &zc, size)
         .and_then(|()| out.flush())
         .map_err(output_error)?;
+    if args.zero_copy_only {
+        return Ok(());
     }
+    let fd = run_zero_copy(args, size, Transport::FdEachFrame)?;
+    report_run(out, "zero-copy, fd each frame:", &fd, size)
+        .and_then(|()| out.flush())
+        .map_err(output_error)?;
+    let cp = run_copy(args, size)?;
+    report_run(out, "copy through the socket:", &cp, size)
+        .and_then(|()| {
+            let cpu = |r: &RunResult| (r.producer_cpu_ns + r.consumer_cpu_ns) as f64;
+            writeln!(
+                out,
+                "zero-copy speed-up: {:.2}x frames/s; transport latency p50 {:.1}x lower, CPU of both processes {:.1}x lower than copy ({:.1}x lower than an fd each frame)",
+                rate(&zc, size).0 / rate(&cp, size).0,
+                cp.p50_ns as f64 / zc.p50_ns.max(1) as f64,
+                cpu(&cp) / cpu(&zc).max(1.0),
+                cpu(&fd) / cpu(&zc).max(1.0),
+            )
+        })
+        .and_then(|()| out.flush())
+        .map_err(output_error)?;
     Ok(())
 }
 
@@ -413,45 +599,103 @@ fn inherited_socket(fd: i32) -> Result<UnixStream, String> {
     Ok(sock)
 }
 
-/// The frame number and checksum in a frame's metadata.
-fn frame_meta(meta: &[u8], expected: u64) -> Result<(u64, u64), String> {
+/// The frame number, checksum and send time in a frame's metadata.
+fn frame_meta(meta: &[u8], expected: u64) -> Result<(u64, u64, u64), String> {
     let field = |at: usize| {
         meta.get(at..at + 8)
             .and_then(|b| b.try_into().ok())
             .map(u64::from_le_bytes)
     };
-    match (field(0), field(8)) {
-        (Some(n), Some(sum)) if meta.len() == 16 => Ok((n, sum)),
+    match (field(0), field(8), field(16)) {
+        (Some(n), Some(sum), Some(sent)) if meta.len() == 24 => Ok((n, sum, sent)),
         _ => Err(format!(
-            "frame {expected}: {} bytes of metadata, expected 16",
+            "frame {expected}: {} bytes of metadata, expected 24",
             meta.len()
         )),
     }
 }
 
-/// The consumer side: verify every frame; print `verified N` to `out`.
+/// Read one byte per 4 KiB page of `buf`.
+fn read_pages(buf: &[u8]) -> u8 {
+    buf.iter()
+        .step_by(4096)
+        .fold(0u8, |a, &b| a ^ std::hint::black_box(b))
+}
+
+/// The consumer's tally.
+#[derive(Default)]
+struct Tally {
+    verified: u64,
+    checked: u64,
+    latencies: Vec<u64>,
+}
+
+impl Tally {
+    /// Check frame `n` of `bytes` (`None`: not touched) against `sum`.
+    fn frame(
+        &mut self,
+        n: u64,
+        sum: u64,
+        bytes: Option<&[u8]>,
+        touch: Touch,
+    ) -> Result<(), String> {
+        if n != self.verified {
+            return Err(format!("frame {n}: expected frame {}", self.verified));
+        }
+        match (touch, bytes) {
+            (Touch::Checksum, Some(b)) => {
+                if checksum(b) != sum {
+                    return Err(format!("frame {n}: checksum mismatch"));
+                }
+                self.checked += 1;
+            }
+            (Touch::Read, Some(b)) => {
+                std::hint::black_box(read_pages(b));
+            }
+            _ => {}
+        }
+        self.verified += 1;
+        Ok(())
+    }
+}
+
+/// The consumer side: take every frame, do `--touch`'s work on it, time
+/// its transport; print `verified N checked C p50_ns X p99_ns Y cpu_ns Z`
+/// to `out`. `mode` is `zero-copy` or `copy`, optionally followed by
+/// `/none`, `/read` or `/checksum` (the default).
 pub fn consumer(fd: i32, mode: &str, out: &mut dyn Write) -> Result<(), String> {
+    let (mode, touch) = match mode.split_once('/') {
+        Some((m, t)) => (
+            m,
+            Touch::parse(t).ok_or_else(|| format!("unknown touch {t}"))?,
+        ),
+        None => (mode, Touch::Checksum),
+    };
     if mode != "zero-copy" && mode != "copy" {
         return Err(format!("unknown mode {mode}"));
     }
     let sock = inherited_socket(fd)?;
-    let mut verified = 0u64;
+    let cpu_before = cpu_ns();
+    let mut tally = Tally::default();
     match mode {
         "zero-copy" => {
             let mut rx = Receiver::new(sock, ReceivePolicy::default());
             while let Some(frame) = rx.recv().map_err(|e| e.to_string())? {
-                let (n, sum) = frame_meta(&frame.meta, verified)?;
+                let arrived = monotonic_ns();
+                let (n, sum, sent) = frame_meta(&frame.meta, tally.verified)?;
+                tally.latencies.push(arrived.saturating_sub(sent));
                 let [memory] = frame.memories.as_slice() else {
                     return Err(format!(
                         "frame {n}: {} memories, expected 1",
                         frame.memories.len()
                     ));
                 };
-                let map = memory.map_readable().map_err(|e| e.to_string())?;
-                if n != verified || checksum(&map) != sum {
-                    return Err(format!("frame {n}: checksum mismatch"));
+                if touch == Touch::None {
+                    tally.frame(n, sum, None, touch)?;
+                } else {
+                    let map = memory.map_readable().map_err(|e| e.to_string())?;
+                    tally.frame(n, sum, Some(&map), touch)?;
                 }
-                verified += 1;
             }
             // Releases the socket could not take at once are queued: hand
             // them over before going (the producer waits for every one).
@@ -463,37 +707,77 @@ pub fn consumer(fd: i32, mode: &str, out: &mut dyn Write) -> Result<(), String> 
         "copy" => {
             let mut sock = sock;
             let mut buf = Vec::new();
-            let mut head = [0u8; 24];
+            let mut head = [0u8; 32];
             loop {
                 match sock.read_exact(&mut head) {
                     Ok(()) => {}
                     Err(e) if e.kind() == std::io::ErrorKind::UnexpectedEof => break,
                     Err(e) => return Err(e.to_string()),
                 }
-                let n = u64::from_le_bytes(head[..8].try_into().expect("8"));
-                let sum = u64::from_le_bytes(head[8..16].try_into().expect("8"));
-                let len = u64::from_le_bytes(head[16..].try_into().expect("8")) as usize;
-                if len > 1 << 30 {
+                let word = |at: usize| u64::from_le_bytes(head[at..at + 8].try_into().expect("8"));
+                let (n, sum, len, sent) = (word(0), word(8), word(16) as usize, word(24));
+                if len > MAX_FRAME_BYTES {
                     return Err(format!("frame of {len} bytes"));
                 }
                 buf.resize(len, 0);
                 sock.read_exact(&mut buf).map_err(|e| e.to_string())?;
-                if n != verified || checksum(&buf) != sum {
-                    return Err(format!("frame {n}: checksum mismatch"));
-                }
-                verified += 1;
+                tally.latencies.push(monotonic_ns().saturating_sub(sent));
+                tally.frame(n, sum, Some(&buf), touch)?;
             }
         }
         other => return Err(format!("unknown mode {other}")),
     }
-    writeln!(out, "verified {verified}")
-        .and_then(|()| out.flush())
-        .map_err(output_error)
+    let cpu = cpu_ns().saturating_sub(cpu_before);
+    tally.latencies.sort_unstable();
+    writeln!(
+        out,
+        "verified {} checked {} p50_ns {} p99_ns {} cpu_ns {cpu}",
+        tally.verified,
+        tally.checked,
+        quantile(&tally.latencies, 0.5),
+        quantile(&tally.latencies, 0.99)
+    )
+    .and_then(|()| out.flush())
+    .map_err(output_error)
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn quantiles_and_clocks() {
+        let v: Vec<u64> = (1..=100).collect();
+        assert_eq!(quantile(&v, 0.5), 51);
+        assert_eq!(quantile(&v, 0.99), 99);
+        assert_eq!(quantile(&[], 0.5), 0);
+        let (a, b) = (monotonic_ns(), monotonic_ns());
+        assert!(a > 0 && b >= a);
+        let before = cpu_ns();
+        let mut x = 0u64;
+        for i in 0..5_000_000u64 {
+            x = std::hint::black_box(x.wrapping_mul(31).wrapping_add(i));
+        }
+        assert!(cpu_ns() > before, "{x}: spinning costs CPU time");
+    }
+
+    #[test]
+    fn touch_modes_check_what_they_touch() {
+        let mut buf = vec![0u8; 3 * 4096];
+        let sum = fill(&mut buf, 0);
+        let mut t = Tally::default();
+        t.frame(0, sum, Some(&buf), Touch::Checksum).unwrap();
+        assert!(
+            t.frame(1, sum ^ 1, Some(&buf), Touch::Checksum).is_err(),
+            "wrong sum"
+        );
+        t.frame(1, 0, None, Touch::None).unwrap();
+        t.frame(2, 0, Some(&buf), Touch::Read).unwrap();
+        assert!(t.frame(9, 0, None, Touch::None).is_err(), "out of order");
+        assert_eq!((t.verified, t.checked), (3, 1));
+        assert_eq!(Touch::parse("read"), Some(Touch::Read));
+        assert_eq!(Touch::parse("all"), None);
+    }
 
     #[test]
     fn fill_and_checksum_agree() {
@@ -520,11 +804,12 @@ mod tests {
 
     #[test]
     fn frame_metadata_is_checked() {
-        let mut meta = [0u8; 16];
+        let mut meta = [0u8; 24];
         meta[..8].copy_from_slice(&7u64.to_le_bytes());
-        meta[8..].copy_from_slice(&9u64.to_le_bytes());
-        assert_eq!(frame_meta(&meta, 7), Ok((7, 9)));
-        for len in [0, 3, 8, 15, 17] {
+        meta[8..16].copy_from_slice(&9u64.to_le_bytes());
+        meta[16..].copy_from_slice(&11u64.to_le_bytes());
+        assert_eq!(frame_meta(&meta, 7), Ok((7, 9, 11)));
+        for len in [0, 3, 8, 16, 23, 25] {
             assert!(frame_meta(&vec![0; len], 0).is_err(), "{len}");
         }
     }

@@ -210,7 +210,7 @@ fn demo_consumer_validates_every_frame() {
     // A frame without memories: `memories[0]` panicked.
     let (mut child, ours) = consumer();
     let mut tx = Sender::new(ours);
-    tx.send_frame(Vec::<mediamem::Memory>::new(), &[0u8; 16])
+    tx.send_frame(Vec::<mediamem::Memory>::new(), &[0u8; 24])
         .unwrap();
     let r = wait(&mut child, &["demo-consumer"]);
     assert_clean_failure(&r, "0 memories, expected 1");
@@ -221,5 +221,5 @@ fn demo_consumer_validates_every_frame() {
     let mem = ShmAllocator::get().alloc(64, None).unwrap();
     tx.send_frame(vec![mem], b"abc").unwrap();
     let r = wait(&mut child, &["demo-consumer"]);
-    assert_clean_failure(&r, "3 bytes of metadata, expected 16");
+    assert_clean_failure(&r, "3 bytes of metadata, expected 24");
 }

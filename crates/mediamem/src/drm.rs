@@ -224,6 +224,52 @@ pub fn dumb_dimensions(code: u32, width: u32, height: u32) -> Result<(u32, u32, 
     Ok((width, rows, format.bpp))
 }
 
+/// The planes of a `width`×`height` image in `fourcc`, from the same table
+/// as [`dumb_dimensions`]: for each plane, the fewest bytes a row holds
+/// (a stride must cover them) and its number of rows. Used to check frame
+/// layouts (`layout`).
+///
+/// # Errors
+/// [`Error::UnknownFourcc`] for a fourcc outside the table.
+pub(crate) fn plane_extents(code: u32, width: u32, height: u32) -> Result<Vec<(u64, u64)>> {
+    let format = FORMATS
+        .iter()
+        .find(|x| x.code == code)
+        .ok_or_else(|| Error::UnknownFourcc {
+            fourcc: code,
+            name: fourcc_name(code),
+        })?;
+    let (w, h, bpp) = (u64::from(width), u64::from(height), u64::from(format.bpp));
+    let w_even = if format.hsub {
+        w.next_multiple_of(2)
+    } else {
+        w
+    };
+    let bytes = |samples: u64| (samples * bpp).div_ceil(8);
+    let luma = (bytes(w_even), h);
+    let chroma_rows = if format.rows == Rows::Half {
+        h.div_ceil(2)
+    } else {
+        h
+    };
+    Ok(match format.rows {
+        Rows::Same => vec![luma],
+        // Three planes: YUV420/422/444 (YU12, YV16, ...); packed YUYV and
+        // YVYU are single-plane (`Rows::Same`).
+        _ if code.to_le_bytes()[0] == b'Y' => {
+            let per_row = if format.rows == Rows::Triple {
+                bytes(w)
+            } else {
+                bytes(w_even / 2)
+            };
+            vec![luma, (per_row, chroma_rows), (per_row, chroma_rows)]
+        }
+        // Two planes: interleaved chroma (NV12, P010, NV24, ...).
+        Rows::Triple => vec![luma, (bytes(2 * w), chroma_rows)],
+        _ => vec![luma, (bytes(w_even), chroma_rows)],
+    })
+}
+
 /// An open DRM device, shared by its allocator and every memory from it.
 struct DrmDevice {
     fd: OwnedFd,

@@ -291,6 +291,31 @@ pub enum Error {
         inside_message: bool,
     },
 
+    /// The IPC peer speaks another version of the wire format.
+    #[error("IPC protocol version mismatch: the peer speaks version {theirs}, this side speaks version {ours}")]
+    VersionMismatch {
+        /// The version this side speaks.
+        ours: u16,
+        /// The version the peer's message carries.
+        theirs: u16,
+    },
+
+    /// An IPC message misused a registered buffer (see
+    /// [`ipc`](crate::ipc)'s wire format): the message was read whole and
+    /// refused, and nothing was unmapped under a live memory.
+    #[error("IPC registered buffer {id}: {problem}")]
+    Registry {
+        /// The buffer id the message named.
+        id: u32,
+        /// What was wrong.
+        problem: RegistryProblem,
+    },
+
+    /// A frame layout does not describe its memories (a plane outside its
+    /// memory, a stride too small for the width, too many planes).
+    #[error("invalid frame layout: {0}")]
+    InvalidLayout(String),
+
     /// A received fd was refused by the receiver's policy.
     #[error("refused received memory: {0}")]
     Refused(String),
@@ -468,6 +493,60 @@ impl fmt::Display for ProviderReason {
             }
             ProviderReason::Failed { message, errno: e } => {
                 write!(f, "failed: {message}{}", errno(e))
+            }
+        }
+    }
+}
+
+/// How an IPC message misused a registered buffer ([`Error::Registry`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum RegistryProblem {
+    /// No buffer of this id is registered on the connection.
+    Unregistered,
+    /// A buffer of this id is already registered.
+    Duplicate,
+    /// The buffer is unregistered while memories of it are alive (it stays
+    /// registered and mapped).
+    InUse {
+        /// Frames' memories of it still alive.
+        live: usize,
+    },
+    /// A memory's region does not lie inside the buffer.
+    OutsideBuffer {
+        /// The region's offset.
+        offset: u64,
+        /// The region's size.
+        size: u64,
+        /// The buffer's size.
+        maxsize: u64,
+    },
+    /// The receiver already holds as many buffers as its policy allows.
+    TooMany {
+        /// The bound.
+        limit: usize,
+    },
+}
+
+impl fmt::Display for RegistryProblem {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            RegistryProblem::Unregistered => f.write_str("is not registered"),
+            RegistryProblem::Duplicate => f.write_str("is already registered"),
+            RegistryProblem::InUse { live } => write!(
+                f,
+                "cannot be unregistered: {live} memories of it are alive (it stays mapped)"
+            ),
+            RegistryProblem::OutsideBuffer {
+                offset,
+                size,
+                maxsize,
+            } => write!(
+                f,
+                "region {offset}+{size} is outside the buffer's {maxsize} bytes"
+            ),
+            RegistryProblem::TooMany { limit } => {
+                write!(f, "cannot be registered: {limit} buffers already are")
             }
         }
     }

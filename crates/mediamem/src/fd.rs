@@ -332,6 +332,9 @@ pub struct FdBlock {
     pinned: Option<PinnedPtr>,
     /// The one mapping of the file that every map shares.
     mapping: FileMapping,
+    /// Made on first use ([`FdBlock::liveness`]): dropped with the block,
+    /// so a weak handle tells whether the storage still exists.
+    life: std::sync::OnceLock<std::sync::Arc<()>>,
 }
 
 impl fmt::Debug for FdBlock {
@@ -403,6 +406,7 @@ impl FdBlock {
             alias,
             pinned: None,
             mapping,
+            life: std::sync::OnceLock::new(),
         })
     }
 
@@ -475,6 +479,14 @@ impl FdBlock {
     /// The address of the mapping kept for the block's whole life.
     pub(crate) fn static_ptr(&self) -> Option<NonNull<u8>> {
         self.pinned.map(PinnedPtr::get)
+    }
+
+    /// A weak handle that stops upgrading when this block (its storage,
+    /// whatever roots were made over it) is dropped: the IPC sender's
+    /// registered buffers follow their block's life with it. Its pointer
+    /// identifies the block while the handle is held.
+    pub(crate) fn liveness(&self) -> std::sync::Weak<()> {
+        std::sync::Arc::downgrade(self.life.get_or_init(|| std::sync::Arc::new(())))
     }
 
     /// The borrow rule of the file.

@@ -9,7 +9,39 @@
 //! for that frame, so a [`MemoryPool`](crate::pool::MemoryPool) buffer
 //! becomes reusable.
 //!
-//! # Wire format (version 1, little-endian)
+//! # Registered buffers
+//!
+//! Sending a frame's fds anew each time makes the receiver map each one
+//! afresh: a page fault per page it reads and an `munmap` per frame. So a
+//! memory whose storage is an fd block (fd, shm, dma-buf and huge page
+//! memory, and shares of them) is *registered* the first time it is sent
+//! on a connection: its fd travels once with a buffer id, the receiver
+//! admits it (the same checks as any received fd) and keeps it mapped;
+//! later frames name the buffer id with the memory's offset and size, and
+//! carry no fd. The received memories of a registered buffer are read-only
+//! roots over that one kept mapping (shares of them too); the frame is
+//! released when the last of them is gone.
+//!
+//! What is registered: every memory whose storage is an fd block, while the
+//! sender holds fewer than [`Sender::set_max_registered`] buffers (64 by
+//! default; past it, memories go with their fd as unregistered ones do);
+//! [`Sender::set_register_buffers`]`(false)` sends every fd every time.
+//! Other memories (a received memory forwarded, custom kinds with an fd)
+//! travel with their fd on every frame. Registration pays off for storage
+//! that is sent again (a [`MemoryPool`](crate::pool::MemoryPool)'s); a
+//! block sent once costs one small message more (its unregister).
+//!
+//! The sender follows each registered block's life: once the block is
+//! freed (its last handle gone, wherever it was: a pool dropped, a
+//! one-off memory released by the peer and dropped), the sender's next
+//! call ([`Sender::send_frame`], [`Sender::send_eos`],
+//! [`Sender::unregister_freed`]) sends an unregister, and the receiver
+//! closes and unmaps it once no memory of it is alive. A block freed is
+//! never sent again, so its id is never in a frame in flight. At the end
+//! of the stream the receiver forgets every buffer (memories still alive
+//! keep theirs mapped until they go).
+//!
+//! # Wire format (version 2, little-endian)
 //!
 //! Every message is a 16-byte header followed by `payload_len` bytes. The
 //! header and any fds go in one `sendmsg`; long payloads continue in
@@ -18,27 +50,59 @@
 //! | field | type | meaning |
 //! |---|---|---|
 //! | magic | u32 | `0x5049_4d4d` (`"MMIP"`) |
-//! | version | u16 | 1 |
-//! | type | u16 | 1 frame, 2 release, 3 end of stream |
+//! | version | u16 | 2 (a peer speaking another gets [`Error::VersionMismatch`] naming both) |
+//! | type | u16 | 1 fd frame, 2 release, 3 end of stream, 4 frame, 5 unregister |
 //! | payload_len | u32 | at most [`MAX_PAYLOAD`] |
 //! | n_fds | u32 | fds sent with this header |
 //!
-//! A frame's payload is `id u64, n_memories u32, meta_len u32`, then
-//! `n_memories` descriptors `kind u8, 3 × pad, flags u32, offset u64,
-//! size u64, maxsize u64` (32 bytes), then `meta_len` bytes of caller
-//! metadata. There is one fd per memory, in order. A release's payload is
-//! the frame id; end of stream has none.
+//! A **frame**'s payload (type 4) is `id u64, pts u64, dts u64, duration
+//! u64` (nanoseconds, `u64::MAX` for unset: [`Timestamps`]), `n_memories
+//! u32, layout_len u32, meta_len u32, reserved u32 (0)`, then `n_memories`
+//! descriptors of 40 bytes `source u8, kind u8, 2 × pad, flags u32, buffer
+//! u32, pad u32, offset u64, size u64, maxsize u64`, then `layout_len`
+//! bytes of [`FrameLayout`] (none when 0), then `meta_len` bytes of caller
+//! metadata. `source` is 0 for a memory with its own fd (`maxsize` the
+//! bytes of the file it covers), 1 for one that registers buffer `buffer`
+//! (its fd, `kind` and `maxsize` are the buffer's) and 2 for one in
+//! buffer `buffer`, registered before (`kind` and `maxsize` 0); `kind` is
+//! 0 fd, 1 dma-buf. Sources 0 and 1 bring one fd each, in order.
+//!
+//! An **fd frame** (type 1, version 1's frame) has the payload `id u64,
+//! n_memories u32, meta_len u32`, then `n_memories` descriptors `kind u8,
+//! 3 × pad, flags u32, offset u64, size u64, maxsize u64` (32 bytes), then
+//! the metadata; one fd per memory. The sender no longer writes it; the
+//! receiver still takes it ([`parse_frame`]).
+//!
+//! The receiver reads ahead: one `recvmsg` brings a message's header and
+//! payload, and often the next messages. A message's fds must come with the
+//! write that carries its first byte (the kernel then hands them over with
+//! the read that reaches that write); fds that no message starting in
+//! their read announces are a framing error.
+//!
+//! A **release**'s payload is the frame id; an **unregister**'s is one or
+//! more buffer ids (u32 each, at most [`MAX_UNREGISTER`]); end of stream
+//! has none. The sender writes an unregister right after a frame, in the
+//! same write.
 //!
 //! # The receiver trusts nothing
 //!
-//! Wrong magic or version, an unknown type or memory kind, a payload over
+//! Wrong magic or version, an unknown type, source or memory kind, a payload over
 //! the limit or of the wrong length for its type, an fd count that differs
 //! from the memory count, truncated control data, a region outside its
 //! maxsize, a maxsize beyond the received file, a memfd a peer could still
 //! shrink (no `F_SEAL_SHRINK`; [`ReceivePolicy::copy_unsealed`] copies it
 //! with `pread` instead), and more bytes to copy than
 //! [`ReceivePolicy::max_copy_bytes`] are all errors that close every
-//! received fd. Two kinds of error differ in what follows:
+//! received fd. So are, for registered buffers ([`Error::Registry`]): an id
+//! that is not registered, a region outside its buffer, a registration of
+//! an id already registered, more buffers than
+//! [`ReceivePolicy::max_registered`], and an unregister of an unknown
+//! buffer or of one whose memories are alive (refused: it stays
+//! registered, nothing is unmapped under a live memory); and a
+//! [`FrameLayout`] that does not fit its memories ([`FrameLayout::check`]).
+//! A registered fd gets every check a frame's fd gets. A frame whose
+//! registrations were admitted keeps them even when the frame is refused
+//! for something else. Two kinds of error differ in what follows:
 //!
 //! * a frame refused for its content (its payload's fields, or the fds
 //!   they describe) was read whole: it is released to the sender and the
@@ -91,7 +155,8 @@ use std::io::{IoSlice, IoSliceMut};
 use std::mem::MaybeUninit;
 use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
 use std::os::unix::net::UnixStream;
-use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
+use std::ptr::NonNull;
+use std::sync::{Arc, Mutex, MutexGuard, PoisonError, Weak};
 use std::time::{Duration, Instant};
 
 use rustix::event::{PollFd, PollFlags, Timespec};
@@ -101,32 +166,57 @@ use rustix::net::{
 };
 
 use crate::dmabuf::{is_dmabuf_memory, DmaBufAllocator, DmaBufBackend};
-use crate::error::{Error, Result};
-use crate::fd::{fd_block_of, FdAllocator, FdBackend, FdHandle, FdMemoryFlags};
-use crate::memory::{Memory, MemoryBackend, MemoryFlags, MemoryParts};
+use crate::error::{Error, RegistryProblem, Result};
+use crate::fd::{fd_block_of, FdAllocator, FdBackend, FdBlock, FdHandle, FdMemoryFlags};
+use crate::layout::FrameLayout;
+use crate::memory::{
+    BlockAlias, MapFlags, Memory, MemoryBackend, MemoryFlags, MemoryKind, MemoryParts,
+};
 use crate::shm::ShmAllocator;
+
+#[cfg(feature = "tokio")]
+pub mod aio;
+mod fanout;
+pub use fanout::{ClientId, FanOut, FanOutReport, DEFAULT_CLIENT_TIMEOUT};
 
 /// `"MMIP"` read as a little-endian u32.
 pub const MAGIC: u32 = u32::from_le_bytes(*b"MMIP");
 /// Protocol version.
-pub const VERSION: u16 = 1;
+pub const VERSION: u16 = 2;
 /// Largest payload accepted.
 pub const MAX_PAYLOAD: usize = 1 << 20;
 /// Most memories in one frame (and fds in one message).
 pub const MAX_MEMORIES: usize = 64;
+/// Most buffer ids in one unregister message.
+pub const MAX_UNREGISTER: usize = 1024;
+/// Buffers a receiver keeps registered by default
+/// ([`ReceivePolicy::max_registered`]) and a sender registers by default
+/// ([`Sender::set_max_registered`]).
+pub const DEFAULT_MAX_REGISTERED: usize = 64;
+/// A timestamp's wire value when it is unset.
+pub const TIME_NONE: u64 = u64::MAX;
 
 const HEADER_LEN: usize = 16;
 const FRAME_FIXED: usize = 16;
 const DESC_LEN: usize = 32;
+const FRAME2_FIXED: usize = 48;
+const DESC2_LEN: usize = 40;
 
 /// Message types.
-const T_FRAME: u16 = 1;
+const T_FD_FRAME: u16 = 1;
 const T_RELEASE: u16 = 2;
 const T_EOS: u16 = 3;
+const T_FRAME: u16 = 4;
+const T_UNREGISTER: u16 = 5;
 
 /// Memory kinds on the wire.
 const K_FD: u8 = 0;
 const K_DMABUF: u8 = 1;
+
+/// Memory sources on the wire.
+const S_FD: u8 = 0;
+const S_REGISTER: u8 = 1;
+const S_BUFFER: u8 = 2;
 
 /// Flags a receiver keeps from the sender's (informational ones).
 const KEPT_FLAGS: MemoryFlags = MemoryFlags::ZERO_PREFIXED
@@ -173,9 +263,10 @@ pub fn parse_header(h: &[u8; HEADER_LEN]) -> Result<Header> {
     }
     let version = le_u16(h, 4);
     if version != VERSION {
-        return Err(Error::Protocol(format!(
-            "unsupported protocol version {version} (this side speaks {VERSION})"
-        )));
+        return Err(Error::VersionMismatch {
+            ours: VERSION,
+            theirs: version,
+        });
     }
     let header = Header {
         kind: le_u16(h, 6),
@@ -195,7 +286,17 @@ pub fn parse_header(h: &[u8; HEADER_LEN]) -> Result<Header> {
         )));
     }
     let expected = match header.kind {
-        T_FRAME => None,
+        T_FD_FRAME | T_FRAME => None,
+        T_UNREGISTER => {
+            let len = header.payload_len as usize;
+            if header.n_fds != 0 || len == 0 || len % 4 != 0 || len / 4 > MAX_UNREGISTER {
+                return Err(Error::Protocol(format!(
+                    "an unregister must have 1 to {MAX_UNREGISTER} buffer ids (4 bytes each) and no fds, has {len} bytes and {} fds",
+                    header.n_fds
+                )));
+            }
+            None
+        }
         T_RELEASE => Some(8),
         T_EOS => Some(0),
         other => return Err(Error::Protocol(format!("unknown message type {other}"))),
@@ -297,6 +398,196 @@ pub fn parse_frame(p: &[u8], n_fds: usize) -> Result<FramePayload> {
     })
 }
 
+/// Presentation and decoding times and duration of a frame, in
+/// nanoseconds (`None`: unset; `u64::MAX` is the wire's unset value, so it
+/// cannot be a time).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Timestamps {
+    /// Presentation time.
+    pub pts: Option<u64>,
+    /// Decoding time.
+    pub dts: Option<u64>,
+    /// Duration.
+    pub duration: Option<u64>,
+}
+
+fn time_wire(t: Option<u64>) -> u64 {
+    t.unwrap_or(TIME_NONE)
+}
+
+fn time_of(v: u64) -> Option<u64> {
+    (v != TIME_NONE).then_some(v)
+}
+
+/// Where a memory of a frame comes from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Source {
+    /// Its own fd, sent with the frame.
+    Fd,
+    /// Its fd, sent with the frame, registers this buffer id.
+    Register(u32),
+    /// A buffer registered before.
+    Buffer(u32),
+}
+
+impl Source {
+    /// Whether an fd comes with it.
+    pub fn has_fd(self) -> bool {
+        !matches!(self, Source::Buffer(_))
+    }
+}
+
+/// One memory of a frame as described on the wire.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct WireMemory {
+    /// Where it comes from.
+    pub source: Source,
+    /// 0 fd, 1 dma-buf (of the fd or the registered buffer; 0 for
+    /// [`Source::Buffer`]).
+    pub kind: u8,
+    /// The sender's memory flags.
+    pub flags: u32,
+    /// Offset of the visible bytes in the file (or buffer).
+    pub offset: u64,
+    /// Visible bytes.
+    pub size: u64,
+    /// Bytes of the file the memory (or the buffer it registers) covers,
+    /// from file offset 0; 0 for [`Source::Buffer`].
+    pub maxsize: u64,
+}
+
+/// A frame's payload (message type 4), parsed and checked.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct WireFrame {
+    /// The sender's frame id.
+    pub id: u64,
+    /// Timestamps.
+    pub timestamps: Timestamps,
+    /// The memories, in order.
+    pub memories: Vec<WireMemory>,
+    /// The layout, if one came.
+    pub layout: Option<FrameLayout>,
+    /// Caller metadata.
+    pub meta: Vec<u8>,
+}
+
+/// Parse and check a frame payload (message type 4) that came with `n_fds`
+/// fds. Everything that can be checked without the fds and the receiver's
+/// registered buffers is: lengths, sources, kinds, regions within their
+/// maxsize, the fd count, the layout's form (not yet its fit:
+/// [`FrameLayout::check`]).
+///
+/// # Errors
+/// [`Error::Protocol`] for anything malformed, [`Error::InvalidLayout`]
+/// for a malformed layout.
+pub fn parse_frame_v2(p: &[u8], n_fds: usize) -> Result<WireFrame> {
+    if p.len() < FRAME2_FIXED {
+        return Err(Error::Protocol(format!(
+            "frame payload of {} bytes is too short",
+            p.len()
+        )));
+    }
+    let id = le_u64(p, 0);
+    let timestamps = Timestamps {
+        pts: time_of(le_u64(p, 8)),
+        dts: time_of(le_u64(p, 16)),
+        duration: time_of(le_u64(p, 24)),
+    };
+    let n = le_u32(p, 32) as usize;
+    let layout_len = le_u32(p, 36) as usize;
+    let meta_len = le_u32(p, 40) as usize;
+    let reserved = le_u32(p, 44);
+    if reserved != 0 {
+        return Err(Error::Protocol(format!(
+            "frame {id}: reserved field is {reserved:#x}, not 0"
+        )));
+    }
+    if n > MAX_MEMORIES {
+        return Err(Error::Protocol(format!(
+            "{n} memories in a frame, at most {MAX_MEMORIES}"
+        )));
+    }
+    let want = (FRAME2_FIXED + n * DESC2_LEN)
+        .checked_add(layout_len)
+        .and_then(|w| w.checked_add(meta_len));
+    if want != Some(p.len()) {
+        return Err(Error::Protocol(format!(
+            "frame {id}: payload is {} bytes, its fields say {}",
+            p.len(),
+            want.map_or("more than fit in memory".into(), |w| w.to_string())
+        )));
+    }
+    let mut memories = Vec::with_capacity(n);
+    let mut fds = 0;
+    for i in 0..n {
+        let d = &p[FRAME2_FIXED + i * DESC2_LEN..FRAME2_FIXED + (i + 1) * DESC2_LEN];
+        let buffer = le_u32(d, 8);
+        let source = match d[0] {
+            S_FD if buffer == 0 => Source::Fd,
+            S_REGISTER => Source::Register(buffer),
+            S_BUFFER => Source::Buffer(buffer),
+            other => {
+                return Err(Error::Protocol(format!(
+                    "frame {id}: memory {i} has unknown source {other} (buffer {buffer})"
+                )))
+            }
+        };
+        let m = WireMemory {
+            source,
+            kind: d[1],
+            flags: le_u32(d, 4),
+            offset: le_u64(d, 16),
+            size: le_u64(d, 24),
+            maxsize: le_u64(d, 32),
+        };
+        if d[2] != 0 || d[3] != 0 || le_u32(d, 12) != 0 {
+            return Err(Error::Protocol(format!(
+                "frame {id}: memory {i} has non-zero padding"
+            )));
+        }
+        if m.kind != K_FD && m.kind != K_DMABUF {
+            return Err(Error::Protocol(format!(
+                "frame {id}: memory {i} has unknown kind {}",
+                m.kind
+            )));
+        }
+        if source.has_fd() {
+            fds += 1;
+            let end = m.offset.checked_add(m.size);
+            if end.is_none_or(|e| e > m.maxsize) || m.maxsize > isize::MAX as u64 {
+                return Err(Error::Protocol(format!(
+                    "frame {id}: memory {i} region {}+{} is outside its maxsize {}",
+                    m.offset, m.size, m.maxsize
+                )));
+            }
+        } else if m.kind != 0 || m.maxsize != 0 {
+            return Err(Error::Protocol(format!(
+                "frame {id}: memory {i} of registered buffer {buffer} has kind {} and maxsize {} (must be 0: the buffer's are used)",
+                m.kind, m.maxsize
+            )));
+        }
+        memories.push(m);
+    }
+    if fds != n_fds {
+        return Err(Error::Protocol(format!(
+            "frame {id} describes {fds} memories with fds but came with {n_fds} fds"
+        )));
+    }
+    let at = FRAME2_FIXED + n * DESC2_LEN;
+    let layout = if layout_len == 0 {
+        None
+    } else {
+        Some(FrameLayout::parse(&p[at..at + layout_len])?)
+    };
+    Ok(WireFrame {
+        id,
+        timestamps,
+        memories,
+        layout,
+        meta: p[at + layout_len..].to_vec(),
+    })
+}
+
 /// When a wait of `timeout` that starts now ends (`None`: never).
 fn deadline(timeout: Option<Duration>) -> Option<Instant> {
     timeout.and_then(|t| Instant::now().checked_add(t))
@@ -361,34 +652,185 @@ struct RawMessage {
     fds: Vec<OwnedFd>,
 }
 
+/// Fds that came with one read. A sender's fds go with the first write of
+/// their message, and the kernel ends a read after the first write that
+/// carried fds (having read at least its first byte): so they belong to
+/// the one message that announces fds and starts within the read.
+struct FdBatch {
+    /// Stream positions of the read's first and last bytes.
+    first: u64,
+    last: u64,
+    fds: Vec<OwnedFd>,
+}
+
+/// Bytes the receiver read ahead of the message it handles, so that one
+/// `recvmsg` usually brings a whole message (header and payload) and
+/// sometimes the next ones too.
+#[derive(Default)]
+struct InBuf {
+    bytes: Vec<u8>,
+    start: usize,
+    end: usize,
+    /// Stream position of `bytes[start]`.
+    pos: u64,
+    batches: std::collections::VecDeque<FdBatch>,
+}
+
+/// Bytes one read asks for at least.
+const READ_AHEAD: usize = 16 << 10;
+
+impl InBuf {
+    fn available(&self) -> usize {
+        self.end - self.start
+    }
+
+    /// Whether part of a message (bytes or fds) is buffered.
+    fn inside_message(&self) -> bool {
+        self.available() > 0 || !self.batches.is_empty()
+    }
+
+    /// Room for at least `need` bytes from `start` and a read-ahead.
+    fn reserve(&mut self, need: usize) {
+        if self.start == self.end {
+            self.start = 0;
+            self.end = 0;
+        }
+        let want = need.max(self.available() + READ_AHEAD);
+        if self.bytes.len() - self.start < want {
+            self.bytes.copy_within(self.start..self.end, 0);
+            self.end -= self.start;
+            self.start = 0;
+            if self.bytes.len() < want {
+                self.bytes.resize(want, 0);
+            }
+        }
+    }
+
+    /// The whole message at the front, if it is all here: its header
+    /// (checked), payload and fds.
+    fn take_message(&mut self) -> Result<Option<RawMessage>> {
+        if self.available() < HEADER_LEN {
+            return Ok(None);
+        }
+        let head: &[u8; HEADER_LEN] = self.bytes[self.start..self.start + HEADER_LEN]
+            .try_into()
+            .expect("a header's bytes");
+        let header = parse_header(head)?;
+        let len = HEADER_LEN + header.payload_len as usize;
+        if self.available() < len {
+            return Ok(None);
+        }
+        let (at, end) = (self.pos, self.pos + len as u64);
+        let mut fds = Vec::new();
+        let announced = header.n_fds > 0;
+        if announced
+            && self
+                .batches
+                .front()
+                .is_some_and(|b| b.first <= at && at <= b.last)
+        {
+            fds = self.batches.pop_front().expect("checked").fds;
+        }
+        // Fds whose read ended inside this message and that it did not
+        // take: nothing can claim them.
+        if self.batches.front().is_some_and(|b| b.last < end) {
+            let stray = self.batches.pop_front().expect("checked").fds.len();
+            return Err(Error::Protocol(format!(
+                "{stray} fds arrived that no message announced (header announces {})",
+                header.n_fds
+            )));
+        }
+        if fds.len() != header.n_fds as usize {
+            return Err(Error::Protocol(format!(
+                "header announces {} fds, {} arrived",
+                header.n_fds,
+                fds.len()
+            )));
+        }
+        let payload = self.bytes[self.start + HEADER_LEN..self.start + len].to_vec();
+        self.start += len;
+        self.pos = end;
+        Ok(Some(RawMessage {
+            header,
+            payload,
+            fds,
+        }))
+    }
+
+    /// What an end of file means here.
+    fn end_of_stream(&self) -> Result<Option<RawMessage>> {
+        if !self.inside_message() {
+            return Ok(None);
+        }
+        if self.available() < HEADER_LEN {
+            return Err(Error::Protocol(
+                "end of stream inside a message header".into(),
+            ));
+        }
+        let head: &[u8; HEADER_LEN] = self.bytes[self.start..self.start + HEADER_LEN]
+            .try_into()
+            .expect("a header's bytes");
+        let len = parse_header(head).map_or(0, |h| h.payload_len as usize);
+        Err(Error::Protocol(format!(
+            "end of stream after {} of {len} payload bytes",
+            self.available() - HEADER_LEN
+        )))
+    }
+}
+
 /// Read one message for the receiver, never blocking in the kernel: while
 /// nothing is there it waits (writing pending releases as room appears) for
 /// at most `timeout` at a time. `Ok(None)` at end of file between messages
 /// (or `ECONNRESET`: the peer closed with some of our releases unread).
-fn read_message(conn: &Conn, timeout: Option<Duration>) -> Result<Option<RawMessage>> {
-    let sock = &conn.stream;
-    let mut head = [0u8; HEADER_LEN];
-    let mut got = 0;
-    let mut fds: Vec<OwnedFd> = Vec::new();
+/// Reads go through `inbuf`, which may keep the start of the next
+/// messages.
+///
+/// `try_only`: when nothing of a message is there, give up at once with
+/// `TimedOut { inside_message: false }` instead of waiting.
+fn read_message(
+    conn: &Conn,
+    inbuf: &mut InBuf,
+    timeout: Option<Duration>,
+    try_only: bool,
+) -> Result<Option<RawMessage>> {
     let mut space = [MaybeUninit::uninit(); rustix::cmsg_space!(ScmRights(MAX_MEMORIES))];
-    while got < HEADER_LEN {
+    loop {
+        if let Some(m) = inbuf.take_message()? {
+            return Ok(Some(m));
+        }
+        let need = if inbuf.available() >= HEADER_LEN {
+            let head: &[u8; HEADER_LEN] = inbuf.bytes[inbuf.start..inbuf.start + HEADER_LEN]
+                .try_into()
+                .expect("a header's bytes");
+            HEADER_LEN + parse_header(head)?.payload_len as usize
+        } else {
+            HEADER_LEN
+        };
+        inbuf.reserve(need);
         let mut control = RecvAncillaryBuffer::new(&mut space);
+        let end = inbuf.end;
         let r = rustix::net::recvmsg(
-            sock,
-            &mut [IoSliceMut::new(&mut head[got..])],
+            &conn.stream,
+            &mut [IoSliceMut::new(&mut inbuf.bytes[end..])],
             &mut control,
             RecvFlags::CMSG_CLOEXEC | RecvFlags::DONTWAIT,
         );
         let msg = match r {
             Ok(m) => m,
             Err(rustix::io::Errno::INTR) => continue,
+            Err(rustix::io::Errno::AGAIN) if try_only && !inbuf.inside_message() => {
+                return Err(Error::TimedOut {
+                    inside_message: false,
+                })
+            }
             Err(rustix::io::Errno::AGAIN) => {
-                conn.wait_readable(timeout, got > 0 || !fds.is_empty())?;
+                conn.wait_readable(timeout, inbuf.inside_message())?;
                 continue;
             }
-            Err(rustix::io::Errno::CONNRESET) if got == 0 && fds.is_empty() => return Ok(None),
+            Err(rustix::io::Errno::CONNRESET) => return inbuf.end_of_stream(),
             Err(e) => return Err(Error::os("recvmsg", e)),
         };
+        let mut fds = Vec::new();
         for c in control.drain() {
             if let RecvAncillaryMessage::ScmRights(received) = c {
                 fds.extend(received);
@@ -400,47 +842,16 @@ fn read_message(conn: &Conn, timeout: Option<Duration>) -> Result<Option<RawMess
             ));
         }
         if msg.bytes == 0 {
-            return if got == 0 && fds.is_empty() {
-                Ok(None)
-            } else {
-                Err(Error::Protocol(
-                    "end of stream inside a message header".into(),
-                ))
-            };
+            // Fds need a byte to travel with: none come with an end of file.
+            return inbuf.end_of_stream();
         }
-        got += msg.bytes;
-    }
-    let header = parse_header(&head)?;
-    if fds.len() != header.n_fds as usize {
-        return Err(Error::Protocol(format!(
-            "header announces {} fds, {} arrived",
-            header.n_fds,
-            fds.len()
-        )));
-    }
-    let mut payload = vec![0u8; header.payload_len as usize];
-    let mut read = 0;
-    while read < payload.len() {
-        // No control buffer: fds sent with payload bytes are closed by the
-        // kernel (they were not announced).
-        match rustix::net::recv(sock, &mut payload[read..], RecvFlags::DONTWAIT) {
-            Ok((0, _)) | Err(rustix::io::Errno::CONNRESET) => {
-                return Err(Error::Protocol(format!(
-                    "end of stream after {read} of {} payload bytes",
-                    payload.len()
-                )))
-            }
-            Ok((n, _)) => read += n,
-            Err(rustix::io::Errno::INTR) => continue,
-            Err(rustix::io::Errno::AGAIN) => conn.wait_readable(timeout, true)?,
-            Err(e) => return Err(Error::os("recv", e)),
+        let first = inbuf.pos + inbuf.available() as u64;
+        inbuf.end += msg.bytes;
+        if !fds.is_empty() {
+            let last = first + msg.bytes as u64 - 1;
+            inbuf.batches.push_back(FdBatch { first, last, fds });
         }
     }
-    Ok(Some(RawMessage {
-        header,
-        payload,
-        fds,
-    }))
 }
 
 /// Bytes of one release message.
@@ -451,6 +862,36 @@ fn release_bytes(id: u64) -> [u8; RELEASE_LEN] {
     m[..HEADER_LEN].copy_from_slice(&header_bytes(T_RELEASE, 8, 0));
     m[HEADER_LEN..].copy_from_slice(&id.to_le_bytes());
     m
+}
+
+/// A buffer this sender registered on its connection.
+struct SentBuffer {
+    id: u32,
+    /// Stops upgrading when the sender's block is freed; held, so the
+    /// block's key (its address) is not reused meanwhile.
+    life: Weak<()>,
+}
+
+/// What [`Sender::try_send_frame`] did.
+#[derive(Debug)]
+pub enum TrySend<T> {
+    /// The frame went out with this id.
+    Sent(u64),
+    /// The socket had no room: nothing was written, the memories are
+    /// handed back.
+    WouldBlock(Vec<T>),
+}
+
+/// What a frame carries besides its memories ([`Sender::send_frame_with`]).
+#[derive(Debug, Clone, Copy, Default)]
+pub struct FrameInfo<'a> {
+    /// Timestamps.
+    pub timestamps: Timestamps,
+    /// The layout of the frame's planes in its memories (checked before
+    /// sending, and again by the receiver).
+    pub layout: Option<&'a FrameLayout>,
+    /// Caller metadata.
+    pub meta: &'a [u8],
 }
 
 /// Sends frames and takes releases back.
@@ -465,6 +906,17 @@ pub struct Sender {
     partial_len: usize,
     /// Why the stream is out of sync: nothing more is read or written.
     broken: Option<String>,
+    /// Registered buffers by their block's key.
+    registered: HashMap<usize, SentBuffer>,
+    next_buffer: u32,
+    register: bool,
+    max_registered: usize,
+    /// Buffers whose block was freed, to unregister with the next write.
+    unregister: Vec<u32>,
+    /// The message being built (kept for its capacity).
+    scratch: Vec<u8>,
+    /// The peer closed its end (seen when reading releases).
+    closed: bool,
 }
 
 impl std::fmt::Debug for Sender {
@@ -472,10 +924,41 @@ impl std::fmt::Debug for Sender {
         f.debug_struct("Sender")
             .field("next_id", &self.next_id)
             .field("in_flight", &self.held.len())
+            .field("registered", &self.registered.len())
             .field("timeout", &self.timeout)
             .field("broken", &self.broken)
             .finish()
     }
+}
+
+impl AsFd for Sender {
+    /// The socket, for `poll`/`epoll`: readable when releases arrived
+    /// ([`Sender::poll_releases`]), writable when a frame would go out
+    /// ([`Sender::try_send_frame`]).
+    fn as_fd(&self) -> BorrowedFd<'_> {
+        self.sock.as_fd()
+    }
+}
+
+impl std::os::fd::AsRawFd for Sender {
+    fn as_raw_fd(&self) -> std::os::fd::RawFd {
+        self.sock.as_raw_fd()
+    }
+}
+
+impl std::os::fd::AsRawFd for Receiver {
+    fn as_raw_fd(&self) -> std::os::fd::RawFd {
+        self.sock.stream.as_raw_fd()
+    }
+}
+
+/// The fd block behind `m` (fd, shm, dma-buf, huge page memory and their
+/// shares), if any.
+fn fd_block(m: &Memory) -> Option<&FdBlock> {
+    if let Some(b) = m.backend::<FdBackend>() {
+        return Some(b);
+    }
+    m.backend::<DmaBufBackend>().map(|b| &**b)
 }
 
 impl Sender {
@@ -489,6 +972,13 @@ impl Sender {
             partial: [0; RELEASE_LEN],
             partial_len: 0,
             broken: None,
+            registered: HashMap::new(),
+            next_buffer: 1,
+            register: true,
+            max_registered: DEFAULT_MAX_REGISTERED,
+            unregister: Vec::new(),
+            scratch: Vec::new(),
+            closed: false,
         }
     }
 
@@ -510,9 +1000,37 @@ impl Sender {
         Ok(())
     }
 
+    /// Register fd blocks on first send (the default) or send every
+    /// memory's fd with every frame (`false`; buffers registered before
+    /// stay registered until freed).
+    pub fn set_register_buffers(&mut self, register: bool) {
+        self.register = register;
+    }
+
+    /// Register at most `max` buffers at a time
+    /// ([`DEFAULT_MAX_REGISTERED`] by default; more than the receiver's
+    /// [`ReceivePolicy::max_registered`] makes it refuse frames). Past it,
+    /// memories of new blocks go with their fd.
+    pub fn set_max_registered(&mut self, max: usize) {
+        self.max_registered = max;
+    }
+
+    /// Buffers registered on the connection and not yet unregistered.
+    pub fn registered(&self) -> usize {
+        self.registered.len()
+    }
+
     /// Frames sent and not yet released.
     pub fn in_flight(&self) -> usize {
         self.held.len()
+    }
+
+    /// Whether the peer was seen closing its end (by
+    /// [`wait_release`](Sender::wait_release) or
+    /// [`poll_releases`](Sender::poll_releases) reading the end of the
+    /// stream): it releases nothing more.
+    pub fn peer_closed(&self) -> bool {
+        self.closed
     }
 
     fn check_sync(&self) -> Result<()> {
@@ -531,10 +1049,16 @@ impl Sender {
     }
 
     /// Write all of `bytes`, the first write carrying `fds`, never blocking
-    /// in the kernel: waits for room for at most the timeout at a time. A
-    /// failure after part of the message went out leaves the sender out of
-    /// sync.
-    fn send_message(&mut self, bytes: &[u8], fds: &[BorrowedFd<'_>]) -> Result<()> {
+    /// in the kernel: waits for room for at most the timeout at a time,
+    /// except before the first byte when `try_only` (then `Ok(false)`:
+    /// nothing was written). A failure after part of the message went out
+    /// leaves the sender out of sync.
+    fn send_message(
+        &mut self,
+        bytes: &[u8],
+        fds: &[BorrowedFd<'_>],
+        try_only: bool,
+    ) -> Result<bool> {
         self.check_sync()?;
         let mut space = [MaybeUninit::uninit(); rustix::cmsg_space!(ScmRights(MAX_MEMORIES))];
         let mut sent = 0;
@@ -555,6 +1079,7 @@ impl Sender {
                     continue;
                 }
                 Err(rustix::io::Errno::INTR) => continue,
+                Err(rustix::io::Errno::AGAIN) if sent == 0 && try_only => return Ok(false),
                 Err(rustix::io::Errno::AGAIN) => {
                     match wait_for(
                         self.sock.as_fd(),
@@ -580,7 +1105,56 @@ impl Sender {
             }
             return Err(e);
         }
-        Ok(())
+        Ok(true)
+    }
+
+    /// Queue an unregister for every registered buffer whose block was
+    /// freed.
+    fn sweep(&mut self) {
+        if self.registered.is_empty() {
+            return;
+        }
+        let unregister = &mut self.unregister;
+        self.registered.retain(|_, b| {
+            let alive = b.life.strong_count() > 0;
+            if !alive {
+                unregister.push(b.id);
+            }
+            alive
+        });
+    }
+
+    /// Append the queued unregisters to `msg` (at most [`MAX_UNREGISTER`]
+    /// ids a message); returns how many ids went in.
+    fn append_unregisters(&self, msg: &mut Vec<u8>) -> usize {
+        let mut done = 0;
+        for chunk in self.unregister.chunks(MAX_UNREGISTER) {
+            msg.extend_from_slice(&header_bytes(T_UNREGISTER, chunk.len() * 4, 0));
+            for id in chunk {
+                msg.extend_from_slice(&id.to_le_bytes());
+            }
+            done += chunk.len();
+        }
+        done
+    }
+
+    /// Send an unregister for every registered buffer whose block was
+    /// freed since the last call that did (every send does); returns how
+    /// many. The receiver then unmaps them.
+    ///
+    /// # Errors
+    /// As [`send_eos`](Sender::send_eos).
+    pub fn unregister_freed(&mut self) -> Result<usize> {
+        self.check_sync()?;
+        self.sweep();
+        if self.unregister.is_empty() {
+            return Ok(0);
+        }
+        let mut msg = Vec::new();
+        let n = self.append_unregisters(&mut msg);
+        self.send_message(&msg, &[], false)?;
+        self.unregister.clear();
+        Ok(n)
     }
 
     /// Send `memories` as one frame with `meta`; keep them until the peer
@@ -599,6 +1173,75 @@ impl Sender {
         memories: Vec<T>,
         meta: &[u8],
     ) -> Result<u64> {
+        self.send_frame_with(
+            memories,
+            FrameInfo {
+                meta,
+                ..FrameInfo::default()
+            },
+        )
+    }
+
+    /// [`send_frame`](Sender::send_frame) with timestamps and a layout,
+    /// which is checked against the memories first
+    /// ([`FrameLayout::check`]).
+    ///
+    /// ```
+    /// use std::os::unix::net::UnixStream;
+    /// use mediamem::drm::fourcc;
+    /// use mediamem::ipc::{FrameInfo, ReceivePolicy, Receiver, Sender, Timestamps};
+    /// use mediamem::layout::FrameLayout;
+    /// use mediamem::ShmAllocator;
+    ///
+    /// let (a, b) = UnixStream::pair().unwrap();
+    /// let (mut tx, mut rx) = (Sender::new(a), Receiver::new(b, ReceivePolicy::default()));
+    /// let layout = FrameLayout::packed(fourcc(*b"NV12"), 64, 48)?;
+    /// let frame = ShmAllocator::get().alloc(64 * 48 * 3 / 2, None)?;
+    /// let timestamps = Timestamps { pts: Some(40_000_000), ..Timestamps::default() };
+    /// tx.send_frame_with(vec![frame], FrameInfo { timestamps, layout: Some(&layout), meta: b"" })?;
+    /// let got = rx.recv()?.unwrap();
+    /// assert_eq!(got.layout.as_ref(), Some(&layout));
+    /// assert_eq!(got.timestamps.pts, Some(40_000_000));
+    /// # Ok::<(), mediamem::Error>(())
+    /// ```
+    ///
+    /// # Errors
+    /// As [`send_frame`](Sender::send_frame), and the layout's
+    /// ([`Error::InvalidLayout`], [`Error::UnknownFourcc`]).
+    pub fn send_frame_with<T: AsRef<Memory> + Send + 'static>(
+        &mut self,
+        memories: Vec<T>,
+        info: FrameInfo<'_>,
+    ) -> Result<u64> {
+        match self.send_inner(memories, info, false)? {
+            TrySend::Sent(id) => Ok(id),
+            TrySend::WouldBlock(_) => unreachable!("only try_send_frame gives up"),
+        }
+    }
+
+    /// [`send_frame_with`](Sender::send_frame_with) without waiting for
+    /// room: when the socket cannot take the frame's first bytes, nothing
+    /// is written and the memories come back
+    /// ([`TrySend::WouldBlock`]). Once a byte is out, the rest is written
+    /// as by `send_frame` (within the timeout), so the stream never stays
+    /// cut.
+    ///
+    /// # Errors
+    /// As [`send_frame_with`](Sender::send_frame_with).
+    pub fn try_send_frame<T: AsRef<Memory> + Send + 'static>(
+        &mut self,
+        memories: Vec<T>,
+        info: FrameInfo<'_>,
+    ) -> Result<TrySend<T>> {
+        self.send_inner(memories, info, true)
+    }
+
+    fn send_inner<T: AsRef<Memory> + Send + 'static>(
+        &mut self,
+        memories: Vec<T>,
+        info: FrameInfo<'_>,
+        try_only: bool,
+    ) -> Result<TrySend<T>> {
         self.check_sync()?;
         if memories.len() > MAX_MEMORIES {
             return Err(Error::Protocol(format!(
@@ -606,52 +1249,138 @@ impl Sender {
                 memories.len()
             )));
         }
-        let payload_len = FRAME_FIXED + memories.len() * DESC_LEN + meta.len();
+        if let Some(layout) = info.layout {
+            let sizes: Vec<usize> = memories.iter().map(|m| m.as_ref().size()).collect();
+            layout.check(&sizes)?;
+        }
+        let layout_len = info.layout.map_or(0, FrameLayout::wire_len);
+        let payload_len = FRAME2_FIXED + memories.len() * DESC2_LEN + layout_len + info.meta.len();
         if payload_len > MAX_PAYLOAD {
             return Err(Error::Protocol(format!(
                 "frame of {payload_len} bytes is over {MAX_PAYLOAD}"
             )));
         }
+        self.sweep();
         let id = self.next_id;
-        let mut msg = Vec::with_capacity(HEADER_LEN + payload_len);
-        msg.extend_from_slice(&header_bytes(T_FRAME, payload_len, memories.len()));
+        let mut msg = std::mem::take(&mut self.scratch);
+        msg.clear();
+        msg.extend_from_slice(&header_bytes(T_FRAME, payload_len, 0));
         msg.extend_from_slice(&id.to_le_bytes());
+        for t in [
+            info.timestamps.pts,
+            info.timestamps.dts,
+            info.timestamps.duration,
+        ] {
+            msg.extend_from_slice(&time_wire(t).to_le_bytes());
+        }
         msg.extend_from_slice(&(memories.len() as u32).to_le_bytes());
-        msg.extend_from_slice(&(meta.len() as u32).to_le_bytes());
+        msg.extend_from_slice(&(layout_len as u32).to_le_bytes());
+        msg.extend_from_slice(&(info.meta.len() as u32).to_le_bytes());
+        msg.extend_from_slice(&0u32.to_le_bytes());
         let mut fds = Vec::with_capacity(memories.len());
-        for m in &memories {
-            let m = m.as_ref();
-            let fd = m.fd().ok_or_else(|| Error::WrongKind {
-                expected: "fd-backed (export DRM dumb memory to a dma-buf first)",
-                found: m.allocator().mem_type().to_owned(),
-            })?;
-            let (size, offset, maxsize) = m.sizes();
-            let kind = if is_dmabuf_memory(m) { K_DMABUF } else { K_FD };
-            msg.extend_from_slice(&[kind, 0, 0, 0]);
-            msg.extend_from_slice(&(m.flags() - MemoryFlags::LOCKABLE).bits().to_le_bytes());
-            msg.extend_from_slice(&(offset as u64).to_le_bytes());
-            msg.extend_from_slice(&(size as u64).to_le_bytes());
-            msg.extend_from_slice(&(maxsize as u64).to_le_bytes());
-            fds.push(fd);
+        // Buffers this frame registers: forgotten again if nothing is sent.
+        let mut new_keys: Vec<usize> = Vec::new();
+        let built = (|| -> Result<()> {
+            for m in &memories {
+                let m = m.as_ref();
+                let fd = m.fd().ok_or_else(|| Error::WrongKind {
+                    expected: "fd-backed (export DRM dumb memory to a dma-buf first)",
+                    found: m.allocator().mem_type().to_owned(),
+                })?;
+                let (size, offset, maxsize) = m.sizes();
+                let kind = if is_dmabuf_memory(m) { K_DMABUF } else { K_FD };
+                let block = if self.register { fd_block(m) } else { None };
+                let (source, kind, buffer, maxsize, fd) = match block {
+                    Some(block) => {
+                        let life = block.liveness();
+                        let key = Weak::as_ptr(&life) as usize;
+                        match self.registered.get(&key) {
+                            Some(b) => (S_BUFFER, 0, b.id, 0, None),
+                            None if self.registered.len() < self.max_registered
+                                && self.next_buffer != u32::MAX =>
+                            {
+                                let buffer = self.next_buffer;
+                                self.next_buffer += 1;
+                                self.registered.insert(key, SentBuffer { id: buffer, life });
+                                new_keys.push(key);
+                                (S_REGISTER, kind, buffer, block.maxsize(), Some(fd))
+                            }
+                            None => (S_FD, kind, 0, maxsize, Some(fd)),
+                        }
+                    }
+                    None => (S_FD, kind, 0, maxsize, Some(fd)),
+                };
+                msg.extend_from_slice(&[source, kind, 0, 0]);
+                msg.extend_from_slice(&(m.flags() - MemoryFlags::LOCKABLE).bits().to_le_bytes());
+                msg.extend_from_slice(&buffer.to_le_bytes());
+                msg.extend_from_slice(&0u32.to_le_bytes());
+                msg.extend_from_slice(&(offset as u64).to_le_bytes());
+                msg.extend_from_slice(&(size as u64).to_le_bytes());
+                msg.extend_from_slice(&(maxsize as u64).to_le_bytes());
+                fds.extend(fd);
+            }
+            Ok(())
+        })();
+        if let Err(e) = built {
+            for key in new_keys {
+                self.registered.remove(&key);
+            }
+            self.scratch = msg;
+            return Err(e);
         }
-        msg.extend_from_slice(meta);
-        let sent = self.send_message(&msg, &fds);
+        msg[12..16].copy_from_slice(&(fds.len() as u32).to_le_bytes());
+        if let Some(layout) = info.layout {
+            layout.write_to(&mut msg);
+        }
+        msg.extend_from_slice(info.meta);
+        // Unregisters follow the frame in the same write (after it, so the
+        // fds stay with the frame's header).
+        let unregistered = self.append_unregisters(&mut msg);
+        let sent = self.send_message(&msg, &fds, try_only);
         drop(fds);
-        if sent.is_ok() || self.broken.is_some() {
-            // Sent, or cut (the fds went with the first bytes): held until
-            // released, or until the sender goes.
-            self.next_id += 1;
-            self.held.insert(id, Box::new(memories));
+        self.scratch = msg;
+        match sent {
+            Ok(true) => {
+                self.unregister.drain(..unregistered);
+                self.next_id += 1;
+                self.held.insert(id, Box::new(memories));
+                Ok(TrySend::Sent(id))
+            }
+            Ok(false) | Err(_) if self.broken.is_none() => {
+                // Nothing went out: the peer never saw the registrations.
+                for key in new_keys {
+                    self.registered.remove(&key);
+                }
+                match sent {
+                    Ok(_) => Ok(TrySend::WouldBlock(memories)),
+                    Err(e) => Err(e),
+                }
+            }
+            Ok(false) => unreachable!("a sender out of sync never reports room"),
+            Err(e) => {
+                // Cut (the fds went with the first bytes): held until
+                // released, or until the sender goes.
+                self.next_id += 1;
+                self.held.insert(id, Box::new(memories));
+                Err(e)
+            }
         }
-        sent.map(|()| id)
     }
 
-    /// Tell the peer the stream ended.
+    /// Tell the peer the stream ended (after unregistering the buffers
+    /// whose blocks were freed).
     ///
     /// # Errors
     /// As [`send_frame`](Sender::send_frame).
     pub fn send_eos(&mut self) -> Result<()> {
-        self.send_message(&header_bytes(T_EOS, 0, 0), &[])
+        self.check_sync()?;
+        self.sweep();
+        let mut msg = Vec::new();
+        let n = self.append_unregisters(&mut msg);
+        msg.extend_from_slice(&header_bytes(T_EOS, 0, 0));
+        self.send_message(&msg, &[], false)?;
+        self.unregister.drain(..n);
+        Ok(())
     }
 
     /// Read the next release. `block`: wait for at most the timeout;
@@ -663,11 +1392,9 @@ impl Sender {
         let deadline = deadline(self.timeout);
         let mut space = [MaybeUninit::uninit(); rustix::cmsg_space!(ScmRights(MAX_MEMORIES))];
         loop {
-            let want = if self.partial_len < HEADER_LEN {
-                HEADER_LEN
-            } else {
-                RELEASE_LEN
-            };
+            // Everything the sender reads is a release (24 bytes): read the
+            // rest of one in one call; anything else is out of sync anyway.
+            let want = RELEASE_LEN;
             let mut control = RecvAncillaryBuffer::new(&mut space);
             let r = rustix::net::recvmsg(
                 &self.sock,
@@ -700,7 +1427,10 @@ impl Sender {
                 // A Unix socket reports ECONNRESET once the queued data is
                 // read when the peer closed with some of ours unread: the
                 // end of the stream.
-                Err(rustix::io::Errno::CONNRESET) if self.partial_len == 0 => return Ok(None),
+                Err(rustix::io::Errno::CONNRESET) if self.partial_len == 0 => {
+                    self.closed = true;
+                    return Ok(None);
+                }
                 Err(rustix::io::Errno::CONNRESET) => {
                     return Err(
                         self.out_of_sync(Error::Protocol("end of stream inside a release".into()))
@@ -715,14 +1445,16 @@ impl Sender {
             }
             if msg.bytes == 0 {
                 if self.partial_len == 0 {
+                    self.closed = true;
                     return Ok(None);
                 }
                 return Err(
                     self.out_of_sync(Error::Protocol("end of stream inside a release".into()))
                 );
             }
+            let had = self.partial_len;
             self.partial_len += msg.bytes;
-            if self.partial_len == HEADER_LEN {
+            if had < HEADER_LEN && self.partial_len >= HEADER_LEN {
                 let head: &[u8; HEADER_LEN] = self.partial[..HEADER_LEN]
                     .try_into()
                     .expect("a header's bytes");
@@ -758,6 +1490,16 @@ impl Sender {
     /// later call fails), and I/O errors.
     pub fn wait_release(&mut self) -> Result<Option<u64>> {
         self.take_release(true)
+    }
+
+    /// The next release if a whole one is here now (never waits; half a
+    /// release is kept for the next call). `Ok(None)` also when the peer
+    /// closed ([`peer_closed`](Sender::peer_closed) tells).
+    ///
+    /// # Errors
+    /// As [`wait_release`](Sender::wait_release).
+    pub fn try_release(&mut self) -> Result<Option<u64>> {
+        self.take_release(false)
     }
 
     /// Handle every release already received, without waiting (half a
@@ -810,6 +1552,11 @@ pub struct ReceivePolicy {
     /// size; a frame over the bound is refused with [`Error::TooLarge`]
     /// (and released).
     pub max_copy_bytes: usize,
+    /// Most buffers the sender may keep registered at once
+    /// ([`DEFAULT_MAX_REGISTERED`] by default): each holds an fd and a
+    /// mapping here. A registration past it refuses its frame with
+    /// [`Error::Registry`].
+    pub max_registered: usize,
 }
 
 impl Default for ReceivePolicy {
@@ -819,6 +1566,7 @@ impl Default for ReceivePolicy {
             guard_unsealed: false,
             require_write_seal: false,
             max_copy_bytes: DEFAULT_MAX_COPY_BYTES,
+            max_registered: DEFAULT_MAX_REGISTERED,
         }
     }
 }
@@ -885,6 +1633,11 @@ pub struct Frame {
     pub memories: Vec<Memory>,
     /// Caller metadata.
     pub meta: Vec<u8>,
+    /// Timestamps (unset for a version 1 frame).
+    pub timestamps: Timestamps,
+    /// The planes' layout, checked against the memories, when the sender
+    /// gave one.
+    pub layout: Option<FrameLayout>,
 }
 
 /// Releases waiting to be written, as bytes: a release cut by a short write
@@ -1030,10 +1783,104 @@ struct ReleaseOnDrop {
     sock: Arc<Conn>,
 }
 
+impl std::fmt::Debug for ReleaseOnDrop {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ReleaseOnDrop")
+            .field("id", &self.id)
+            .finish()
+    }
+}
+
 impl Drop for ReleaseOnDrop {
     fn drop(&mut self) {
         self.sock.release(self.id);
     }
+}
+
+/// The storage of a received fd, admitted.
+#[derive(Debug)]
+enum Storage {
+    /// Mapped zero-copy as fd memory (kept mapped).
+    Fd(FdBackend),
+    /// Mapped zero-copy as a dma-buf.
+    DmaBuf(DmaBufBackend),
+    /// Copied with `pread` for each memory (an unsealed file under
+    /// [`ReceivePolicy::copy_unsealed`]).
+    Copy(OwnedFd),
+}
+
+/// A buffer registered on a connection: its fd, admitted, and its one
+/// mapping (made at the first map, kept until the buffer is dropped: when
+/// it is unregistered, or the stream ends, and no memory of it is alive).
+#[derive(Debug)]
+struct RegisteredBuffer {
+    storage: Storage,
+    maxsize: usize,
+}
+
+impl RegisteredBuffer {
+    fn backend(&self) -> &dyn MemoryBackend {
+        match &self.storage {
+            Storage::Fd(b) => b,
+            Storage::DmaBuf(b) => b,
+            Storage::Copy(_) => unreachable!("copied buffers have no views"),
+        }
+    }
+}
+
+/// The storage of a received memory of a registered buffer: the buffer's
+/// mapping, and the frame's release (sent when the last memory of the
+/// frame, shares included, is gone).
+#[derive(Debug)]
+struct RegisteredView {
+    /// Dropped before the release: by the time the sender reads the
+    /// release, this frame no longer holds the buffer.
+    buffer: Arc<RegisteredBuffer>,
+    _release: Arc<ReleaseOnDrop>,
+}
+
+// SAFETY: every call is forwarded to the registered buffer's backend (fd
+// or dma-buf memory), which keeps its promises for `maxsize` bytes; the
+// views are made with the buffer's maxsize.
+unsafe impl MemoryBackend for RegisteredView {
+    fn map(&self, maxsize: usize, flags: MapFlags) -> Result<NonNull<u8>> {
+        self.buffer.backend().map(maxsize, flags)
+    }
+
+    fn static_ptr(&self) -> Option<NonNull<u8>> {
+        self.buffer.backend().static_ptr()
+    }
+
+    fn unmap(&self, flags: MapFlags) {
+        self.buffer.backend().unmap(flags);
+    }
+
+    fn is_span(&self, first: (usize, usize), second: (usize, usize)) -> bool {
+        self.buffer.backend().is_span(first, second)
+    }
+
+    fn alias(&self) -> Option<&BlockAlias> {
+        self.buffer.backend().alias()
+    }
+
+    fn kind(&self) -> MemoryKind {
+        self.buffer.backend().kind()
+    }
+
+    fn fd(&self) -> Option<BorrowedFd<'_>> {
+        self.buffer.backend().fd()
+    }
+}
+
+/// What [`Receiver::try_recv`] found.
+#[derive(Debug)]
+pub enum Received {
+    /// A frame.
+    Frame(Frame),
+    /// Nothing yet.
+    Empty,
+    /// The end of the stream.
+    End,
 }
 
 /// Receives frames.
@@ -1044,6 +1891,25 @@ pub struct Receiver {
     dmabuf_alloc: DmaBufAllocator,
     broken: Option<String>,
     timeout: Option<Duration>,
+    /// Buffers registered by the sender, by id.
+    registry: HashMap<u32, Arc<RegisteredBuffer>>,
+    /// Bytes read ahead.
+    inbuf: InBuf,
+    /// Ids whose registration was refused (at most [`MAX_UNREGISTER`]):
+    /// the sender still unregisters them when it frees their block.
+    refused: std::collections::HashSet<u32>,
+}
+
+impl AsFd for Receiver {
+    /// The socket, for `poll`/`epoll`: readable when a frame (or the end
+    /// of the stream) is there for [`Receiver::try_recv`]. The receiver
+    /// reads ahead (one read often brings several messages), so call
+    /// `try_recv` until it returns [`Received::Empty`] before waiting for
+    /// the socket again. Releases left queued by drops are written by the
+    /// next `try_recv`, `recv` or [`Receiver::flush`].
+    fn as_fd(&self) -> BorrowedFd<'_> {
+        self.sock.stream.as_fd()
+    }
 }
 
 impl std::fmt::Debug for Receiver {
@@ -1053,6 +1919,7 @@ impl std::fmt::Debug for Receiver {
             .field("timeout", &self.timeout)
             .field("broken", &self.broken)
             .field("pending_releases", &self.pending_releases())
+            .field("registered", &self.registry.len())
             .finish()
     }
 }
@@ -1067,6 +1934,9 @@ impl Receiver {
             dmabuf_alloc: DmaBufAllocator::new(),
             broken: None,
             timeout: None,
+            registry: HashMap::new(),
+            inbuf: InBuf::default(),
+            refused: std::collections::HashSet::new(),
         }
     }
 
@@ -1100,68 +1970,373 @@ impl Receiver {
 
     /// The next frame; `Ok(None)` at end of stream (or end of file between
     /// messages). Releases still queued are written first, and while it
-    /// waits for input, as the socket has room for them.
+    /// waits for input, as the socket has room for them. Unregisters are
+    /// handled on the way.
     ///
     /// # Errors
-    /// * [`Error::Protocol`] for a malformed message. When the framing
-    ///   itself is wrong (a bad header, a wrong fd count, truncated
-    ///   control data, an end of file or a timeout inside a message, a
-    ///   message type a receiver never gets), the stream is out of sync and
-    ///   every later call fails. When only a frame's payload is wrong (its
-    ///   memory count, kinds, regions or lengths), the message was read
-    ///   whole: the frame is released and the next `recv` goes on.
-    /// * [`Error::Refused`], [`Error::BeyondFile`], [`Error::TooLarge`] and
-    ///   other import errors for a frame whose content is refused: it is
-    ///   released, every fd it brought is closed, and the next `recv` goes
-    ///   on.
+    /// * [`Error::Protocol`] for a malformed message, and
+    ///   [`Error::VersionMismatch`] for a peer speaking another version.
+    ///   When the framing itself is wrong (a bad header, a wrong fd count,
+    ///   truncated control data, an end of file or a timeout inside a
+    ///   message, a message type a receiver never gets), the stream is out
+    ///   of sync and every later call fails. When only a frame's payload
+    ///   is wrong (its memory count, sources, kinds, regions, layout or
+    ///   lengths), the message was read whole: the frame is released and
+    ///   the next `recv` goes on.
+    /// * [`Error::Refused`], [`Error::BeyondFile`], [`Error::TooLarge`],
+    ///   [`Error::Registry`], [`Error::InvalidLayout`],
+    ///   [`Error::UnknownFourcc`] and other import errors for a frame whose
+    ///   content is refused: it is released, every fd it brought is closed
+    ///   (except those of buffers it registered, when they were admitted),
+    ///   and the next `recv` goes on. [`Error::Registry`] also for an
+    ///   unregister that names an unknown buffer or one still in use (the
+    ///   others it names are unregistered; the stream goes on).
     /// * [`Error::TimedOut`] after the timeout (see
     ///   [`set_timeout`](Receiver::set_timeout)).
     pub fn recv(&mut self) -> Result<Option<Frame>> {
-        if let Some(why) = &self.broken {
-            return Err(Error::Protocol(format!(
-                "connection is out of sync after: {why}"
-            )));
+        match self.next(false)? {
+            Received::Frame(f) => Ok(Some(f)),
+            Received::End => Ok(None),
+            Received::Empty => unreachable!("recv waits"),
         }
-        self.sock.flush_nonblocking();
-        let raw = match read_message(&self.sock, self.timeout) {
-            Ok(Some(m)) => m,
-            Ok(None) => return Ok(None),
-            // Nothing of a message arrived: still in sync.
-            Err(
-                e @ Error::TimedOut {
+    }
+
+    /// The next frame if one is there now, without waiting for one to
+    /// start arriving (a message that started arriving is read whole, as
+    /// [`recv`](Receiver::recv) does, within the timeout). Use with
+    /// `poll`/`epoll` on the receiver ([`AsFd`]).
+    ///
+    /// ```
+    /// use std::os::unix::net::UnixStream;
+    /// use mediamem::ipc::{ReceivePolicy, Received, Receiver, Sender};
+    /// use mediamem::ShmAllocator;
+    ///
+    /// let (a, b) = UnixStream::pair().unwrap();
+    /// let (mut tx, mut rx) = (Sender::new(a), Receiver::new(b, ReceivePolicy::default()));
+    /// assert!(matches!(rx.try_recv()?, Received::Empty));
+    /// tx.send_frame(vec![ShmAllocator::get().alloc(64, None)?], b"")?;
+    /// assert!(matches!(rx.try_recv()?, Received::Frame(_)));
+    /// drop(tx);
+    /// assert!(matches!(rx.try_recv()?, Received::End));
+    /// # Ok::<(), mediamem::Error>(())
+    /// ```
+    ///
+    /// # Errors
+    /// As [`recv`](Receiver::recv).
+    pub fn try_recv(&mut self) -> Result<Received> {
+        self.next(true)
+    }
+
+    fn next(&mut self, try_only: bool) -> Result<Received> {
+        loop {
+            if let Some(why) = &self.broken {
+                return Err(Error::Protocol(format!(
+                    "connection is out of sync after: {why}"
+                )));
+            }
+            self.sock.flush_nonblocking();
+            let raw = match read_message(&self.sock, &mut self.inbuf, self.timeout, try_only) {
+                Ok(Some(m)) => m,
+                Ok(None) => {
+                    self.registry.clear();
+                    self.refused.clear();
+                    return Ok(Received::End);
+                }
+                Err(Error::TimedOut {
                     inside_message: false,
-                },
-            ) => return Err(e),
-            Err(e) => {
-                self.broken = Some(e.to_string());
-                return Err(e);
-            }
-        };
-        match raw.header.kind {
-            T_EOS => Ok(None),
-            T_FRAME => {
-                let payload = match parse_frame(&raw.payload, raw.fds.len()) {
-                    Ok(p) => p,
-                    Err(e) => {
-                        // Lengths were consistent, so the stream is in sync,
-                        // but the frame cannot be trusted; release it if it
-                        // has an id.
-                        if raw.payload.len() >= 8 {
-                            self.release(le_u64(&raw.payload, 0));
+                }) if try_only => return Ok(Received::Empty),
+                // Nothing of a message arrived: still in sync.
+                Err(
+                    e @ Error::TimedOut {
+                        inside_message: false,
+                    },
+                ) => return Err(e),
+                Err(e) => {
+                    self.broken = Some(e.to_string());
+                    // Out of sync: what was read ahead (fds too) goes.
+                    self.inbuf = InBuf::default();
+                    return Err(e);
+                }
+            };
+            match raw.header.kind {
+                T_EOS => {
+                    self.registry.clear();
+                    self.refused.clear();
+                    return Ok(Received::End);
+                }
+                T_UNREGISTER => self.unregister(&raw.payload)?,
+                T_FRAME => {
+                    let frame = match parse_frame_v2(&raw.payload, raw.fds.len()) {
+                        Ok(p) => p,
+                        Err(e) => {
+                            // Lengths were consistent, so the stream is in
+                            // sync, but the frame cannot be trusted; release
+                            // it if it has an id.
+                            if raw.payload.len() >= 8 {
+                                self.release(le_u64(&raw.payload, 0));
+                            }
+                            return Err(e);
                         }
-                        return Err(e);
-                    }
-                };
-                // On failure the import's release token is dropped, which
-                // releases the frame exactly once.
-                self.import(payload, raw.fds).map(Some)
-            }
-            other => {
-                let e = Error::Protocol(format!("receiver got message type {other}"));
-                self.broken = Some(e.to_string());
-                Err(e)
+                    };
+                    // On failure the import's release token is dropped,
+                    // which releases the frame exactly once.
+                    return self.import_v2(frame, raw.fds).map(Received::Frame);
+                }
+                T_FD_FRAME => {
+                    let payload = match parse_frame(&raw.payload, raw.fds.len()) {
+                        Ok(p) => p,
+                        Err(e) => {
+                            if raw.payload.len() >= 8 {
+                                self.release(le_u64(&raw.payload, 0));
+                            }
+                            return Err(e);
+                        }
+                    };
+                    return self.import(payload, raw.fds).map(Received::Frame);
+                }
+                other => {
+                    let e = Error::Protocol(format!("receiver got message type {other}"));
+                    self.broken = Some(e.to_string());
+                    return Err(e);
+                }
             }
         }
+    }
+
+    /// Buffers registered on this connection now.
+    pub fn registered(&self) -> usize {
+        self.registry.len()
+    }
+
+    /// Unregister every id of an unregister message's payload (a multiple
+    /// of 4 bytes, checked with the header). Unknown ids and buffers in use
+    /// are errors; the other ids are unregistered all the same.
+    fn unregister(&mut self, payload: &[u8]) -> Result<()> {
+        let mut first_error = None;
+        for at in (0..payload.len()).step_by(4) {
+            let id = le_u32(payload, at);
+            let problem = match self.registry.get(&id) {
+                None if self.refused.remove(&id) => continue,
+                None => RegistryProblem::Unregistered,
+                // Every live memory of the buffer holds it.
+                Some(buf) if Arc::strong_count(buf) > 1 => RegistryProblem::InUse {
+                    live: Arc::strong_count(buf) - 1,
+                },
+                Some(_) => {
+                    // The last handle: closed and unmapped here.
+                    self.registry.remove(&id);
+                    continue;
+                }
+            };
+            first_error.get_or_insert(Error::Registry { id, problem });
+        }
+        first_error.map_or(Ok(()), Err)
+    }
+
+    /// Admit a received fd for a memory (or a buffer) of `maxsize` bytes:
+    /// the checks every received fd gets, then its storage.
+    fn admit_storage(
+        &self,
+        fd: OwnedFd,
+        announced_dmabuf: bool,
+        maxsize: usize,
+        what: impl FnOnce() -> String,
+    ) -> Result<Storage> {
+        let (admission, file) =
+            admit(&fd, announced_dmabuf, &self.policy).map_err(|e| match e {
+                Error::Refused(why) => Error::Refused(format!("{} {why}", what())),
+                e => e,
+            })?;
+        if admission == Admission::Copy {
+            let file_size = crate::fd::fd_size(fd.as_fd())?;
+            if maxsize as u64 > file_size {
+                return Err(Error::BeyondFile {
+                    what: "maxsize",
+                    requested: maxsize as u64,
+                    file_size,
+                });
+            }
+            return Ok(Storage::Copy(fd));
+        }
+        let mut fd_flags = FdMemoryFlags::KEEP_MAPPED;
+        if admission == Admission::Guarded {
+            fd_flags |= FdMemoryFlags::GUARD_SIGBUS;
+        }
+        // The fd was classified above: no second fstat/fstatfs.
+        let block = fd_block_of(FdHandle::Owned(fd), file, maxsize, fd_flags)?;
+        Ok(if admission == Admission::DmaBuf {
+            Storage::DmaBuf(DmaBufBackend::new(block))
+        } else {
+            Storage::Fd(FdBackend::new(block))
+        })
+    }
+
+    fn import_v2(&mut self, frame: WireFrame, fds: Vec<OwnedFd>) -> Result<Frame> {
+        let token = Arc::new(ReleaseOnDrop {
+            id: frame.id,
+            sock: self.sock.clone(),
+        });
+        let mut fds = fds.into_iter();
+        let mut fd_of: Vec<Option<OwnedFd>> = frame
+            .memories
+            .iter()
+            .map(|m| if m.source.has_fd() { fds.next() } else { None })
+            .collect();
+        // Registrations first: admitted ones stay, whatever else the
+        // frame holds.
+        for (i, m) in frame.memories.iter().enumerate() {
+            let Source::Register(id) = m.source else {
+                continue;
+            };
+            let fd = fd_of[i].take().expect("counted by the parser");
+            if self.registry.contains_key(&id) {
+                return Err(Error::Registry {
+                    id,
+                    problem: RegistryProblem::Duplicate,
+                });
+            }
+            if self.registry.len() >= self.policy.max_registered {
+                if self.refused.len() < MAX_UNREGISTER {
+                    self.refused.insert(id);
+                }
+                return Err(Error::Registry {
+                    id,
+                    problem: RegistryProblem::TooMany {
+                        limit: self.policy.max_registered,
+                    },
+                });
+            }
+            let storage = self
+                .admit_storage(fd, m.kind == K_DMABUF, m.maxsize as usize, || {
+                    format!("frame {}: memory {i} (buffer {id})", frame.id)
+                })
+                .inspect_err(|_| {
+                    if self.refused.len() < MAX_UNREGISTER {
+                        self.refused.insert(id);
+                    }
+                })?;
+            self.registry.insert(
+                id,
+                Arc::new(RegisteredBuffer {
+                    storage,
+                    maxsize: m.maxsize as usize,
+                }),
+            );
+        }
+        let mut memories = Vec::with_capacity(frame.memories.len());
+        let mut copied = 0;
+        for (i, m) in frame.memories.iter().enumerate() {
+            let flags = MemoryFlags::from_bits_retain(m.flags) & KEPT_FLAGS | MemoryFlags::READONLY;
+            let (offset, size) = (m.offset as usize, m.size as usize);
+            let buffer = match m.source {
+                Source::Fd => {
+                    let fd = fd_of[i].take().expect("counted by the parser");
+                    let maxsize = m.maxsize as usize;
+                    let storage = self.admit_storage(fd, m.kind == K_DMABUF, maxsize, || {
+                        format!("frame {}: memory {i}", frame.id)
+                    })?;
+                    memories.push(self.own_memory(
+                        storage,
+                        (offset, size, maxsize),
+                        flags,
+                        &token,
+                        &mut copied,
+                    )?);
+                    continue;
+                }
+                Source::Register(id) | Source::Buffer(id) => id,
+            };
+            let Some(buf) = self.registry.get(&buffer) else {
+                return Err(Error::Registry {
+                    id: buffer,
+                    problem: RegistryProblem::Unregistered,
+                });
+            };
+            if m.offset
+                .checked_add(m.size)
+                .is_none_or(|e| e > buf.maxsize as u64)
+            {
+                return Err(Error::Registry {
+                    id: buffer,
+                    problem: RegistryProblem::OutsideBuffer {
+                        offset: m.offset,
+                        size: m.size,
+                        maxsize: buf.maxsize as u64,
+                    },
+                });
+            }
+            if let Storage::Copy(fd) = &buf.storage {
+                memories.push(copy_by_pread(
+                    fd,
+                    (offset, size, buf.maxsize),
+                    &mut copied,
+                    self.policy.max_copy_bytes,
+                )?);
+                continue;
+            }
+            let alloc = if matches!(buf.storage, Storage::DmaBuf(_)) {
+                self.dmabuf_alloc.allocator()
+            } else {
+                self.fd_alloc.allocator()
+            };
+            let view = RegisteredView {
+                buffer: buf.clone(),
+                _release: token.clone(),
+            };
+            let parts = MemoryParts::new(Box::new(view), buf.maxsize)
+                .region(offset, size)
+                .flags(flags);
+            memories.push(Memory::from_parts(alloc, parts)?);
+        }
+        if let Some(layout) = &frame.layout {
+            let sizes: Vec<usize> = memories.iter().map(Memory::size).collect();
+            layout.check(&sizes)?;
+        }
+        // Copies (and empty frames) hold nothing of the sender's: the
+        // release goes with the last memory that does, or right here.
+        drop(token);
+        Ok(Frame {
+            id: frame.id,
+            memories,
+            meta: frame.meta,
+            timestamps: frame.timestamps,
+            layout: frame.layout,
+        })
+    }
+
+    /// A memory over a received fd of its own (not registered), holding
+    /// the frame's release `token` until its block is freed.
+    fn own_memory(
+        &self,
+        storage: Storage,
+        (offset, size, maxsize): (usize, usize, usize),
+        flags: MemoryFlags,
+        token: &Arc<ReleaseOnDrop>,
+        copied: &mut usize,
+    ) -> Result<Memory> {
+        let (alloc, backend): (_, Box<dyn MemoryBackend>) = match storage {
+            Storage::Copy(fd) => {
+                return copy_by_pread(
+                    &fd,
+                    (offset, size, maxsize),
+                    copied,
+                    self.policy.max_copy_bytes,
+                )
+            }
+            Storage::DmaBuf(b) => (self.dmabuf_alloc.allocator(), Box::new(b)),
+            Storage::Fd(b) => (self.fd_alloc.allocator(), Box::new(b)),
+        };
+        let parts = MemoryParts::new(backend, maxsize)
+            .region(offset, size)
+            .flags(flags);
+        let mut memory = Memory::from_parts(alloc, parts)?;
+        // The frame's release goes when the last block of the frame is
+        // freed, shares included.
+        let release = token.clone();
+        memory.set_on_block_free(Arc::new(move |_freed| {
+            let _ = &release;
+        }))?;
+        Ok(memory)
     }
 
     /// Write every queued release, waiting for room for at most the
@@ -1207,6 +2382,7 @@ impl Receiver {
         self.sock.release(id);
     }
 
+    /// Import a version 1 frame: every memory with its own fd.
     fn import(&self, payload: FramePayload, fds: Vec<OwnedFd>) -> Result<Frame> {
         let token = Arc::new(ReleaseOnDrop {
             id: payload.id,
@@ -1222,48 +2398,16 @@ impl Receiver {
             );
             let flags =
                 MemoryFlags::from_bits_retain(desc.flags) & KEPT_FLAGS | MemoryFlags::READONLY;
-            let (admission, file) =
-                admit(&fd, desc.kind == K_DMABUF, &self.policy).map_err(|e| match e {
-                    Error::Refused(why) => {
-                        Error::Refused(format!("frame {}: memory {i} {why}", payload.id))
-                    }
-                    e => e,
-                })?;
-            if admission == Admission::Copy {
-                memories.push(copy_by_pread(
-                    &fd,
-                    (offset, size, maxsize),
-                    &mut copied,
-                    self.policy.max_copy_bytes,
-                )?);
-                continue;
-            }
-            let dmabuf = admission == Admission::DmaBuf;
-            let mut fd_flags = FdMemoryFlags::KEEP_MAPPED;
-            if admission == Admission::Guarded {
-                fd_flags |= FdMemoryFlags::GUARD_SIGBUS;
-            }
-            // The fd was classified above: no second fstat/fstatfs.
-            let block = fd_block_of(FdHandle::Owned(fd), file, maxsize, fd_flags)?;
-            let (alloc, backend): (_, Box<dyn MemoryBackend>) = if dmabuf {
-                (
-                    self.dmabuf_alloc.allocator(),
-                    Box::new(DmaBufBackend::new(block)),
-                )
-            } else {
-                (self.fd_alloc.allocator(), Box::new(FdBackend::new(block)))
-            };
-            let parts = MemoryParts::new(backend, maxsize)
-                .region(offset, size)
-                .flags(flags);
-            let mut memory = Memory::from_parts(alloc, parts)?;
-            // The frame's release goes when the last block of the frame
-            // is freed, shares included.
-            let release = token.clone();
-            memory.set_on_block_free(Arc::new(move |_freed| {
-                let _ = &release;
-            }))?;
-            memories.push(memory);
+            let storage = self.admit_storage(fd, desc.kind == K_DMABUF, maxsize, || {
+                format!("frame {}: memory {i}", payload.id)
+            })?;
+            memories.push(self.own_memory(
+                storage,
+                (offset, size, maxsize),
+                flags,
+                &token,
+                &mut copied,
+            )?);
         }
         // Copies (and empty frames) hold nothing of the sender's: the
         // release goes with the last imported memory, or right here.
@@ -1272,6 +2416,8 @@ impl Receiver {
             id: payload.id,
             memories,
             meta: payload.meta,
+            timestamps: Timestamps::default(),
+            layout: None,
         })
     }
 }

@@ -49,6 +49,7 @@ pub mod gst_bridge;
 pub mod heap;
 pub mod ipc;
 mod kind;
+pub mod layout;
 mod mapping;
 pub mod memory;
 pub use memory::{allocator, system};
@@ -68,7 +69,7 @@ pub use dmabuf::{dmabuf_memory_get_fd, is_dmabuf_memory, DmaBufAllocator};
 pub use drm::{
     drm_dumb_memory_export_dmabuf, drm_dumb_memory_get_handle, is_drm_dumb_memory, DrmDumbAllocator,
 };
-pub use error::{Error, ProviderFailure, ProviderReason, Result};
+pub use error::{Error, ProviderFailure, ProviderReason, RegistryProblem, Result};
 pub use fd::{fd_memory_get_fd, is_fd_memory, FdAllocator, FdMemoryFlags};
 pub use heap::DmaHeapAllocator;
 pub use memory::{

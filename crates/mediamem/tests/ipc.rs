@@ -8,7 +8,8 @@ use std::os::unix::net::UnixStream;
 use std::time::Duration;
 
 use mediamem::ipc::{
-    parse_frame, parse_header, ReceivePolicy, Receiver, Sender, MAGIC, MAX_PAYLOAD,
+    parse_frame, parse_header, FrameInfo, ReceivePolicy, Received, Receiver, Sender, Timestamps,
+    TrySend, MAGIC, MAX_PAYLOAD, VERSION,
 };
 use mediamem::pool::MemoryPool;
 use mediamem::{
@@ -165,7 +166,7 @@ fn non_fd_memory_cannot_be_sent() {
 fn header(kind: u16, payload_len: u32, n_fds: u32) -> Vec<u8> {
     let mut h = Vec::new();
     h.extend_from_slice(&MAGIC.to_le_bytes());
-    h.extend_from_slice(&1u16.to_le_bytes());
+    h.extend_from_slice(&VERSION.to_le_bytes());
     h.extend_from_slice(&kind.to_le_bytes());
     h.extend_from_slice(&payload_len.to_le_bytes());
     h.extend_from_slice(&n_fds.to_le_bytes());
@@ -313,10 +314,16 @@ fn oversized_truncated_and_foreign_messages() {
     assert!(matches!(rx.recv(), Err(Error::Protocol(ref m)) if m.contains("magic")));
     let (mut peer, ours) = UnixStream::pair().unwrap();
     let mut rx = Receiver::new(ours, ReceivePolicy::default());
+    // A version 1 peer: both versions named.
     let mut h = header(3, 0, 0);
-    h[4] = 2;
+    h[4] = 1;
     peer.write_all(&h).unwrap();
-    assert!(matches!(rx.recv(), Err(Error::Protocol(ref m)) if m.contains("version")));
+    let e = rx.recv().unwrap_err();
+    assert!(
+        matches!(e, Error::VersionMismatch { ours: 2, theirs: 1 }),
+        "{e}"
+    );
+    assert!(e.to_string().contains("version 1") && e.to_string().contains("version 2"));
 
     // End of stream inside a header and inside a payload.
     let (mut peer, ours) = UnixStream::pair().unwrap();
@@ -690,7 +697,7 @@ fn a_write_to_a_peer_that_never_reads_times_out() -> Result<()> {
     let (a, _peer) = UnixStream::pair().unwrap();
     let mut tx = Sender::new(a);
     tx.set_timeout(timeout)?;
-    let big_meta = vec![7u8; MAX_PAYLOAD - 64];
+    let big_meta = vec![7u8; MAX_PAYLOAD - 128];
     let m = ShmAllocator::get().alloc(8, None)?;
     let (mut tx, e) = finishes("send_frame to a full socket", move || {
         let e = tx.send_frame(vec![m], &big_meta);
@@ -933,8 +940,8 @@ fn mutation_strategy() -> impl Strategy<Value = Mutation> {
     prop_oneof![
         3 => Just(Mutation::None),
         1 => any::<u32>().prop_filter("not the magic", |m| *m != MAGIC).prop_map(Mutation::Magic),
-        1 => any::<u16>().prop_filter("not v1", |v| *v != 1).prop_map(Mutation::Version),
-        1 => any::<u16>().prop_filter("not a frame", |t| *t != 1).prop_map(Mutation::Type),
+        1 => any::<u16>().prop_filter("not v2", |v| *v != VERSION).prop_map(Mutation::Version),
+        1 => any::<u16>().prop_filter("not a frame or an unregister", |t| ![1, 4, 5].contains(t)).prop_map(Mutation::Type),
         1 => (MAX_PAYLOAD as u32 + 1..=u32::MAX).prop_map(Mutation::PayloadOverLimit),
         1 => (1usize..200).prop_map(Mutation::PayloadShort),
         1 => (17u32..4096).prop_map(Mutation::PayloadLong),
@@ -1041,7 +1048,7 @@ fn build(frame: &FrameMsg, mutation: &Mutation) -> (Vec<u8>, usize, Expect) {
     payload.extend_from_slice(&frame.meta);
 
     let mut magic = MAGIC;
-    let mut version = 1u16;
+    let mut version = VERSION;
     let mut kind = 1u16;
     let mut payload_len = payload.len() as u32;
     let mut n_fds = n as u32;
@@ -1163,7 +1170,11 @@ proptest! {
             }
             Expect::Framing(says) => {
                 let e = got.expect_err("a framing error");
-                let ok = matches!(e, Error::Protocol(ref w) if w.contains(says));
+                let ok = match &e {
+                    Error::Protocol(w) => w.contains(says),
+                    Error::VersionMismatch { ours: VERSION, .. } => says == "version",
+                    _ => false,
+                };
                 prop_assert!(ok, "{:?}: expected {:?}, got {}", mutation, says, e);
                 let next = rx.recv();
                 let ok = matches!(next, Err(Error::Protocol(ref w)) if w.contains("out of sync"));
@@ -1385,4 +1396,735 @@ fn the_default_policy_refuses_memfds_not_sealed_against_shrinking() {
     let frame = rx.recv().unwrap().expect("a frame");
     assert_eq!(frame.id, 4);
     assert_eq!(frame.memories[0].size(), 4096);
+}
+
+// ---------------------------------------------------------------------------
+// Wire version 2: registered buffers, layouts, timestamps, try_ calls.
+// ---------------------------------------------------------------------------
+
+/// One memory of a hand-made version 2 frame: source, kind, buffer,
+/// offset, size, maxsize.
+type Desc2 = (u8, u8, u32, u64, u64, u64);
+
+const S_FD: u8 = 0;
+const S_REGISTER: u8 = 1;
+const S_BUFFER: u8 = 2;
+
+/// A whole version 2 frame message.
+fn frame2(id: u64, descs: &[Desc2], layout: &[u8], meta: &[u8]) -> Vec<u8> {
+    let mut p = Vec::new();
+    p.extend_from_slice(&id.to_le_bytes());
+    for _ in 0..3 {
+        p.extend_from_slice(&u64::MAX.to_le_bytes());
+    }
+    p.extend_from_slice(&(descs.len() as u32).to_le_bytes());
+    p.extend_from_slice(&(layout.len() as u32).to_le_bytes());
+    p.extend_from_slice(&(meta.len() as u32).to_le_bytes());
+    p.extend_from_slice(&0u32.to_le_bytes());
+    let mut fds = 0;
+    for &(source, kind, buffer, offset, size, maxsize) in descs {
+        fds += u32::from(source != S_BUFFER);
+        p.extend_from_slice(&[source, kind, 0, 0]);
+        p.extend_from_slice(&0u32.to_le_bytes());
+        p.extend_from_slice(&buffer.to_le_bytes());
+        p.extend_from_slice(&0u32.to_le_bytes());
+        p.extend_from_slice(&offset.to_le_bytes());
+        p.extend_from_slice(&size.to_le_bytes());
+        p.extend_from_slice(&maxsize.to_le_bytes());
+    }
+    p.extend_from_slice(layout);
+    p.extend_from_slice(meta);
+    let mut m = header(4, p.len() as u32, fds);
+    m.extend_from_slice(&p);
+    m
+}
+
+fn unregister_msg(ids: &[u32]) -> Vec<u8> {
+    let mut m = header(5, 4 * ids.len() as u32, 0);
+    for id in ids {
+        m.extend_from_slice(&id.to_le_bytes());
+    }
+    m
+}
+
+/// How many of this process's fds refer to the file behind `fd`.
+fn fds_on_file(fd: BorrowedFd<'_>) -> usize {
+    use std::os::unix::fs::MetadataExt;
+    let ino = rustix::fs::fstat(fd).unwrap().st_ino;
+    std::fs::read_dir("/proc/self/fd")
+        .unwrap()
+        .flatten()
+        .filter(|e| std::fs::metadata(e.path()).is_ok_and(|m| m.ino() == ino))
+        .count()
+}
+
+#[test]
+fn registered_buffers_travel_once_and_stay_mapped_until_freed() -> Result<()> {
+    let (mut tx, mut rx) = pair(ReceivePolicy::default());
+    let pool = MemoryPool::new(ShmAllocator::get(), 1 << 16, None, 2, 2)?;
+    let mut addresses = std::collections::HashSet::new();
+    let mut watch = None;
+    for i in 0..50u8 {
+        // Two frames in flight at a time: both pool buffers are used.
+        let mut held = pool.acquire()?;
+        held.map_mut()?[100] = i;
+        let first = tx.send_frame(vec![held], b"")?;
+        let mut m = pool.acquire()?;
+        m.map_mut()?[100] = i;
+        let pts = u64::from(i) * 40_000_000;
+        let info = FrameInfo {
+            timestamps: Timestamps {
+                pts: Some(pts),
+                ..Timestamps::default()
+            },
+            ..FrameInfo::default()
+        };
+        let id = tx.send_frame_with(vec![m], info)?;
+        let f0 = rx.recv()?.expect("a frame");
+        assert_eq!(f0.timestamps, Timestamps::default());
+        addresses.insert(f0.memories[0].map_readable()?.as_ptr() as usize);
+        drop(f0);
+        assert_eq!(tx.wait_release()?, Some(first));
+        let f = rx.recv()?.expect("a frame");
+        assert_eq!(f.timestamps.pts, Some(pts));
+        assert_eq!(f.timestamps.dts, None);
+        let mem = &f.memories[0];
+        assert!(mem.is_readonly() && is_fd_memory(mem));
+        assert!(mem.map_writable().is_err());
+        let map = mem.map_readable()?;
+        assert_eq!(map[100], i);
+        addresses.insert(map.as_ptr() as usize);
+        drop(map);
+        // A share of a received memory holds the frame too.
+        let share = mem.share(10..20)?;
+        drop(f);
+        assert_eq!(tx.poll_releases()?, 0, "the share holds the frame");
+        drop(share);
+        assert_eq!(tx.wait_release()?, Some(id));
+        if i == 0 {
+            watch = Some(pool.acquire()?.try_clone_fd()?);
+        }
+    }
+    assert_eq!((tx.registered(), rx.registered()), (2, 2));
+    assert_eq!(addresses.len(), 2, "one mapping per buffer, kept");
+    // Each pool file is open here three times: the pool's block, the
+    // receiver's registered buffer and `watch`.
+    let watch = watch.unwrap();
+    assert_eq!(fds_on_file(watch.as_fd()), 3);
+    // The pool goes: its blocks are freed, the sender unregisters them,
+    // the receiver closes and unmaps them.
+    drop(pool);
+    assert_eq!(tx.unregister_freed()?, 2);
+    assert_eq!(tx.registered(), 0);
+    assert!(matches!(rx.try_recv()?, Received::Empty));
+    assert_eq!(rx.registered(), 0);
+    assert_eq!(fds_on_file(watch.as_fd()), 1, "only ours is left");
+    Ok(())
+}
+
+#[test]
+fn one_off_memories_are_unregistered_with_the_next_frame() -> Result<()> {
+    let (mut tx, mut rx) = pair(ReceivePolicy::default());
+    for i in 0..20u8 {
+        let m = ShmAllocator::get().alloc(4096, None)?;
+        m.map_writable()?[0] = i;
+        tx.send_frame(vec![m], b"")?;
+        let f = rx.recv()?.unwrap();
+        assert_eq!(f.memories[0].map_readable()?[0], i);
+        drop(f);
+        tx.wait_release()?;
+        // The previous one-off is unregistered right after this frame.
+        assert!(rx.registered() <= 2);
+    }
+    tx.send_eos()?;
+    assert!(rx.recv()?.is_none());
+    assert_eq!(rx.registered(), 0);
+    // Registration off: every frame carries its fd, nothing is registered.
+    let (mut tx, mut rx) = pair(ReceivePolicy::default());
+    tx.set_register_buffers(false);
+    let pool = MemoryPool::new(ShmAllocator::get(), 4096, None, 1, 1)?;
+    for _ in 0..3 {
+        tx.send_frame(vec![pool.acquire()?], b"")?;
+        drop(rx.recv()?.unwrap());
+        tx.wait_release()?;
+    }
+    assert_eq!((tx.registered(), rx.registered()), (0, 0));
+    Ok(())
+}
+
+#[test]
+fn a_frame_can_hold_several_memories_of_one_buffer_and_of_several() -> Result<()> {
+    let (mut tx, mut rx) = pair(ReceivePolicy::default());
+    let a = ShmAllocator::get().alloc(8192, None)?;
+    a.map_writable()?
+        .iter_mut()
+        .enumerate()
+        .for_each(|(i, b)| *b = i as u8);
+    let b = ShmAllocator::get().alloc(4096, None)?;
+    b.map_writable()?.fill(0xbb);
+    let id = tx.send_frame(vec![a.share(0..100)?, a.share(4096..5000)?, b.clone()], b"")?;
+    let f = rx.recv()?.unwrap();
+    assert_eq!(rx.registered(), 2);
+    assert_eq!(f.memories[0].size(), 100);
+    assert_eq!(f.memories[1].offset(), 4096);
+    assert_eq!(f.memories[1].map_readable()?[1], 1);
+    assert_eq!(f.memories[2].map_readable()?[0], 0xbb);
+    // Two memories of one buffer share one rule and one mapping.
+    {
+        let (m0, m1) = (f.memories[0].map_readable()?, f.memories[1].map_readable()?);
+        assert_eq!(m1.as_ptr() as usize - m0.as_ptr() as usize, 4096);
+    }
+    drop(f);
+    assert_eq!(tx.wait_release()?, Some(id));
+    // A second frame sends ids only.
+    tx.send_frame(vec![a.clone(), b.share(1..2)?], b"")?;
+    let f = rx.recv()?.unwrap();
+    assert_eq!(f.memories[1].map_readable()?[0], 0xbb);
+    assert_eq!(rx.registered(), 2);
+    Ok(())
+}
+
+#[test]
+fn a_buffer_in_use_is_not_unregistered() -> Result<()> {
+    let (peer, ours) = UnixStream::pair().unwrap();
+    let mut rx = Receiver::new(ours, ReceivePolicy::default());
+    rx.set_timeout(Some(Duration::from_secs(5)))?;
+    let fd = sealed_memfd(4096);
+    rustix::io::pwrite(&fd, b"hello", 0).unwrap();
+    send_raw(
+        &peer,
+        &frame2(1, &[(S_REGISTER, 0, 7, 0, 64, 4096)], &[], b""),
+        &[fd.as_fd()],
+    );
+    let f = rx.recv()?.unwrap();
+    assert_eq!(fds_on_file(fd.as_fd()), 2);
+    send_raw(&peer, &unregister_msg(&[7]), &[]);
+    let e = rx.recv().unwrap_err();
+    assert!(
+        matches!(
+            e,
+            Error::Registry {
+                id: 7,
+                problem: mediamem::RegistryProblem::InUse { live: 1 }
+            }
+        ),
+        "{e}"
+    );
+    // Still registered, still mapped, the stream in sync.
+    assert_eq!(rx.registered(), 1);
+    assert_eq!(&f.memories[0].map_readable()?[..5], b"hello");
+    drop(f);
+    let mut peer = peer;
+    assert_eq!(read_release(&mut peer), Some(1));
+    send_raw(&peer, &unregister_msg(&[7]), &[]);
+    assert!(matches!(rx.try_recv()?, Received::Empty));
+    assert_eq!(rx.registered(), 0);
+    assert_eq!(fds_on_file(fd.as_fd()), 1, "closed");
+    Ok(())
+}
+
+#[test]
+fn bad_uses_of_registered_buffers_are_refused_and_released() -> Result<()> {
+    let (mut peer, ours) = UnixStream::pair().unwrap();
+    let mut rx = Receiver::new(
+        ours,
+        ReceivePolicy {
+            max_registered: 2,
+            ..ReceivePolicy::default()
+        },
+    );
+    rx.set_timeout(Some(Duration::from_secs(5)))?;
+    let fd = sealed_memfd(4096);
+    use mediamem::RegistryProblem as P;
+    let registry = |r: Result<Option<mediamem::ipc::Frame>>| match r {
+        Err(Error::Registry { id, problem }) => Some((id, problem)),
+        other => panic!("expected a registry error, got {other:?}"),
+    };
+
+    // An id never registered.
+    send_raw(
+        &peer,
+        &frame2(10, &[(S_BUFFER, 0, 9, 0, 8, 0)], &[], b""),
+        &[],
+    );
+    assert_eq!(registry(rx.recv()), Some((9, P::Unregistered)));
+    assert_eq!(read_release(&mut peer), Some(10));
+
+    // Registered, then a region outside it.
+    send_raw(
+        &peer,
+        &frame2(11, &[(S_REGISTER, 0, 1, 0, 8, 4096)], &[], b""),
+        &[fd.as_fd()],
+    );
+    drop(rx.recv()?.unwrap());
+    assert_eq!(read_release(&mut peer), Some(11));
+    for (offset, size) in [(4000, 200), (u64::MAX, 2), (0, 4097)] {
+        send_raw(
+            &peer,
+            &frame2(12, &[(S_BUFFER, 0, 1, offset, size, 0)], &[], b""),
+            &[],
+        );
+        assert_eq!(
+            registry(rx.recv()),
+            Some((
+                1,
+                P::OutsideBuffer {
+                    offset,
+                    size,
+                    maxsize: 4096
+                }
+            ))
+        );
+        assert_eq!(read_release(&mut peer), Some(12));
+    }
+
+    // A second registration of id 1: refused, its fd closed.
+    let other = sealed_memfd(4096);
+    send_raw(
+        &peer,
+        &frame2(13, &[(S_REGISTER, 0, 1, 0, 8, 4096)], &[], b""),
+        &[other.as_fd()],
+    );
+    assert_eq!(registry(rx.recv()), Some((1, P::Duplicate)));
+    assert_eq!(read_release(&mut peer), Some(13));
+    assert_eq!(fds_on_file(other.as_fd()), 1);
+
+    // Past the policy's bound.
+    send_raw(
+        &peer,
+        &frame2(14, &[(S_REGISTER, 0, 2, 0, 8, 4096)], &[], b""),
+        &[other.as_fd()],
+    );
+    drop(rx.recv()?.unwrap());
+    assert_eq!(read_release(&mut peer), Some(14));
+    let third = sealed_memfd(4096);
+    send_raw(
+        &peer,
+        &frame2(15, &[(S_REGISTER, 0, 3, 0, 8, 4096)], &[], b""),
+        &[third.as_fd()],
+    );
+    assert_eq!(registry(rx.recv()), Some((3, P::TooMany { limit: 2 })));
+    assert_eq!(read_release(&mut peer), Some(15));
+    assert_eq!(fds_on_file(third.as_fd()), 1);
+
+    // A registration in a frame refused for another memory is kept.
+    send_raw(&peer, &unregister_msg(&[2]), &[]);
+    send_raw(
+        &peer,
+        &frame2(
+            16,
+            &[(S_REGISTER, 0, 4, 0, 8, 4096), (S_BUFFER, 0, 99, 0, 8, 0)],
+            &[],
+            b"",
+        ),
+        &[third.as_fd()],
+    );
+    assert_eq!(registry(rx.recv()), Some((99, P::Unregistered)));
+    assert_eq!(read_release(&mut peer), Some(16));
+    assert_eq!(rx.registered(), 2);
+
+    // Unregister of an unknown id, and fields that must be zero for a
+    // registered buffer.
+    send_raw(&peer, &unregister_msg(&[5]), &[]);
+    assert_eq!(registry(rx.recv()), Some((5, P::Unregistered)));
+    send_raw(
+        &peer,
+        &frame2(17, &[(S_BUFFER, 1, 1, 0, 8, 0)], &[], b""),
+        &[],
+    );
+    assert!(matches!(rx.recv(), Err(Error::Protocol(ref w)) if w.contains("must be 0")));
+    assert_eq!(read_release(&mut peer), Some(17));
+    send_raw(
+        &peer,
+        &frame2(18, &[(9, 0, 1, 0, 8, 0)], &[], b""),
+        &[fd.as_fd()],
+    );
+    assert!(matches!(rx.recv(), Err(Error::Protocol(ref w)) if w.contains("unknown source")));
+    assert_eq!(read_release(&mut peer), Some(18));
+
+    // The stream is still in sync: a good frame of both buffers.
+    send_raw(
+        &peer,
+        &frame2(
+            19,
+            &[
+                (S_BUFFER, 0, 1, 0, 8, 0),
+                (S_BUFFER, 0, 4, 8, 8, 0),
+                (S_FD, 0, 0, 0, 8, 4096),
+            ],
+            &[],
+            b"ok",
+        ),
+        &[fd.as_fd()],
+    );
+    let f = rx.recv()?.unwrap();
+    assert_eq!((f.memories.len(), &f.meta[..]), (3, &b"ok"[..]));
+    Ok(())
+}
+
+#[test]
+fn a_version_1_fd_frame_is_still_received() -> Result<()> {
+    let (mut peer, ours) = UnixStream::pair().unwrap();
+    let mut rx = Receiver::new(ours, ReceivePolicy::default());
+    let fd = sealed_memfd(4096);
+    let p = frame_payload(3, &[(0, 0, 16, 4096)], b"v1");
+    let mut m = header(1, p.len() as u32, 1);
+    m.extend_from_slice(&p);
+    send_raw(&peer, &m, &[fd.as_fd()]);
+    let f = rx.recv()?.unwrap();
+    assert_eq!(
+        (f.id, f.layout.is_none(), f.timestamps),
+        (3, true, Timestamps::default())
+    );
+    drop(f);
+    assert_eq!(read_release(&mut peer), Some(3));
+    Ok(())
+}
+
+#[test]
+fn layouts_are_checked_by_both_ends() -> Result<()> {
+    use mediamem::drm::fourcc;
+    use mediamem::layout::{FrameLayout, PlaneLayout};
+    let nv12 = FrameLayout::packed(fourcc(*b"NV12"), 64, 48)?;
+    let size = 64 * 48 * 3 / 2;
+    let (mut tx, mut rx) = pair(ReceivePolicy::default());
+    // The sender refuses a layout its memories cannot hold.
+    let small = ShmAllocator::get().alloc(size - 1, None)?;
+    let info = FrameInfo {
+        layout: Some(&nv12),
+        ..FrameInfo::default()
+    };
+    assert!(matches!(
+        tx.send_frame_with(vec![small.share(..size - 1)?], info),
+        Err(Error::InvalidLayout(_))
+    ));
+    assert_eq!(tx.in_flight(), 0);
+    // A good one travels.
+    let m = ShmAllocator::get().alloc(size, None)?;
+    tx.send_frame_with(vec![m], info)?;
+    assert_eq!(rx.recv()?.unwrap().layout, Some(nv12.clone()));
+
+    // Hand-made layouts the receiver refuses: the frame is released.
+    let (mut peer, ours) = UnixStream::pair().unwrap();
+    let mut rx = Receiver::new(ours, ReceivePolicy::default());
+    rx.set_timeout(Some(Duration::from_secs(5)))?;
+    let fd = sealed_memfd(8192);
+    let wire = |l: &FrameLayout| {
+        let mut b = Vec::new();
+        b.extend_from_slice(&l.fourcc.to_le_bytes());
+        b.extend_from_slice(&(l.planes().len() as u32).to_le_bytes());
+        b.extend_from_slice(&l.modifier.to_le_bytes());
+        b.extend_from_slice(&l.width.to_le_bytes());
+        b.extend_from_slice(&l.height.to_le_bytes());
+        for p in l.planes() {
+            b.extend_from_slice(&p.memory.to_le_bytes());
+            b.extend_from_slice(&p.stride.to_le_bytes());
+            b.extend_from_slice(&p.offset.to_le_bytes());
+        }
+        b
+    };
+    let plane = |memory, offset, stride| PlaneLayout {
+        memory,
+        offset,
+        stride,
+    };
+    let nv12_at = |planes| FrameLayout::new(fourcc(*b"NV12"), 0, 64, 48, planes).unwrap();
+    let cases: Vec<(FrameLayout, &str)> = vec![
+        (nv12_at(vec![plane(0, 0, 64), plane(0, 64 * 48, 64)]), ""),
+        // Chroma past the memory's end.
+        (
+            nv12_at(vec![plane(0, 0, 64), plane(0, size as u64, 64)]),
+            "ends at",
+        ),
+        // A plane whose end overflows.
+        (
+            nv12_at(vec![plane(0, 0, 64), plane(0, u64::MAX - 8, 64)]),
+            "overflow",
+        ),
+        // A stride short of the width.
+        (
+            nv12_at(vec![plane(0, 0, 63), plane(0, 64 * 48, 64)]),
+            "stride",
+        ),
+        // A memory the frame does not have.
+        (nv12_at(vec![plane(0, 0, 64), plane(1, 0, 64)]), "memory 1"),
+        // One plane for a two-plane format.
+        (nv12_at(vec![plane(0, 0, 64)]), "planes"),
+        // Unknown fourcc.
+        (
+            FrameLayout::new(fourcc(*b"ZZZZ"), 0, 64, 48, vec![plane(0, 0, 64)]).unwrap(),
+            "ZZZZ",
+        ),
+    ];
+    for (i, (layout, says)) in cases.iter().enumerate() {
+        let id = 100 + i as u64;
+        let descs = [(S_FD, 0, 0, 0, size as u64, 8192)];
+        send_raw(
+            &peer,
+            &frame2(id, &descs, &wire(layout), b""),
+            &[fd.as_fd()],
+        );
+        let got = rx.recv();
+        if says.is_empty() {
+            assert_eq!(got?.unwrap().layout.as_ref(), Some(layout));
+        } else {
+            let e = got.unwrap_err();
+            assert!(
+                matches!(e, Error::InvalidLayout(_) | Error::UnknownFourcc { .. })
+                    && e.to_string().contains(says),
+                "case {i}: {e}"
+            );
+        }
+        assert_eq!(read_release(&mut peer), Some(id), "case {i} released");
+    }
+    // A layout of the wrong length is a content error: released, in sync.
+    let mut bad = wire(&cases[0].0);
+    bad.pop();
+    send_raw(
+        &peer,
+        &frame2(200, &[(S_FD, 0, 0, 0, 8, 8192)], &bad, b""),
+        &[fd.as_fd()],
+    );
+    assert!(matches!(rx.recv(), Err(Error::InvalidLayout(_))));
+    assert_eq!(read_release(&mut peer), Some(200));
+    assert_eq!(fds_on_file(fd.as_fd()), 1, "every received fd closed");
+    Ok(())
+}
+
+#[test]
+fn try_calls_never_wait_and_both_ends_can_be_polled() -> Result<()> {
+    use rustix::event::{poll, PollFd, PollFlags};
+    let (mut tx, mut rx) = pair(ReceivePolicy::default());
+    let readable = |fd: BorrowedFd<'_>| {
+        let mut fds = [PollFd::from_borrowed_fd(fd, PollFlags::IN)];
+        poll(&mut fds, Some(&rustix::event::Timespec::default())).unwrap() == 1
+    };
+    assert!(!readable(rx.as_fd()));
+    assert!(matches!(rx.try_recv()?, Received::Empty));
+    let m = ShmAllocator::get().alloc(4096, None)?;
+    let TrySend::Sent(id) = tx.try_send_frame(vec![m], FrameInfo::default())? else {
+        panic!("an empty socket has room");
+    };
+    assert!(readable(rx.as_fd()));
+    let Received::Frame(f) = rx.try_recv()? else {
+        panic!("a frame is there");
+    };
+    drop(f);
+    assert!(readable(tx.as_fd()), "the release is there");
+    assert_eq!(tx.poll_releases()?, 1);
+    assert_eq!(tx.in_flight(), 0);
+    let _ = id;
+    // Fill the socket: try_send hands the memories back, nothing cut
+    // (small messages go whole or not at all; the timeout is a safety net).
+    tx.set_timeout(Some(Duration::from_secs(5)))?;
+    // One memory for every frame (a share each time): one fd, registered
+    // once, however many frames the socket holds (fds by the thousand
+    // would disturb the fd-counting tests running alongside).
+    let mut sent = 0;
+    let one = ShmAllocator::get().alloc(64, None)?;
+    let back = loop {
+        let m = one.share(..)?;
+        match tx.try_send_frame(vec![m], FrameInfo::default())? {
+            TrySend::Sent(_) => sent += 1,
+            TrySend::WouldBlock(back) => break back,
+        }
+        assert!(sent < 100_000, "the socket never filled");
+    };
+    assert_eq!(back.len(), 1);
+    assert_eq!(tx.in_flight(), sent);
+    // Every frame sent arrives whole.
+    for _ in 0..sent {
+        assert!(matches!(rx.try_recv()?, Received::Frame(_)));
+    }
+    assert!(matches!(rx.try_recv()?, Received::Empty));
+    drop(tx);
+    // A child forked by another test may hold a copy of the socket until
+    // it execs: wait for the end of file (for up to a minute).
+    let mut last = rx.try_recv()?;
+    for _ in 0..6000 {
+        if !matches!(last, Received::Empty) {
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(10));
+        last = rx.try_recv()?;
+    }
+    assert!(matches!(last, Received::End), "{last:?}");
+    Ok(())
+}
+
+#[test]
+fn no_leaks_over_ten_thousand_frames_good_and_refused() -> Result<()> {
+    // Good frames: a pool's buffers, one-off memories and unsealed copies.
+    let (mut tx, mut rx) = pair(ReceivePolicy {
+        copy_unsealed: true,
+        ..ReceivePolicy::default()
+    });
+    let pool = MemoryPool::new(ShmAllocator::get(), 4096, None, 4, 4)?;
+    // Refused frames from a hand-made peer.
+    let (mut peer, ours) = UnixStream::pair().unwrap();
+    let mut bad = Receiver::new(ours, ReceivePolicy::default());
+    bad.set_timeout(Some(Duration::from_secs(5)))?;
+    common::assert_no_leaks(10_000, |i| {
+        let m: Memory = match i % 4 {
+            0 => ShmAllocator::get().alloc(4096, None).unwrap(),
+            1 => FdAllocator::new()
+                .alloc(plain_memfd(64, 1), 64, FdMemoryFlags::empty())
+                .unwrap(),
+            _ => pool.acquire().unwrap().memory().clone(),
+        };
+        tx.send_frame(vec![m], b"").unwrap();
+        drop(rx.recv().unwrap().unwrap());
+        tx.wait_release().unwrap().unwrap();
+        // A registration that is kept, in a frame refused for an
+        // unregistered id; then its unregister.
+        let fd = sealed_memfd(4096);
+        let id = i as u32 + 1;
+        let descs = [
+            (S_REGISTER, 0, id, 0, 8, 4096),
+            (S_BUFFER, 0, u32::MAX, 0, 8, 0),
+        ];
+        send_raw(&peer, &frame2(i as u64, &descs, &[], b""), &[fd.as_fd()]);
+        assert!(matches!(bad.recv(), Err(Error::Registry { .. })));
+        assert_eq!(read_release(&mut peer), Some(i as u64));
+        send_raw(&peer, &unregister_msg(&[id]), &[]);
+        assert!(matches!(bad.try_recv(), Ok(Received::Empty)));
+        assert_eq!(bad.registered(), 0);
+    });
+    assert_eq!(tx.in_flight(), 0);
+    Ok(())
+}
+
+// ---------------------------------------------------------------------------
+// One sender, several receivers.
+// ---------------------------------------------------------------------------
+
+#[test]
+fn a_fanned_out_frame_comes_back_when_every_receiver_released_it() -> Result<()> {
+    use mediamem::ipc::FanOut;
+    let pool = MemoryPool::new(ShmAllocator::get(), 4096, None, 1, 1)?;
+    let mut fan = FanOut::new(4);
+    let mut rxs = Vec::new();
+    for _ in 0..3 {
+        let (a, b) = UnixStream::pair().unwrap();
+        fan.add(a);
+        rxs.push(Receiver::new(b, ReceivePolicy::default()));
+    }
+    for round in 0..20u8 {
+        let mut frame = pool.acquire()?;
+        frame.map_mut()?[0] = round;
+        let report = fan.send_frame(&[frame.memory().clone()], FrameInfo::default())?;
+        drop(frame);
+        assert_eq!((report.sent.len(), report.skipped.len()), (3, 0));
+        let mut frames: Vec<_> = rxs.iter_mut().map(|r| r.recv().unwrap().unwrap()).collect();
+        while let Some(f) = frames.pop() {
+            assert_eq!(f.memories[0].map_readable()?[0], round);
+            drop(f);
+            fan.poll_releases()?;
+            // Back only once the last receiver released it.
+            assert_eq!(pool.acquire().is_ok(), frames.is_empty(), "round {round}");
+        }
+    }
+    Ok(())
+}
+
+#[test]
+fn a_slow_receiver_is_bounded_and_a_gone_one_releases_everything() -> Result<()> {
+    use mediamem::ipc::FanOut;
+    let pool = MemoryPool::new(ShmAllocator::get(), 4096, None, 3, 3)?;
+    let mut fan = FanOut::new(2);
+    let (a, b) = UnixStream::pair().unwrap();
+    let fast_id = fan.add(a);
+    let mut fast = Receiver::new(b, ReceivePolicy::default());
+    let (a, b) = UnixStream::pair().unwrap();
+    let slow_id = fan.add(a);
+    let mut slow = Receiver::new(b, ReceivePolicy::default());
+    let mut slow_frames = Vec::new();
+    for i in 0..10u32 {
+        let frame = pool.acquire()?;
+        let report = fan.send_frame(&[frame.memory().clone()], FrameInfo::default())?;
+        drop(frame);
+        assert!(report.sent.contains(&fast_id));
+        // The slow one (never releasing) gets two frames, then none.
+        assert_eq!(report.sent.contains(&slow_id), i < 2, "frame {i}");
+        assert_eq!(report.skipped.contains(&slow_id), i >= 2, "frame {i}");
+        if i < 2 {
+            slow_frames.push(slow.recv()?.unwrap());
+        }
+        drop(fast.recv()?.unwrap());
+        fast.flush()?;
+        fan.poll_releases()?;
+    }
+    assert_eq!(fan.in_flight(slow_id), Some(2));
+    assert_eq!(fan.skipped(slow_id), Some(8));
+    assert_eq!(fan.in_flight(fast_id), Some(0));
+    assert_eq!(pool.outstanding(), 2, "the slow receiver's two frames");
+    // Releasing lets it back in.
+    drop(slow_frames.pop());
+    slow.flush()?;
+    fan.poll_releases()?;
+    let frame = pool.acquire()?;
+    let report = fan.send_frame(&[frame.memory().clone()], FrameInfo::default())?;
+    drop(frame);
+    assert_eq!(report.sent.len(), 2);
+    drop(fast.recv()?.unwrap());
+    fast.flush()?;
+    // The slow receiver goes away holding two frames (one unread): the
+    // fan-out removes it and everything it held comes back.
+    drop((slow, slow_frames));
+    // A child forked by another test may hold a copy of the socket until
+    // it execs: wait for the end of file (for up to a minute).
+    let mut gone = Vec::new();
+    for _ in 0..6000 {
+        gone = fan.poll_releases()?.1;
+        if !gone.is_empty() {
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    assert_eq!(gone, vec![slow_id]);
+    assert_eq!(fan.clients(), vec![fast_id]);
+    assert_eq!(pool.outstanding(), 0);
+    Ok(())
+}
+
+#[test]
+fn fds_belong_to_the_message_that_announces_them_however_reads_fall() -> Result<()> {
+    let fd = sealed_memfd(4096);
+    // Several messages in one write, the fds with a frame in the middle
+    // (after a frame without fds, before an unregister): all read right.
+    let (mut peer, ours) = UnixStream::pair().unwrap();
+    let mut rx = Receiver::new(ours, ReceivePolicy::default());
+    rx.set_timeout(Some(Duration::from_secs(5)))?;
+    send_raw(
+        &peer,
+        &frame2(1, &[(S_REGISTER, 0, 1, 0, 8, 4096)], &[], b""),
+        &[fd.as_fd()],
+    );
+    drop(rx.recv()?.unwrap());
+    assert_eq!(read_release(&mut peer), Some(1));
+    // Frame 2 alone, then one write with frame 3 (and its fd), an
+    // unregister and frame 4: the reads may take frame 2 and the second
+    // write together.
+    let mut bytes = frame2(2, &[(S_BUFFER, 0, 1, 0, 8, 0)], &[], b"a");
+    bytes.extend(frame2(3, &[(S_FD, 0, 0, 0, 8, 4096)], &[], b"b"));
+    bytes.extend(unregister_msg(&[1]));
+    bytes.extend(frame2(4, &[], &[], b"c"));
+    let split = frame2(2, &[(S_BUFFER, 0, 1, 0, 8, 0)], &[], b"a").len();
+    send_raw(&peer, &bytes[..split], &[]);
+    send_raw(&peer, &bytes[split..], &[fd.as_fd()]);
+    let metas: Vec<Vec<u8>> = (0..3).map(|_| rx.recv().unwrap().unwrap().meta).collect();
+    assert_eq!(metas, [b"a".to_vec(), b"b".to_vec(), b"c".to_vec()]);
+    assert_eq!(rx.registered(), 0, "the unregister between them was read");
+
+    // Fds attached to a message that announces none: a framing error,
+    // and they are closed.
+    let (peer, ours) = UnixStream::pair().unwrap();
+    let mut rx = Receiver::new(ours, ReceivePolicy::default());
+    rx.set_timeout(Some(Duration::from_millis(200)))?;
+    let stray = sealed_memfd(4096);
+    send_raw(&peer, &frame2(5, &[], &[], b""), &[stray.as_fd()]);
+    assert!(matches!(rx.recv(), Err(Error::Protocol(ref w)) if w.contains("no message announced")));
+    assert_eq!(fds_on_file(stray.as_fd()), 1);
+
+    Ok(())
 }
