@@ -250,6 +250,16 @@ fn test(host_only: bool) -> bool {
             "--test",
             "gst_bridge",
         ])
+        // The `tokio` feature (off by default): async ends on tokio's runtime.
+        && cargo(&[
+            "test",
+            "-p",
+            "mediamem",
+            "--features",
+            "tokio",
+            "--test",
+            "ipc_tokio",
+        ])
         && examples()
         && python_test()
         && loom()
