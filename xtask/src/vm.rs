@@ -32,7 +32,10 @@ use std::time::{Duration, Instant};
 const GUEST_TESTS: &[&str] = &["devices", "dmabuf", "fd", "phys", "shm"];
 
 /// Memory sources the demo streams from in the guest.
-const DEMO_SOURCES: &[&str] = &["udmabuf", "heap", "drm"];
+const DEMO_SOURCES: &[&str] = &["udmabuf", "heap", "drm", "auto"];
+/// Runs of one demo (registered buffers, an fd each frame, copy), each
+/// ending with "every checksum verified".
+const DEMO_RUNS: usize = 3;
 
 /// virtme-ng version the recipe was measured with.
 const VIRTME_NG: &str = "virtme-ng==1.42";
@@ -567,10 +570,15 @@ pub fn vm_test() -> Res<()> {
         let rc = fs::read_to_string(results.join(format!("demo-{source}.rc"))).unwrap_or_default();
         let verified = log.matches("every checksum verified").count();
         println!(
-            "vm-test: demo on {source} memory: exit {}, {verified} of 2 runs verified every frame",
+            "vm-test: demo on {source} memory: exit {}, {verified} of {DEMO_RUNS} runs verified every frame",
             rc.trim()
         );
-        if rc.trim() != "0" || verified != 2 {
+        // `auto` must find a dma-buf provider in the guest, not fall back
+        // to memfd.
+        let auto_ok = *source != "auto"
+            || log.contains("auto (system-heap)")
+            || log.contains("auto (cma-heap)");
+        if rc.trim() != "0" || verified != DEMO_RUNS || !auto_ok {
             problems.push(format!(
                 "mediamem demo --allocator {source} failed in the guest:\n{log}"
             ));

@@ -32,6 +32,11 @@ use mediamem::{drm_dumb_memory_export_dmabuf, Error, ShmAllocator, UdmabufAlloca
 /// Where the frames come from.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
 pub enum Source {
+    /// The dma-buf provider chain (`mediamem::provider::DmaBufProvider`:
+    /// CMA heap, system heap, udmabuf, DRM dumb, then sealed memfd; the
+    /// order from `MEDIAMEM_DMABUF_PROVIDERS` when set): dma-buf memory
+    /// wherever the machine has some.
+    Auto,
     /// Sealed memfd shared memory.
     Shm,
     /// udmabuf dma-bufs (/dev/udmabuf).
@@ -55,7 +60,7 @@ pub struct DemoArgs {
     #[arg(long, default_value_t = 600)]
     pub frames: u64,
     /// Where frame memory comes from.
-    #[arg(long, value_enum, default_value_t = Source::Shm)]
+    #[arg(long, value_enum, default_value_t = Source::Auto)]
     pub allocator: Source,
     /// Frames in the pool (in flight at most).
     #[arg(long, default_value_t = 4)]
@@ -180,6 +185,10 @@ fn checksum_tail(mut sum: u64, buf: &[u8]) -> u64 {
 
 fn pool_for(args: &DemoArgs, size: usize) -> mediamem::Result<MemoryPool> {
     match args.allocator {
+        Source::Auto => {
+            let chain = auto_chain()?;
+            MemoryPool::from_fn(args.pool, args.pool, move || chain.alloc(size, None))
+        }
         Source::Shm => MemoryPool::new(ShmAllocator::get(), size, None, args.pool, args.pool),
         Source::Udmabuf => {
             MemoryPool::new(UdmabufAllocator::get()?, size, None, args.pool, args.pool)
@@ -209,6 +218,23 @@ fn pool_for(args: &DemoArgs, size: usize) -> mediamem::Result<MemoryPool> {
                 Ok(exported)
             })
         }
+    }
+}
+
+/// The demo's provider chain: dma-buf memory first, sealed memfd last.
+fn auto_chain() -> mediamem::Result<mediamem::provider::DmaBufProvider> {
+    Ok(mediamem::provider::DmaBufProvider::new()?.allow_non_dmabuf(true))
+}
+
+/// The memory a run uses, as the report names it: for `auto`, the
+/// provider that serves now.
+fn source_name(source: Source) -> String {
+    match source {
+        Source::Auto => match auto_chain().and_then(|c| c.alloc_report(4096, None)) {
+            Ok(got) => format!("auto ({})", got.provider),
+            Err(_) => "auto (no provider)".to_owned(),
+        },
+        other => format!("{other:?}"),
     }
 }
 
@@ -529,12 +555,12 @@ pub fn demo(args: &DemoArgs, out: &mut dyn Write) -> Result<(), String> {
     let size = check_args(args)?;
     writeln!(
         out,
-        "mediamem demo: {} frames of {}x{} NV12 ({:.1} MB each), {:?} memory, pool of {}, consumer: --touch {}",
+        "mediamem demo: {} frames of {}x{} NV12 ({:.1} MB each), {} memory, pool of {}, consumer: --touch {}",
         args.frames,
         args.width,
         args.height,
         size as f64 / 1e6,
-        args.allocator,
+        source_name(args.allocator),
         args.pool,
         args.touch.name()
     )
