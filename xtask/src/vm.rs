@@ -29,7 +29,7 @@ use std::time::{Duration, Instant};
 /// The test binaries (integration test targets of `mediamem`) run in the
 /// guest. `devices` holds the tests that need the guest's devices; the
 /// others run there too, on a second kernel.
-const GUEST_TESTS: &[&str] = &["devices", "dmabuf", "fd", "phys", "shm"];
+const GUEST_TESTS: &[&str] = &["devices", "dmabuf", "fd", "phys", "provider", "shm"];
 
 /// Memory sources the demo streams from in the guest.
 const DEMO_SOURCES: &[&str] = &["udmabuf", "heap", "drm", "auto"];

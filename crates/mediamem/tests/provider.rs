@@ -352,6 +352,13 @@ fn unprivileged_users_are_told_the_nodes_mode_and_the_chain_moves_on() {
         String::from_utf8_lossy(&out.stdout).into_owned() + &String::from_utf8_lossy(&out.stderr);
     assert!(out.status.success(), "child failed:\n{text}");
     assert!(text.contains("1 passed"), "the child ran the test:\n{text}");
+    // What nobody was told, in this test's log.
+    for line in text
+        .lines()
+        .filter(|l| l.contains(": no permission") || l.starts_with("served by"))
+    {
+        eprintln!("as nobody: {line}");
+    }
 }
 
 #[test]
