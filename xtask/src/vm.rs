@@ -29,7 +29,13 @@ use std::time::{Duration, Instant};
 /// The test binaries (integration test targets of `mediamem`) run in the
 /// guest. `devices` holds the tests that need the guest's devices; the
 /// others run there too, on a second kernel.
-const GUEST_TESTS: &[&str] = &["devices", "dmabuf", "fd", "phys", "provider", "shm"];
+const GUEST_TESTS: &[&str] = &[
+    "devices", "dmabuf", "fd", "phys", "provider", "shm", "unixfd",
+];
+/// Binaries of which the guest runs only the `#[ignore]`d tests (the rest
+/// run on the host), with GStreamer's root filesystem named in
+/// `MEDIAMEM_GST_ROOTFS`.
+const GUEST_IGNORED_ONLY: &[&str] = &["unixfd"];
 
 /// Memory sources the demo streams from in the guest.
 const DEMO_SOURCES: &[&str] = &["udmabuf", "heap", "drm", "auto"];
@@ -295,10 +301,11 @@ fn build(root: &Path) -> Res<(Vec<(String, PathBuf)>, PathBuf)> {
     Ok((bins, cli))
 }
 
-/// The tests a binary must run in the guest (`--list --include-ignored`).
-fn list_tests(bin: &Path) -> Res<Vec<String>> {
+/// The tests a binary must run in the guest (`--list --include-ignored`,
+/// or `--ignored` for the binaries of [`GUEST_IGNORED_ONLY`]).
+fn list_tests(bin: &Path, which: &str) -> Res<Vec<String>> {
     let out = output(
-        Command::new(bin).args(["--list", "--include-ignored", "--format", "terse"]),
+        Command::new(bin).args(["--list", which, "--format", "terse"]),
         "listing tests",
     )?;
     Ok(out
@@ -306,6 +313,15 @@ fn list_tests(bin: &Path) -> Res<Vec<String>> {
         .filter_map(|l| l.strip_suffix(": test"))
         .map(str::to_owned)
         .collect())
+}
+
+/// libtest's flag for the tests of binary `name` that the guest runs.
+fn which_tests(name: &str) -> &'static str {
+    if GUEST_IGNORED_ONLY.contains(&name) {
+        "--ignored"
+    } else {
+        "--include-ignored"
+    }
 }
 
 fn shell_quote(p: &Path) -> String {
@@ -419,11 +435,13 @@ pub fn vm_test() -> Res<()> {
     provision_packages()?;
     let venv_bin = provision_virtme(&vm)?;
     let vmlinuz = provision_kernel(&vm)?;
+    // GStreamer 1.26 for the unixfd tests of dma-buf frames (cached).
+    let gst_root = crate::gst::rootfs()?;
     let (bins, cli) = build(&root)?;
 
     let mut expected = BTreeMap::new();
     for (name, bin) in &bins {
-        expected.insert(name.clone(), list_tests(bin)?.len());
+        expected.insert(name.clone(), list_tests(bin, which_tests(name))?.len());
     }
 
     let results = vm.join("results");
@@ -435,9 +453,15 @@ pub fn vm_test() -> Res<()> {
     script.push_str(&format!("{{ uname -r; modprobe bochs && modprobe vgem && echo modules loaded; }} > {r}/setup.log 2>&1\n"));
     script.push_str(&format!("cd {}\n", shell_quote(&root)));
     for (name, bin) in &bins {
+        let env = if GUEST_IGNORED_ONLY.contains(&name.as_str()) {
+            format!("{}={} ", crate::gst::ENV, shell_quote(&gst_root))
+        } else {
+            String::new()
+        };
         script.push_str(&format!(
-            "{} --include-ignored --test-threads=2 > {r}/{name}.log 2>&1; echo $? > {r}/{name}.rc\n",
-            shell_quote(bin)
+            "{env}{} {} --test-threads=2 > {r}/{name}.log 2>&1; echo $? > {r}/{name}.rc\n",
+            shell_quote(bin),
+            which_tests(name)
         ));
     }
     script.push_str(&format!(
@@ -479,6 +503,9 @@ pub fn vm_test() -> Res<()> {
         .args(if kvm { &[][..] } else { &["--disable-kvm"][..] })
         .arg("--rwdir")
         .arg(format!("{}={}", results.display(), results.display()))
+        // The unixfd tests' work folders live in the GStreamer root's /tmp.
+        .arg("--rwdir")
+        .arg(format!("{0}/tmp={0}/tmp", gst_root.display()))
         .args(["--qemu-opts=-device bochs-display", "--exec"])
         .arg(format!("sh {}", shell_quote(&script_path)))
         .stdin(Stdio::null())

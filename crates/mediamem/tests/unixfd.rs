@@ -563,11 +563,10 @@ fn pattern(frame: usize) -> impl Fn(usize) -> u8 {
     move |i| (i.wrapping_mul(7) ^ frame.wrapping_mul(31)) as u8
 }
 
-#[test]
-fn server_to_unixfdsrc_equals_what_was_sent() {
-    let Some(root) = rootfs("server_to_unixfdsrc_equals_what_was_sent") else {
-        return;
-    };
+/// 300 frames made by `frame` from a mediamem server to
+/// `unixfdsrc ! filesink`; the file must equal what was sent.
+fn server_to_unixfdsrc(root: &Path, frame: impl Fn(usize) -> Memory) {
+    let root = root.to_path_buf();
     let work = Work::new(&root);
     let (sock_host, sock_guest) = work.path("sock");
     let (out_host, out_guest) = work.path("out.nv12");
@@ -582,7 +581,7 @@ fn server_to_unixfdsrc_equals_what_was_sent() {
     assert!(server.wait_for_clients(1, Duration::from_secs(30)).unwrap());
     let start = monotonic_now();
     for f in 0..300 {
-        let mem = shm_frame(pattern(f), FRAME);
+        let mem = frame(f);
         let info = BufferInfo {
             pts: Some(start + f as u64 * 33_333_333),
             duration: Some(33_333_333),
@@ -626,6 +625,45 @@ fn server_to_unixfdsrc_equals_what_was_sent() {
             "frame {f} differs"
         );
     }
+}
+
+#[test]
+fn server_to_unixfdsrc_equals_what_was_sent() {
+    let Some(root) = rootfs("server_to_unixfdsrc_equals_what_was_sent") else {
+        return;
+    };
+    server_to_unixfdsrc(&root, |f| shm_frame(pattern(f), FRAME));
+}
+
+/// A dma-buf frame from `alloc`, filled with frame `f`'s pattern.
+fn dmabuf_frame(alloc: &mediamem::Allocator, f: usize) -> Memory {
+    let mut m = alloc.alloc(FRAME, None).unwrap();
+    assert!(mediamem::is_dmabuf_memory(&m));
+    let fill = pattern(f);
+    for (i, b) in m.map_mut().unwrap().iter_mut().enumerate() {
+        *b = fill(i);
+    }
+    m
+}
+
+#[test]
+#[ignore = "device test: runs in the QEMU guest (cargo xtask vm-test)"]
+fn guest_udmabuf_frames_as_dmabuf_to_unixfdsrc() {
+    let root = rootfs("guest_udmabuf_frames_as_dmabuf_to_unixfdsrc")
+        .expect("the guest has the root filesystem");
+    let udmabuf: mediamem::Allocator = mediamem::UdmabufAllocator::get().unwrap().into();
+    server_to_unixfdsrc(&root, |f| dmabuf_frame(&udmabuf, f));
+}
+
+#[test]
+#[ignore = "device test: runs in the QEMU guest (cargo xtask vm-test)"]
+fn guest_heap_frames_as_dmabuf_to_unixfdsrc() {
+    let root = rootfs("guest_heap_frames_as_dmabuf_to_unixfdsrc")
+        .expect("the guest has the root filesystem");
+    let heap: mediamem::Allocator = mediamem::heap::DmaHeapAllocator::get("system")
+        .unwrap()
+        .into();
+    server_to_unixfdsrc(&root, |f| dmabuf_frame(&heap, f));
 }
 
 #[test]
