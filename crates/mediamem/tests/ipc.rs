@@ -2128,3 +2128,68 @@ fn fds_belong_to_the_message_that_announces_them_however_reads_fall() -> Result<
 
     Ok(())
 }
+
+/// A version-2 header of message type `kind`.
+fn raw_header(kind: u16, payload_len: u32, n_fds: u32) -> [u8; 16] {
+    let mut h = [0u8; 16];
+    h[0..4].copy_from_slice(&mediamem::ipc::MAGIC.to_le_bytes());
+    h[4..6].copy_from_slice(&mediamem::ipc::VERSION.to_le_bytes());
+    h[6..8].copy_from_slice(&kind.to_le_bytes());
+    h[8..12].copy_from_slice(&payload_len.to_le_bytes());
+    h[12..16].copy_from_slice(&n_fds.to_le_bytes());
+    h
+}
+
+#[test]
+fn header_limits_are_inclusive_and_exact() {
+    use mediamem::ipc::{MAX_MEMORIES, MAX_PAYLOAD, MAX_UNREGISTER};
+    const FRAME: u16 = 4;
+    const UNREGISTER: u16 = 5;
+    let max_payload = MAX_PAYLOAD as u32;
+    let max_fds = MAX_MEMORIES as u32;
+    // The payload and fd limits are the largest values taken.
+    assert!(parse_header(&raw_header(FRAME, max_payload, max_fds)).is_ok());
+    assert!(parse_header(&raw_header(FRAME, max_payload + 1, 0)).is_err());
+    assert!(parse_header(&raw_header(FRAME, 64, max_fds + 1)).is_err());
+    // An unregister: 1 to MAX_UNREGISTER ids of 4 bytes, no fds.
+    let ids = |n: usize| (4 * n) as u32;
+    assert!(parse_header(&raw_header(UNREGISTER, ids(1), 0)).is_ok());
+    assert!(parse_header(&raw_header(UNREGISTER, ids(MAX_UNREGISTER), 0)).is_ok());
+    for (len, fds) in [
+        (0, 0),
+        (ids(1), 1),
+        (ids(1) + 2, 0),
+        (ids(1) - 1, 0),
+        (ids(MAX_UNREGISTER + 1), 0),
+    ] {
+        assert!(
+            matches!(
+                parse_header(&raw_header(UNREGISTER, len, fds)),
+                Err(Error::Protocol(_))
+            ),
+            "unregister of {len} bytes with {fds} fds"
+        );
+    }
+}
+
+#[test]
+fn a_frame_may_hold_exactly_max_memories() {
+    use mediamem::ipc::MAX_MEMORIES;
+    // Version 1's fd frame: id, n, meta_len, then 32-byte descriptors.
+    let frame = |n: usize| {
+        let mut p = Vec::new();
+        p.extend_from_slice(&7u64.to_le_bytes());
+        p.extend_from_slice(&(n as u32).to_le_bytes());
+        p.extend_from_slice(&0u32.to_le_bytes());
+        for _ in 0..n {
+            let mut d = [0u8; 32];
+            d[16..24].copy_from_slice(&16u64.to_le_bytes()); // size
+            d[24..32].copy_from_slice(&16u64.to_le_bytes()); // maxsize
+            p.extend_from_slice(&d);
+        }
+        p
+    };
+    let ok = parse_frame(&frame(MAX_MEMORIES), MAX_MEMORIES).unwrap();
+    assert_eq!(ok.memories.len(), MAX_MEMORIES);
+    assert!(parse_frame(&frame(MAX_MEMORIES + 1), MAX_MEMORIES + 1).is_err());
+}
