@@ -41,22 +41,7 @@ fn succeeds(cmd: &mut Command) -> bool {
 
 fn provision() -> Result<(), String> {
     let missing: Vec<&str> = PACKAGES.iter().copied().filter(|p| !installed(p)).collect();
-    if missing.is_empty() {
-        return Ok(());
-    }
-    eprintln!("bench: installing {}", missing.join(" "));
-    if succeeds(Command::new("apt-get").args(["-q", "update"]))
-        && succeeds(
-            Command::new("apt-get")
-                .env("DEBIAN_FRONTEND", "noninteractive")
-                .args(["-q", "-y", "install"])
-                .args(&missing),
-        )
-    {
-        Ok(())
-    } else {
-        Err(format!("apt-get could not install {}", missing.join(" ")))
-    }
+    crate::apt::install("bench", &missing)
 }
 
 /// `results` with the generated section replaced by `section` (inserted

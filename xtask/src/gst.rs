@@ -125,17 +125,7 @@ pub fn rootfs() -> Res<PathBuf> {
         return Ok(root);
     }
     if !have("debootstrap") {
-        eprintln!("gst: installing debootstrap with apt");
-        run(
-            Command::new("apt-get").args(["-q", "update"]),
-            "apt-get update",
-        )?;
-        run(
-            Command::new("apt-get")
-                .env("DEBIAN_FRONTEND", "noninteractive")
-                .args(["-q", "-y", "install", "debootstrap"]),
-            "apt-get install debootstrap",
-        )?;
+        crate::apt::install("gst", &["debootstrap"])?;
     }
     let partial = target.join("gst-trixie.partial");
     for dir in [&partial, &root] {
@@ -250,21 +240,7 @@ pub fn host_packages() -> Res<()> {
         .copied()
         .filter(|p| !installed(p))
         .collect();
-    if missing.is_empty() {
-        return Ok(());
-    }
-    eprintln!("gst: installing {} with apt", missing.join(" "));
-    run(
-        Command::new("apt-get").args(["-q", "update"]),
-        "apt-get update",
-    )?;
-    run(
-        Command::new("apt-get")
-            .env("DEBIAN_FRONTEND", "noninteractive")
-            .args(["-q", "-y", "install", "--no-install-recommends"])
-            .args(&missing),
-        "apt-get install",
-    )
+    crate::apt::install("gst", &missing)
 }
 
 /// `cargo xtask gst-launch <pipeline...>`: provision, print the line, run.

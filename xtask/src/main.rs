@@ -36,6 +36,7 @@
 //!   layers that read bottom-up), formatting (the fuzz crate's too),
 //!   clippy and rustdoc, warnings denied.
 
+mod apt;
 mod arch;
 mod bench;
 mod fuzz;

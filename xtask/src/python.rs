@@ -190,17 +190,7 @@ fn system_python_has_gi() -> bool {
 pub fn bench(root: &Path) -> Res<()> {
     build_wheel(root)?;
     if !system_python_has_gi() {
-        run(
-            Command::new("apt-get").args(["update", "-qq"]),
-            "apt-get update",
-        )?;
-        run(
-            Command::new("apt-get")
-                .args(["install", "-y", "-qq", "--no-install-recommends"])
-                .args(GI_PACKAGES)
-                .env("DEBIAN_FRONTEND", "noninteractive"),
-            &format!("apt-get install {}", GI_PACKAGES.join(" ")),
-        )?;
+        crate::apt::install("python-bench", GI_PACKAGES)?;
     }
     let site = root.join("target/python/system-site");
     let _ = fs::remove_dir_all(&site);

@@ -99,21 +99,7 @@ fn provision_packages() -> Res<()> {
     .filter(|(bin, _)| !have(bin))
     .map(|(_, pkg)| *pkg)
     .collect();
-    if missing.is_empty() {
-        return Ok(());
-    }
-    eprintln!("vm-test: installing {} with apt", missing.join(" "));
-    run(
-        Command::new("apt-get").args(["-q", "update"]),
-        "apt-get update",
-    )?;
-    run(
-        Command::new("apt-get")
-            .env("DEBIAN_FRONTEND", "noninteractive")
-            .args(["-q", "-y", "install"])
-            .args(&missing),
-        "apt-get install",
-    )
+    crate::apt::install("vm-test", &missing)
 }
 
 /// virtme-ng in a venv under `target/vm/venv`; returns its `bin` folder.
