@@ -2193,3 +2193,19 @@ fn a_frame_may_hold_exactly_max_memories() {
     assert_eq!(ok.memories.len(), MAX_MEMORIES);
     assert!(parse_frame(&frame(MAX_MEMORIES + 1), MAX_MEMORIES + 1).is_err());
 }
+
+#[test]
+fn a_descriptor_maxsize_may_be_isize_max_and_no_more() {
+    let frame = |maxsize: u64| {
+        let mut p = Vec::new();
+        p.extend_from_slice(&1u64.to_le_bytes());
+        p.extend_from_slice(&1u32.to_le_bytes());
+        p.extend_from_slice(&0u32.to_le_bytes());
+        let mut d = [0u8; 32];
+        d[24..32].copy_from_slice(&maxsize.to_le_bytes());
+        p.extend_from_slice(&d);
+        p
+    };
+    assert!(parse_frame(&frame(isize::MAX as u64), 1).is_ok());
+    assert!(parse_frame(&frame(isize::MAX as u64 + 1), 1).is_err());
+}
