@@ -17,10 +17,9 @@
 //! result is system memory) and the copy wrapped. Both fd paths cross the same file (the same `st_ino` on both
 //! sides): the bytes are shared, offset and size are kept, and the
 //! GStreamer side is read-only (a share) when the mediamem memory is. The
-//! fd path does not keep the mediamem handle: a pool that recycles the
-//! memory when its handle goes could reuse the file while GStreamer still
-//! reads it. Keep the handle until GStreamer is done, or wrap instead
-//! ([`to_gst_wrapped`]).
+//! GStreamer memory holds a handle to the mediamem memory until GStreamer
+//! frees it (and every share of it), so a pooled block is not handed out
+//! again while a pipeline still reads it.
 
 use gstreamer as gst;
 
@@ -56,6 +55,9 @@ pub fn to_gst(mem: &Memory) -> Result<gst::Memory> {
     let dup = dup_fd(fd)?;
     let mut whole = crate::sys::gst_fd_memory(dup, maxsize, dmabuf)
         .ok_or_else(|| gst_error("fd allocator", "refused the fd"))?;
+    // The mediamem block stays alive (a pool cannot hand it out again)
+    // until GStreamer frees this memory and every share of it.
+    crate::sys::gst_keep_alive(&whole, mem.clone());
     if mem.is_readonly() {
         // A share of GStreamer memory is read-only.
         Ok(whole.share(offset..offset + size))

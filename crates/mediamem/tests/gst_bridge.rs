@@ -173,3 +173,20 @@ fn memory_mapped_writable_elsewhere_is_refused_not_read() {
     drop(w);
     assert!(to_gst(&m).is_ok());
 }
+
+#[test]
+fn a_pooled_frame_given_to_gstreamer_is_not_reused_until_gstreamer_frees_it() {
+    gst::init().unwrap();
+    let pool = mediamem::pool::MemoryPool::from_fn(0, 1, || ShmAllocator::get().alloc(4096, None))
+        .unwrap();
+    let frame = pool.acquire().unwrap();
+    let file = ino(frame.fd().unwrap());
+    let on_gst = to_gst(&frame).unwrap();
+    let share = on_gst.share(16..32);
+    drop((frame, on_gst));
+    // GStreamer still holds a share: the pool's only block is not free.
+    assert!(pool.acquire().is_err(), "the block was handed out again");
+    drop(share);
+    let again = pool.acquire().expect("back once GStreamer let it go");
+    assert_eq!(ino(again.fd().unwrap()), file, "the same block");
+}

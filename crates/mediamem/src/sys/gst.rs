@@ -48,3 +48,28 @@ pub(crate) fn gst_memory_fd(mem: &gst::MemoryRef) -> Option<(BorrowedFd<'_>, boo
     // cannot outlive `mem`.
     Some((unsafe { BorrowedFd::borrow_raw(raw) }, dmabuf))
 }
+
+/// Keep `keep` alive until GStreamer frees `mem` (and so every share of
+/// it, which holds its parent): qdata with a destroy notify that drops it,
+/// on whichever thread frees the memory.
+pub(crate) fn gst_keep_alive<T: Send + 'static>(mem: &gst::Memory, keep: T) {
+    unsafe extern "C" fn drop_box<T>(data: gst::glib::ffi::gpointer) {
+        // SAFETY: `data` is the `Box<T>` leaked below, handed back exactly
+        // once by GStreamer when the memory is finalised.
+        drop(unsafe { Box::from_raw(data.cast::<T>()) });
+    }
+    use gst::glib::translate::IntoGlib;
+    let quark = gst::glib::Quark::from_str("mediamem-keep-alive");
+    let data = Box::into_raw(Box::new(keep));
+    // SAFETY: `mem` is a live GstMemory (a GstMiniObject); setting qdata
+    // needs no writability. GStreamer owns `data` from here and frees it
+    // with `drop_box::<T>`, the notify for exactly this type.
+    unsafe {
+        gst::ffi::gst_mini_object_set_qdata(
+            mem.as_ptr().cast_mut().cast::<gst::ffi::GstMiniObject>(),
+            quark.into_glib(),
+            data.cast(),
+            Some(drop_box::<T>),
+        );
+    }
+}

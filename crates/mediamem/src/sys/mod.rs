@@ -23,7 +23,7 @@ pub(crate) use dma_heap::*;
 pub(crate) use drm::*;
 pub(crate) use file::{file_id, FdHandle, FileId, FsKind};
 #[cfg(feature = "gstreamer")]
-pub(crate) use gst::{gst_fd_memory, gst_memory_fd};
+pub(crate) use gst::{gst_fd_memory, gst_keep_alive, gst_memory_fd};
 pub(crate) use sigbus::SigbusGuard;
 pub(crate) use udmabuf::*;
 
