@@ -338,6 +338,28 @@ pub struct FramePayload {
     pub meta: Vec<u8>,
 }
 
+/// A memory kind on the wire must be fd or dma-buf.
+fn check_kind(id: u64, i: usize, kind: u8) -> Result<()> {
+    if kind != K_FD && kind != K_DMABUF {
+        return Err(Error::Protocol(format!(
+            "frame {id}: memory {i} has unknown kind {kind}"
+        )));
+    }
+    Ok(())
+}
+
+/// A region on the wire must lie inside its maxsize, itself at most
+/// `isize::MAX`.
+fn check_region(id: u64, i: usize, offset: u64, size: u64, maxsize: u64) -> Result<()> {
+    let end = offset.checked_add(size);
+    if end.is_none_or(|e| e > maxsize) || maxsize > isize::MAX as u64 {
+        return Err(Error::Protocol(format!(
+            "frame {id}: memory {i} region {offset}+{size} is outside its maxsize {maxsize}"
+        )));
+    }
+    Ok(())
+}
+
 /// Parse and check a frame payload that came with `n_fds` fds.
 pub fn parse_frame(p: &[u8], n_fds: usize) -> Result<FramePayload> {
     if p.len() < FRAME_FIXED {
@@ -376,19 +398,8 @@ pub fn parse_frame(p: &[u8], n_fds: usize) -> Result<FramePayload> {
             size: le_u64(d, 16),
             maxsize: le_u64(d, 24),
         };
-        if desc.kind != K_FD && desc.kind != K_DMABUF {
-            return Err(Error::Protocol(format!(
-                "frame {id}: memory {i} has unknown kind {}",
-                desc.kind
-            )));
-        }
-        let end = desc.offset.checked_add(desc.size);
-        if end.is_none_or(|e| e > desc.maxsize) || desc.maxsize > isize::MAX as u64 {
-            return Err(Error::Protocol(format!(
-                "frame {id}: memory {i} region {}+{} is outside its maxsize {}",
-                desc.offset, desc.size, desc.maxsize
-            )));
-        }
+        check_kind(id, i, desc.kind)?;
+        check_region(id, i, desc.offset, desc.size, desc.maxsize)?;
         memories.push(desc);
     }
     Ok(FramePayload {
@@ -545,21 +556,10 @@ pub fn parse_frame_v2(p: &[u8], n_fds: usize) -> Result<WireFrame> {
                 "frame {id}: memory {i} has non-zero padding"
             )));
         }
-        if m.kind != K_FD && m.kind != K_DMABUF {
-            return Err(Error::Protocol(format!(
-                "frame {id}: memory {i} has unknown kind {}",
-                m.kind
-            )));
-        }
+        check_kind(id, i, m.kind)?;
         if source.has_fd() {
             fds += 1;
-            let end = m.offset.checked_add(m.size);
-            if end.is_none_or(|e| e > m.maxsize) || m.maxsize > isize::MAX as u64 {
-                return Err(Error::Protocol(format!(
-                    "frame {id}: memory {i} region {}+{} is outside its maxsize {}",
-                    m.offset, m.size, m.maxsize
-                )));
-            }
+            check_region(id, i, m.offset, m.size, m.maxsize)?;
         } else if m.kind != 0 || m.maxsize != 0 {
             return Err(Error::Protocol(format!(
                 "frame {id}: memory {i} of registered buffer {buffer} has kind {} and maxsize {} (must be 0: the buffer's are used)",
