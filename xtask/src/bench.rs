@@ -28,20 +28,12 @@ const PACKAGES: &[&str] = &[
     "fonts-dejavu-core",
 ];
 
-fn installed(pkg: &str) -> bool {
-    Command::new("dpkg-query")
-        .args(["-W", "-f=${Status}", pkg])
-        .output()
-        .is_ok_and(|o| String::from_utf8_lossy(&o.stdout).contains("install ok installed"))
-}
-
 fn succeeds(cmd: &mut Command) -> bool {
     cmd.status().is_ok_and(|s| s.success())
 }
 
 fn provision() -> Result<(), String> {
-    let missing: Vec<&str> = PACKAGES.iter().copied().filter(|p| !installed(p)).collect();
-    crate::apt::install("bench", &missing)
+    crate::host::install_missing("bench", PACKAGES)
 }
 
 /// `results` with the generated section replaced by `section` (inserted

@@ -28,6 +28,8 @@ use std::fs;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
+use crate::host::{have, run};
+
 type Res<T> = Result<T, String>;
 
 /// The packages installed into the root filesystem (with their
@@ -50,24 +52,6 @@ pub const ENV: &str = "MEDIAMEM_GST_ROOTFS";
 
 /// Written last into a complete root filesystem: the package list it has.
 const READY: &str = ".mediamem-gst-ready";
-
-fn run(cmd: &mut Command, what: &str) -> Res<()> {
-    let status = cmd
-        .status()
-        .map_err(|e| format!("{what}: cannot run {:?}: {e}", cmd.get_program()))?;
-    if status.success() {
-        Ok(())
-    } else {
-        Err(format!("{what} failed ({status})"))
-    }
-}
-
-fn have(program: &str) -> bool {
-    Command::new("sh")
-        .args(["-c", &format!("command -v {program} >/dev/null 2>&1")])
-        .status()
-        .is_ok_and(|s| s.success())
-}
 
 /// Mount points at or below `dir`, deepest first (from /proc/self/mounts;
 /// octal escapes in paths are left as they are, which only makes such a
@@ -125,7 +109,7 @@ pub fn rootfs() -> Res<PathBuf> {
         return Ok(root);
     }
     if !have("debootstrap") {
-        crate::apt::install("gst", &["debootstrap"])?;
+        crate::host::install("gst", &["debootstrap"])?;
     }
     let partial = target.join("gst-trixie.partial");
     for dir in [&partial, &root] {
@@ -226,21 +210,9 @@ const HOST_PACKAGES: &[&str] = &[
     "pkg-config",
 ];
 
-fn installed(pkg: &str) -> bool {
-    Command::new("dpkg-query")
-        .args(["-W", "-f=${Status}", pkg])
-        .output()
-        .is_ok_and(|o| String::from_utf8_lossy(&o.stdout).contains("install ok installed"))
-}
-
 /// Install [`HOST_PACKAGES`] with apt when some are missing.
 pub fn host_packages() -> Res<()> {
-    let missing: Vec<&str> = HOST_PACKAGES
-        .iter()
-        .copied()
-        .filter(|p| !installed(p))
-        .collect();
-    crate::apt::install("gst", &missing)
+    crate::host::install_missing("gst", HOST_PACKAGES)
 }
 
 /// `cargo xtask gst-launch <pipeline...>`: provision, print the line, run.

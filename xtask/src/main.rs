@@ -36,11 +36,11 @@
 //!   layers that read bottom-up), formatting (the fuzz crate's too),
 //!   clippy and rustdoc, warnings denied.
 
-mod apt;
 mod arch;
 mod bench;
 mod fuzz;
 mod gst;
+mod host;
 mod python;
 mod unixfd_bench;
 mod vm;

@@ -190,7 +190,7 @@ fn system_python_has_gi() -> bool {
 pub fn bench(root: &Path) -> Res<()> {
     build_wheel(root)?;
     if !system_python_has_gi() {
-        crate::apt::install("python-bench", GI_PACKAGES)?;
+        crate::host::install("python-bench", GI_PACKAGES)?;
     }
     let site = root.join("target/python/system-site");
     let _ = fs::remove_dir_all(&site);

@@ -26,6 +26,8 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
+use crate::host::{have, run};
+
 /// The test binaries (integration test targets of `mediamem`) run in the
 /// guest. `devices` holds the tests that need the guest's devices; the
 /// others run there too, on a second kernel.
@@ -51,17 +53,6 @@ const GUEST_TIMEOUT: Duration = Duration::from_secs(20 * 60);
 
 type Res<T> = Result<T, String>;
 
-fn run(cmd: &mut Command, what: &str) -> Res<()> {
-    let status = cmd
-        .status()
-        .map_err(|e| format!("{what}: cannot run {:?}: {e}", cmd.get_program()))?;
-    if status.success() {
-        Ok(())
-    } else {
-        Err(format!("{what} failed ({status})"))
-    }
-}
-
 fn output(cmd: &mut Command, what: &str) -> Res<String> {
     let out = cmd
         .stderr(Stdio::inherit())
@@ -71,13 +62,6 @@ fn output(cmd: &mut Command, what: &str) -> Res<String> {
         return Err(format!("{what} failed ({})", out.status));
     }
     Ok(String::from_utf8_lossy(&out.stdout).into_owned())
-}
-
-fn have(program: &str) -> bool {
-    Command::new("sh")
-        .args(["-c", &format!("command -v {program} >/dev/null 2>&1")])
-        .status()
-        .is_ok_and(|s| s.success())
 }
 
 fn workspace_root() -> PathBuf {
@@ -99,7 +83,7 @@ fn provision_packages() -> Res<()> {
     .filter(|(bin, _)| !have(bin))
     .map(|(_, pkg)| *pkg)
     .collect();
-    crate::apt::install("vm-test", &missing)
+    crate::host::install("vm-test", &missing)
 }
 
 /// virtme-ng in a venv under `target/vm/venv`; returns its `bin` folder.
