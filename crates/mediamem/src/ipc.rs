@@ -2066,32 +2066,15 @@ impl Receiver {
                 }
                 T_UNREGISTER => self.unregister(&raw.payload)?,
                 T_FRAME => {
-                    let frame = match parse_frame_v2(&raw.payload, raw.fds.len()) {
-                        Ok(p) => p,
-                        Err(e) => {
-                            // Lengths were consistent, so the stream is in
-                            // sync, but the frame cannot be trusted; release
-                            // it if it has an id.
-                            if raw.payload.len() >= 8 {
-                                self.release(le_u64(&raw.payload, 0));
-                            }
-                            return Err(e);
-                        }
-                    };
+                    let parsed = parse_frame_v2(&raw.payload, raw.fds.len());
+                    let frame = self.release_unparsed(&raw.payload, parsed)?;
                     // On failure the import's release token is dropped,
                     // which releases the frame exactly once.
                     return self.import_v2(frame, raw.fds).map(Received::Frame);
                 }
                 T_FD_FRAME => {
-                    let payload = match parse_frame(&raw.payload, raw.fds.len()) {
-                        Ok(p) => p,
-                        Err(e) => {
-                            if raw.payload.len() >= 8 {
-                                self.release(le_u64(&raw.payload, 0));
-                            }
-                            return Err(e);
-                        }
-                    };
+                    let parsed = parse_frame(&raw.payload, raw.fds.len());
+                    let payload = self.release_unparsed(&raw.payload, parsed)?;
                     return self.import(payload, raw.fds).map(Received::Frame);
                 }
                 other => {
@@ -2169,6 +2152,16 @@ impl Receiver {
         } else {
             Storage::Fd(FdBackend::new(block))
         })
+    }
+
+    /// A frame payload that did not parse: its lengths were consistent, so
+    /// the stream is in sync, but the frame cannot be trusted; it is
+    /// released if it has an id.
+    fn release_unparsed<T>(&self, payload: &[u8], parsed: Result<T>) -> Result<T> {
+        if parsed.is_err() && payload.len() >= 8 {
+            self.release(le_u64(payload, 0));
+        }
+        parsed
     }
 
     fn import_v2(&mut self, frame: WireFrame, fds: Vec<OwnedFd>) -> Result<Frame> {
