@@ -358,18 +358,7 @@ fn unprivileged_processes_get_an_error_not_a_zero_address() {
     let Some(_pages) = reserve(test) else { return };
     // Run a copy of this binary from a directory nobody can enter and
     // execute from (the original may sit where nobody cannot).
-    let copy = common::ExeCopy::new("phys");
-    use std::os::unix::process::CommandExt;
-    let out = copy.output(|cmd| {
-        cmd.args(["--exact", test, "--nocapture"])
-            .env("MEDIAMEM_PHYS_CHILD", "1")
-            .uid(65534)
-            .gid(65534);
-    });
-    let text =
-        String::from_utf8_lossy(&out.stdout).into_owned() + &String::from_utf8_lossy(&out.stderr);
-    assert!(out.status.success(), "child failed:\n{text}");
-    assert!(text.contains("1 passed"), "the child ran the test:\n{text}");
+    common::run_test_as_nobody("phys", test, "MEDIAMEM_PHYS_CHILD");
 }
 
 #[test]

@@ -340,18 +340,7 @@ fn unprivileged_users_are_told_the_nodes_mode_and_the_chain_moves_on() {
         common::skip(test, "needs root to start a child as nobody");
         return;
     }
-    let copy = common::ExeCopy::new("provider");
-    use std::os::unix::process::CommandExt;
-    let out = copy.output(|cmd| {
-        cmd.args(["--exact", test, "--nocapture"])
-            .env(CHILD, "1")
-            .uid(65534)
-            .gid(65534);
-    });
-    let text =
-        String::from_utf8_lossy(&out.stdout).into_owned() + &String::from_utf8_lossy(&out.stderr);
-    assert!(out.status.success(), "child failed:\n{text}");
-    assert!(text.contains("1 passed"), "the child ran the test:\n{text}");
+    let text = common::run_test_as_nobody("provider", test, CHILD);
     // What nobody was told, in this test's log.
     for line in text
         .lines()

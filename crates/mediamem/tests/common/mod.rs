@@ -228,6 +228,26 @@ impl ExeCopy {
     }
 }
 
+/// Run test `test` of this binary again as `nobody` (uid and gid 65534),
+/// from a copy nobody can execute, with `child_env` set so the test knows
+/// it is the child; the child must pass. Its output, for the caller to
+/// look at.
+pub fn run_test_as_nobody(copy_name: &str, test: &str, child_env: &str) -> String {
+    use std::os::unix::process::CommandExt;
+    let copy = ExeCopy::new(copy_name);
+    let out = copy.output(|cmd| {
+        cmd.args(["--exact", test, "--nocapture"])
+            .env(child_env, "1")
+            .uid(65534)
+            .gid(65534);
+    });
+    let text =
+        String::from_utf8_lossy(&out.stdout).into_owned() + &String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "child failed:\n{text}");
+    assert!(text.contains("1 passed"), "the child ran the test:\n{text}");
+    text
+}
+
 impl Drop for ExeCopy {
     fn drop(&mut self) {
         let _ = std::fs::remove_dir_all(&self.dir);
