@@ -37,7 +37,7 @@
 //! | GStreamer has no chain: an element picks one allocator (`GstDmaBufAllocator` imports, `gst_dma_heap_allocator`-style code in elements opens one heap) and fails alone | one chain, ordered, every failure kept | "could not open any dma-heap device" is the commonest complaint; a program needs a fallback and a reason |
 //! | libcamera tries `linux,cma`, `reserved`, then udmabuf | the same start, then the system heap before udmabuf, then DRM, then memfd | the system heap is a real dma-buf without a memfd behind it; DRM dumb buffers need a display device |
 //! | errors are a string ("Permission denied") | one typed reason per provider, each with its errno: not present, no permission (owner, group, mode, what to change), exhausted (ENOMEM), refused by a constraint | the fix differs for each: load a module, add a group or a udev rule, free CMA, relax the constraint |
-//! | a low-address limit is a device's business | [`DmaBufProvider::max_phys_addr`] reads every page's frame from `/proc/self/pagemap` after the allocation; where this process cannot read frames (no `CAP_SYS_ADMIN`) the provider is refused, never trusted | a constraint that cannot be checked must not be ignored |
+//! | a low-address limit is a device's business | [`DmaBufProvider::max_phys_addr`] reads the frame of every page holding the memory's visible bytes from `/proc/self/pagemap` after the allocation (a prefix or padding of whole pages beyond them is not checked); where this process cannot read frames (no `CAP_SYS_ADMIN`) the provider is refused, never trusted | a constraint that cannot be checked must not be ignored |
 //! | CPU caching is a heap property nobody reports | known for the providers above (`cached`), unknown ones refused when the caller asks | a caller who needs uncached memory must not get cached memory silently |
 
 use std::path::Path;
@@ -199,7 +199,7 @@ pub struct Constraints {
     /// providers that do not say are refused.
     pub cached: Option<bool>,
     /// The highest physical address any byte may have (e.g. `0xffff_ffff`
-    /// for a device that sees only the low 4 GiB), checked on every page.
+    /// for a device that sees only the low 4 GiB), checked on every page of its visible bytes.
     pub max_phys_addr: Option<u64>,
     /// Whether memory that is not a dma-buf (memfd, huge pages) may be
     /// returned.
