@@ -48,6 +48,33 @@ const DEMO_RUNS: usize = 3;
 /// virtme-ng version the recipe was measured with.
 const VIRTME_NG: &str = "virtme-ng==1.42";
 
+/// A development aid: `MEDIAMEM_VM_ONLY=sync,v4l2` runs only the named
+/// guest test binaries, and no demo or Python test; the run then says it
+/// was partial. `cargo xtask test` never sets it.
+const ONLY_ENV: &str = "MEDIAMEM_VM_ONLY";
+
+/// The guest test binaries this run builds and runs.
+fn guest_tests() -> Res<Vec<&'static str>> {
+    let Ok(only) = std::env::var(ONLY_ENV) else {
+        return Ok(GUEST_TESTS.to_vec());
+    };
+    let wanted: Vec<&str> = only
+        .split(',')
+        .map(str::trim)
+        .filter(|s| !s.is_empty())
+        .collect();
+    if let Some(bad) = wanted.iter().find(|w| !GUEST_TESTS.contains(w)) {
+        return Err(format!(
+            "{ONLY_ENV} names {bad:?}, which is not one of {GUEST_TESTS:?}"
+        ));
+    }
+    Ok(GUEST_TESTS
+        .iter()
+        .copied()
+        .filter(|t| wanted.contains(t))
+        .collect())
+}
+
 /// How long the guest may run before it is stopped.
 const GUEST_TIMEOUT: Duration = Duration::from_secs(20 * 60);
 
@@ -224,7 +251,7 @@ fn provision_kernel(vm: &Path) -> Res<PathBuf> {
 
 /// Build the tests; return (name, executable) of the guest test binaries and
 /// the `mediamem` CLI binary.
-fn build(root: &Path) -> Res<(Vec<(String, PathBuf)>, PathBuf)> {
+fn build(root: &Path, tests: &[&str]) -> Res<(Vec<(String, PathBuf)>, PathBuf)> {
     let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
     let out = output(
         Command::new(&cargo)
@@ -236,7 +263,7 @@ fn build(root: &Path) -> Res<(Vec<(String, PathBuf)>, PathBuf)> {
                 "--no-run",
                 "--message-format=json",
             ])
-            .args(GUEST_TESTS.iter().flat_map(|t| ["--test", t])),
+            .args(tests.iter().flat_map(|t| ["--test", *t])),
         "cargo test --no-run",
     )?;
     let mut bins = Vec::new();
@@ -251,15 +278,13 @@ fn build(root: &Path) -> Res<(Vec<(String, PathBuf)>, PathBuf)> {
         else {
             continue;
         };
-        if GUEST_TESTS.contains(&name) {
+        if tests.contains(&name) {
             bins.push((name.to_owned(), PathBuf::from(exe)));
         }
     }
     bins.sort();
-    if bins.len() != GUEST_TESTS.len() {
-        return Err(format!(
-            "expected test binaries {GUEST_TESTS:?}, built {bins:?}"
-        ));
+    if bins.len() != tests.len() {
+        return Err(format!("expected test binaries {tests:?}, built {bins:?}"));
     }
     run(
         Command::new(&cargo)
@@ -407,7 +432,9 @@ pub fn vm_test() -> Res<()> {
     let vmlinuz = provision_kernel(&vm)?;
     // GStreamer 1.26 for the unixfd tests of dma-buf frames (cached).
     let gst_root = crate::gst::rootfs()?;
-    let (bins, cli) = build(&root)?;
+    let tests = guest_tests()?;
+    let partial = tests.len() != GUEST_TESTS.len();
+    let (bins, cli) = build(&root, &tests)?;
 
     let mut expected = BTreeMap::new();
     for (name, bin) in &bins {
@@ -446,14 +473,19 @@ pub fn vm_test() -> Res<()> {
         "{} probe > {r}/probe.log 2>&1; echo $? > {r}/probe.rc\n",
         shell_quote(&cli)
     ));
-    for source in DEMO_SOURCES {
+    let demo_sources = if partial { &[][..] } else { DEMO_SOURCES };
+    for source in demo_sources {
         script.push_str(&format!(
             "{} demo --allocator {source} --frames 60 --width 640 --height 480 --quiet \
              > {r}/demo-{source}.log 2>&1; echo $? > {r}/demo-{source}.rc\n",
             shell_quote(&cli)
         ));
     }
-    let python_line = crate::python::guest_line(&root, &r);
+    let python_line = if partial {
+        None
+    } else {
+        crate::python::guest_line(&root, &r)
+    };
     if let Some(line) = &python_line {
         script.push_str(line);
     }
@@ -566,7 +598,7 @@ pub fn vm_test() -> Res<()> {
             ));
         }
     }
-    for source in DEMO_SOURCES {
+    for source in demo_sources {
         let log =
             fs::read_to_string(results.join(format!("demo-{source}.log"))).unwrap_or_default();
         let rc = fs::read_to_string(results.join(format!("demo-{source}.rc"))).unwrap_or_default();
@@ -613,6 +645,9 @@ pub fn vm_test() -> Res<()> {
     let must_run: usize = expected.values().sum();
     let not_passed = must_run.saturating_sub(total_passed).max(total_failed);
     println!("vm-test: {total_passed} passed, {not_passed} failed");
+    if partial {
+        println!("vm-test: PARTIAL run ({ONLY_ENV}={tests:?}): no demo, no Python tests");
+    }
     if problems.is_empty() {
         Ok(())
     } else {
