@@ -242,7 +242,8 @@ impl Allocator {
         }
         if self.is::<crate::system::SystemAllocator>() {
             // Another instance of the system allocator.
-            let (block, maxsize, align) = crate::system::alloc_written(size, params, &mut call)?;
+            let (block, maxsize, align) =
+                crate::system::alloc_written(size, params, &mut call, None)?;
             let parts = MemoryParts::system(block, maxsize)
                 .flags(params.flags)
                 .align(align)

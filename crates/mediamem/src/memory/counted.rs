@@ -10,7 +10,14 @@
 //! so it frees without any read-modify-write at all. The same load answers
 //! [`Counted::is_unique`], which lets `Memory::map_mut` prove exclusive
 //! ownership for free.
+//!
+//! A block is normally a `Box` of its own. [`Counted::new_hosted`] instead
+//! places it at the start of an allocation that the value itself owns (a
+//! system memory's header and bytes in one heap allocation, as GStreamer
+//! makes them): the last handle then moves the value out of the block and
+//! drops it, and the value's drop frees the whole allocation.
 
+use std::alloc::Layout;
 use std::fmt;
 use std::marker::PhantomData;
 use std::ops::Deref;
@@ -20,9 +27,16 @@ use super::sync::{fence, AtomicUsize, Ordering};
 
 /// The heap block: the count and the value.
 struct Block<T> {
+    /// The number of handles in steps of [`ONE`], and the [`HOSTED`] bit.
     count: AtomicUsize,
     value: T,
 }
+
+/// One handle in the count.
+const ONE: usize = 2;
+/// Low bit of the count, fixed for the block's life: the block lives in an
+/// allocation that its value owns and frees ([`Counted::new_hosted`]).
+const HOSTED: usize = 1;
 
 /// Past this many handles, cloning aborts, as `Arc` does: the count must
 /// never wrap (unreachable in practice, every handle is 8 bytes of memory).
@@ -45,11 +59,40 @@ impl<T> Counted<T> {
     /// A new block holding `value`, with one handle.
     pub(crate) fn new(value: T) -> Self {
         let block = Box::new(Block {
-            count: AtomicUsize::new(1),
+            count: AtomicUsize::new(ONE),
             value,
         });
         Counted {
             block: NonNull::from(Box::leak(block)),
+            _owns: PhantomData,
+        }
+    }
+
+    /// The layout of the block that [`new_hosted`](Counted::new_hosted)
+    /// places at the start of an allocation.
+    pub(crate) fn block_layout() -> Layout {
+        Layout::new::<Block<T>>()
+    }
+
+    /// A new block holding `value`, with one handle, written at `at`.
+    ///
+    /// # Safety
+    /// `at` must be valid for writes of [`block_layout`](Counted::block_layout)
+    /// bytes, aligned for it, and lie in an allocation that `value` owns:
+    /// dropping `value` (once it has been moved out of the block) frees that
+    /// allocation, and nothing else frees it or touches those bytes while
+    /// a handle lives.
+    pub(crate) unsafe fn new_hosted(at: NonNull<u8>, value: T) -> Self {
+        let block = at.cast::<Block<T>>();
+        // SAFETY: valid and aligned for a `Block<T>` (the caller's promise).
+        unsafe {
+            block.as_ptr().write(Block {
+                count: AtomicUsize::new(ONE | HOSTED),
+                value,
+            });
+        }
+        Counted {
+            block,
             _owns: PhantomData,
         }
     }
@@ -63,7 +106,7 @@ impl<T> Counted<T> {
     /// The number of handles (a snapshot).
     #[inline]
     pub(crate) fn count(this: &Self) -> usize {
-        this.block().count.load(Ordering::Acquire)
+        this.block().count.load(Ordering::Acquire) / ONE
     }
 
     /// Whether `this` is the only handle. With `&mut` access to that one
@@ -101,7 +144,7 @@ impl<T> Clone for Counted<T> {
     fn clone(&self) -> Self {
         // Relaxed, as in `Arc`: a new handle made from an existing one needs
         // no ordering; the drops order the frees.
-        let old = self.block().count.fetch_add(1, Ordering::Relaxed);
+        let old = self.block().count.fetch_add(ONE, Ordering::Relaxed);
         if old >= MAX_COUNT {
             std::process::abort();
         }
@@ -119,16 +162,27 @@ impl<T> Drop for Counted<T> {
         // Only handle left: nobody can clone it (that needs a handle), so
         // the count can no longer change and the block is ours to free.
         // The acquire load orders the other handles' uses before the free.
-        if count.load(Ordering::Acquire) != 1 {
-            if count.fetch_sub(1, Ordering::Release) != 1 {
+        let mut last = count.load(Ordering::Acquire);
+        if last & !HOSTED != ONE {
+            last = count.fetch_sub(ONE, Ordering::Release);
+            if last & !HOSTED != ONE {
                 return;
             }
             // Order every other handle's release before the free.
             fence(Ordering::Acquire);
         }
-        // SAFETY: this was the last handle (see above), the block came from
-        // `Box::leak` in `new`, and no handle will touch it again.
-        drop(unsafe { Box::from_raw(self.block.as_ptr()) });
+        let block = self.block.as_ptr();
+        if last & HOSTED != 0 {
+            // SAFETY: the last handle (see above), so nobody reads the value
+            // again; it is moved out (no reference to the block is made or
+            // kept), and dropping it frees the allocation the block lives in
+            // (`new_hosted`'s contract) after it has left it.
+            drop(unsafe { std::ptr::read(std::ptr::addr_of!((*block).value)) });
+        } else {
+            // SAFETY: this was the last handle (see above), the block came
+            // from `Box::leak` in `new`, and no handle will touch it again.
+            drop(unsafe { Box::from_raw(block) });
+        }
     }
 }
 
@@ -194,6 +248,51 @@ mod tests {
             });
             assert_eq!(drops.load(Ordering::SeqCst), 1);
         }
+    }
+
+    /// Owns the allocation its block was placed in, and frees it.
+    struct Host {
+        head: NonNull<u8>,
+        layout: Layout,
+        drops: Arc<AtomicUsize>,
+    }
+    // SAFETY: the allocation is only freed, once, by the drop.
+    unsafe impl Send for Host {}
+    // SAFETY: `&Host` reads nothing behind the pointer.
+    unsafe impl Sync for Host {}
+    impl Drop for Host {
+        fn drop(&mut self) {
+            self.drops.fetch_add(1, Ordering::SeqCst);
+            // SAFETY: allocated with this layout in the test below; the
+            // block was moved out of it before this drop.
+            unsafe { std::alloc::dealloc(self.head.as_ptr(), self.layout) };
+        }
+    }
+
+    #[test]
+    fn a_hosted_block_is_freed_by_its_value_once() {
+        let drops = Arc::new(AtomicUsize::new(0));
+        let layout = Counted::<Host>::block_layout()
+            .extend(Layout::new::<[u8; 16]>())
+            .unwrap()
+            .0;
+        // SAFETY: a non-zero size.
+        let head = NonNull::new(unsafe { std::alloc::alloc(layout) }).unwrap();
+        let host = Host {
+            head,
+            layout,
+            drops: drops.clone(),
+        };
+        // SAFETY: `head` starts an allocation with room and alignment for
+        // the block, owned and freed by `host`.
+        let a = unsafe { Counted::new_hosted(head, host) };
+        let b = a.clone();
+        assert_eq!(Counted::count(&a), 2);
+        drop(a);
+        assert!(Counted::is_unique(&b));
+        assert_eq!(drops.load(Ordering::SeqCst), 0);
+        drop(b);
+        assert_eq!(drops.load(Ordering::SeqCst), 1);
     }
 
     #[test]

@@ -435,10 +435,20 @@ impl Memory {
         })
     }
 
+    /// The layout of a memory's header (its reference count and `Inner`),
+    /// which a system block made for [`system_root`](Memory::system_root)
+    /// keeps in front of its bytes.
+    #[inline]
+    pub(crate) fn system_header() -> std::alloc::Layout {
+        Counted::<Inner>::block_layout()
+    }
+
     /// A root of the static system allocator over a fresh heap block: what
     /// [`Allocator::alloc`] does for it, without building and moving
     /// [`MemoryParts`] or calling the backend through its vtable. The caller
     /// sized the block (`offset + size <= maxsize`, `align` a valid mask).
+    /// A block made with [`system_header`](Memory::system_header) room gets
+    /// the memory's header in that room: one heap allocation in all.
     #[inline]
     pub(crate) fn system_root(
         block: system::SysBlock,
@@ -452,21 +462,33 @@ impl Memory {
         debug_assert!(offset.checked_add(size).is_some_and(|end| end <= maxsize));
         let align = u32::try_from(align).map_err(|_| Error::InvalidAlign { align })?;
         let static_base = block.base().as_ptr() as usize;
-        Ok(Memory {
-            inner: Counted::new(Inner {
-                origin: Origin::Root {
-                    allocator: RootAllocator::System,
-                    backend: ManuallyDrop::new(BackendSlot::System(block)),
-                    static_base,
-                    extra: None,
-                },
-                maxsize,
-                align,
-                flags: AtomicU32::new((flags | MemoryFlags::LOCKABLE).bits()),
-                lock: LockWord::default(),
-                region: Region::new(offset, size),
-            }),
-        })
+        let head = block.hosted_head();
+        let inner = Inner {
+            origin: Origin::Root {
+                allocator: RootAllocator::System,
+                backend: ManuallyDrop::new(BackendSlot::System(block)),
+                static_base,
+                extra: None,
+            },
+            maxsize,
+            align,
+            flags: AtomicU32::new((flags | MemoryFlags::LOCKABLE).bits()),
+            lock: LockWord::default(),
+            region: Region::new(offset, size),
+        };
+        let inner = match head {
+            // SAFETY: the block made room for the header at `head`
+            // (`SysBlock::new` with `system_header()`: the size and
+            // alignment of the counted block, in front of the bytes, not
+            // overlapping them). The block is part of `inner` and frees the
+            // whole allocation when dropped: the root's drop drops it, or
+            // hands it to a free hook (`FreedBlock`), only after the last
+            // handle moved `inner` out of the allocation; nothing else
+            // touches the header's bytes.
+            Some(head) => unsafe { Counted::new_hosted(head, inner) },
+            None => Counted::new(inner),
+        };
+        Ok(Memory { inner })
     }
 
     /// A memory of `size` bytes from the default allocator.

@@ -56,7 +56,7 @@ impl AllocatorImpl for SystemAllocator {
 
     fn alloc(&self, size: usize, params: &AllocationParams) -> Result<MemoryParts> {
         let (align, maxsize) = sizing(size, params)?;
-        let block = SysBlock::zeroed(maxsize, align)?;
+        let block = SysBlock::new(maxsize, align, true, None)?;
         Ok(MemoryParts::system(block, maxsize)
             .flags(params.flags)
             .align(align)
@@ -81,6 +81,11 @@ fn sizing(size: usize, params: &AllocationParams) -> Result<(usize, usize)> {
         })?;
     Ok((align, maxsize))
 }
+
+/// From this size on a zeroed block is asked for zeroed (`alloc_zeroed`)
+/// rather than zeroed here: glibc's calloc skips the memset for memory
+/// fresh from `mmap`. Below it the header would be zeroed too, for nothing.
+const CALLOC_FROM: usize = 64 * 1024;
 
 /// The bytes of a memory being made by a write-once allocation
 /// ([`Allocator::alloc_with`]): not initialised yet, so they can only be
@@ -218,15 +223,18 @@ fn run_init(cursor: &mut WriteCursor<'_>, init: Init<'_>) -> Result<()> {
 /// A system block of `size` visible bytes (sized as `alloc` sizes them)
 /// written by `init` without being zeroed first; prefix, padding and slack
 /// are zeroed. The block exists only if `init` wrote every visible byte.
+/// With `header`, the block shares one allocation with a memory's header
+/// (see [`SysBlock::new`]).
 pub(crate) fn alloc_written(
     size: usize,
     params: &AllocationParams,
     init: Init<'_>,
+    header: Option<Layout>,
 ) -> Result<(SysBlock, usize, usize)> {
     let (align, maxsize) = sizing(size, params)?;
     // Freed by its drop on every failure path (including a panic in
     // `init`); its bytes are not read before they are all written.
-    let block = SysBlock::uninit(maxsize, align)?;
+    let block = SysBlock::new(maxsize, align, false, header)?;
     let base = block.ptr.as_ptr();
     let prefix = params.prefix;
     // SAFETY: the block has `maxsize >= prefix + size` bytes (sizing), so
@@ -248,21 +256,22 @@ pub(crate) fn alloc_written(
 }
 
 /// `Allocator::alloc` of the static system allocator: a zeroed block,
-/// straight into a memory.
+/// straight into a memory, header and bytes in one heap allocation.
 #[inline]
 pub(crate) fn alloc_system(size: usize, params: &AllocationParams) -> Result<Memory> {
     let (align, maxsize) = sizing(size, params)?;
-    let block = SysBlock::zeroed(maxsize, align)?;
+    let block = SysBlock::new(maxsize, align, true, Some(Memory::system_header()))?;
     Memory::system_root(block, maxsize, align, params.flags, params.prefix, size)
 }
 
-/// `Allocator::alloc_with` of the static system allocator.
+/// `Allocator::alloc_with` of the static system allocator (one heap
+/// allocation, as `alloc_system`).
 pub(crate) fn alloc_with_system(
     size: usize,
     params: &AllocationParams,
     init: Init<'_>,
 ) -> Result<Memory> {
-    let (block, maxsize, align) = alloc_written(size, params, init)?;
+    let (block, maxsize, align) = alloc_written(size, params, init, Some(Memory::system_header()))?;
     Memory::system_root(block, maxsize, align, params.flags, params.prefix, size)
 }
 
@@ -290,6 +299,9 @@ pub(crate) fn write_over(bytes: &mut [u8], init: Init<'_>) -> Result<()> {
 enum Storage {
     /// Allocated by the system allocator with this layout.
     Heap(Layout),
+    /// After a memory's header, in one allocation of this layout starting
+    /// at `head` ([`SysBlock::new`] with a header): the block frees it all.
+    Hosted { head: NonNull<u8>, layout: Layout },
     /// Owned by a wrapped Rust value, dropped with the block.
     Wrapped(NonNull<dyn Any + Send>),
 }
@@ -317,6 +329,7 @@ impl fmt::Debug for SysBlock {
                 "storage",
                 &match self.storage {
                     Storage::Heap(_) => "heap",
+                    Storage::Hosted { .. } => "heap, with its memory",
                     Storage::Wrapped(_) => "wrapped",
                 },
             )
@@ -331,43 +344,63 @@ impl SysBlock {
         self.ptr
     }
 
-    /// `len` zeroed bytes whose start is aligned to `align + 1`.
-    fn zeroed(len: usize, align: usize) -> Result<SysBlock> {
-        let layout =
-            Layout::from_size_align(len.max(1), align.saturating_add(1).max(1)).map_err(|_| {
-                Error::SizeOverflow {
-                    what: "block layout (size beyond isize::MAX or alignment too large)",
-                }
-            })?;
-        // SAFETY: the layout has a non-zero size.
-        let ptr = unsafe { std::alloc::alloc_zeroed(layout) };
-        let ptr = NonNull::new(ptr).ok_or(Error::OutOfMemory { size: len })?;
-        Ok(SysBlock {
-            ptr,
-            len,
-            storage: Storage::Heap(layout),
-        })
+    /// A heap block of `len` bytes whose start is aligned to `align + 1`,
+    /// zeroed if `zeroed`, else **not initialised**: only for
+    /// [`alloc_written`], which writes every byte before the block can be
+    /// mapped (the backend contract); until then it may only be dropped.
+    ///
+    /// With `header`, one allocation holds first a memory's header (that
+    /// layout, at [`hosted_head`](SysBlock::hosted_head), not initialised)
+    /// and then the block, as GStreamer's sysmem keeps its `GstMemory` and
+    /// its bytes in one `malloc`; dropping the block frees both, so the
+    /// header must have been moved out by then.
+    fn new(len: usize, align: usize, zeroed: bool, header: Option<Layout>) -> Result<SysBlock> {
+        let too_big = || Error::SizeOverflow {
+            what: "block layout (size beyond isize::MAX or alignment too large)",
+        };
+        let bytes = Layout::from_size_align(len.max(1), align.saturating_add(1).max(1))
+            .map_err(|_| too_big())?;
+        let (layout, offset) = match header {
+            Some(h) => h.extend(bytes).map_err(|_| too_big())?,
+            None => (bytes, 0),
+        };
+        // Large blocks come zeroed from the allocator (calloc: memory that
+        // is fresh from the kernel is not zeroed again); small ones zero
+        // only their bytes, not the header.
+        let calloc = zeroed && len >= CALLOC_FROM;
+        // SAFETY: the layout has a non-zero size (`bytes` has).
+        let head = unsafe {
+            if calloc {
+                std::alloc::alloc_zeroed(layout)
+            } else {
+                std::alloc::alloc(layout)
+            }
+        };
+        let head = NonNull::new(head).ok_or(Error::OutOfMemory { size: len })?;
+        // SAFETY: `offset + len <= layout.size()` (Layout::extend), so the
+        // block's start and its `len` bytes lie in the allocation; the
+        // pointer is derived from the allocation's, for all of it.
+        let ptr = unsafe { head.add(offset) };
+        if zeroed && !calloc {
+            // SAFETY: `len` bytes from `ptr` are in the allocation, which
+            // nothing else refers to yet.
+            unsafe { std::ptr::write_bytes(ptr.as_ptr(), 0, len) };
+        }
+        let storage = match header {
+            Some(_) => Storage::Hosted { head, layout },
+            None => Storage::Heap(layout),
+        };
+        Ok(SysBlock { ptr, len, storage })
     }
 
-    /// `len` bytes whose start is aligned to `align + 1`, **not
-    /// initialised**: only for [`alloc_written`], which writes every byte
-    /// before the block can be mapped (the backend contract); until then it
-    /// may only be dropped.
-    fn uninit(len: usize, align: usize) -> Result<SysBlock> {
-        let layout =
-            Layout::from_size_align(len.max(1), align.saturating_add(1).max(1)).map_err(|_| {
-                Error::SizeOverflow {
-                    what: "block layout (size beyond isize::MAX or alignment too large)",
-                }
-            })?;
-        // SAFETY: the layout has a non-zero size.
-        let ptr = unsafe { std::alloc::alloc(layout) };
-        let ptr = NonNull::new(ptr).ok_or(Error::OutOfMemory { size: len })?;
-        Ok(SysBlock {
-            ptr,
-            len,
-            storage: Storage::Heap(layout),
-        })
+    /// The start of the allocation and where a memory's header goes, for a
+    /// block made with a header.
+    #[inline]
+    pub(crate) fn hosted_head(&self) -> Option<NonNull<u8>> {
+        match self.storage {
+            Storage::Hosted { head, .. } => Some(head),
+            _ => None,
+        }
     }
 
     /// Adopt `owner`, whose bytes are `owner_bytes(&mut owner)`.
@@ -390,8 +423,14 @@ impl SysBlock {
 impl Drop for SysBlock {
     fn drop(&mut self) {
         match self.storage {
-            // SAFETY: allocated in `zeroed` or `uninit` with exactly this layout.
+            // SAFETY: allocated in `new` with exactly this layout.
             Storage::Heap(layout) => unsafe { std::alloc::dealloc(self.ptr.as_ptr(), layout) },
+            // SAFETY: allocated in `new` at `head` with exactly this layout;
+            // a header placed there was moved out before this drop
+            // (`Counted::new_hosted`'s contract).
+            Storage::Hosted { head, layout } => unsafe {
+                std::alloc::dealloc(head.as_ptr(), layout)
+            },
             // SAFETY: created by Box::into_raw in `wrap`, dropped only here.
             Storage::Wrapped(owner) => drop(unsafe { Box::from_raw(owner.as_ptr()) }),
         }
@@ -667,7 +706,7 @@ mod tests {
 
     #[test]
     fn debug_says_where_the_bytes_live() {
-        let heap = SysBlock::zeroed(8, 7).unwrap();
+        let heap = SysBlock::new(8, 7, true, None).unwrap();
         let text = format!("{heap:?}");
         assert!(text.contains("SysBlock") && text.contains("heap"), "{text}");
     }
