@@ -19,7 +19,7 @@
 //!
 //! | GStreamer behaviour | mediamem |
 //! |---|---|
-//! | Out-of-order unmaps leave stale mode bits (`0x3`), after which every share fails | fixed: the mode clears when the map count reaches 0 |
+//! | Out-of-order unmaps leave stale mode bits (`0x3`), after which every share fails | fixed: the mode counts for nothing once the map count reaches 0, and `lock_state()` shows none (unmaps are one subtraction each, so the stored word may keep the bits until the next map; nothing reads them) |
 //! | The 8-bit map count and 16-bit share count overflow silently | fixed: [`Error::TooManyLocks`] |
 //! | `resize` compares `offset + size < mem.size` in unsigned arithmetic, so a negative delta can keep `ZERO_PADDED` set although the padding grew | fixed: `ZERO_PADDED` is cleared whenever the visible end moves left |
 //! | `share` has no bounds check; `share(o, -1)` is `size - o` unchecked | ranges are checked: [`Error::OutOfRange`] |
@@ -234,8 +234,7 @@ impl Drop for Inner {
         match &mut self.origin {
             Origin::Share { root } => {
                 // Balanced with the lock taken in `share_abs`.
-                let released = root.inner.lock.unlock(LockFlags::EXCLUSIVE);
-                debug_assert!(released.is_ok(), "share lock was not held");
+                root.inner.lock.unlock(LockFlags::EXCLUSIVE);
             }
             Origin::Root {
                 allocator,
@@ -650,8 +649,9 @@ impl Memory {
         self.inner.lock.is_writable()
     }
 
-    /// The raw lock word: bits 0–7 access mode, 8–15 map count, 16–31
-    /// share count. For diagnostics and tests.
+    /// The lock word as GStreamer's reads: bits 0–7 access mode, 8–15 map
+    /// count, 16–31 share count; the mode is 0 whenever the map count is.
+    /// For diagnostics and tests.
     pub fn lock_state(&self) -> u32 {
         self.inner.lock.get()
     }
@@ -702,6 +702,11 @@ impl Memory {
                     if readonly && !flags.contains(LockFlags::WRITE) {
                         return Ok(false);
                     }
+                    if flags == LockFlags::READ && borrow == Borrow::Shared {
+                        // `map_readable`: constants here, so this is all
+                        // that is left of the test once inlined.
+                        return self.inner.lock.lock_read_shared().map(|()| true);
+                    }
                     return self
                         .inner
                         .lock
@@ -710,8 +715,7 @@ impl Memory {
                 };
                 self.inner.lock.lock(flags, readonly)?;
                 if let Err(e) = alias.word().borrow(borrow) {
-                    let released = self.inner.lock.unlock(flags);
-                    debug_assert!(released.is_ok());
+                    self.inner.lock.unlock(flags);
                     return Err(e);
                 }
                 Ok(true)
@@ -730,20 +734,19 @@ impl Memory {
     /// Undo [`lock_for_map`](Memory::lock_for_map).
     #[inline(always)]
     fn unlock_map(&self, flags: LockFlags, borrow: Borrow) {
-        let released = match &self.inner.origin {
+        match &self.inner.origin {
             Origin::Root { .. } => match self.root_alias() {
                 None => self.inner.lock.unlock_release(flags, borrow),
                 Some(alias) => {
                     alias.word().release(borrow);
-                    self.inner.lock.unlock(flags)
+                    self.inner.lock.unlock(flags);
                 }
             },
             Origin::Share { root } => {
                 root.borrow_word().release(borrow);
-                self.inner.lock.unlock(flags)
+                self.inner.lock.unlock(flags);
             }
-        };
-        debug_assert!(released.is_ok(), "unbalanced unmap");
+        }
     }
 
     /// The word that holds the byte borrows of this root's block: the
@@ -1159,8 +1162,7 @@ impl Memory {
     }
 
     fn unlock_exclusive(&self) {
-        let released = self.inner.lock.unlock(LockFlags::EXCLUSIVE);
-        debug_assert!(released.is_ok());
+        self.inner.lock.unlock(LockFlags::EXCLUSIVE);
     }
 
     // ----------------------------------------------------------------
@@ -1419,8 +1421,7 @@ impl LockGuard<'_> {
 
 impl Drop for LockGuard<'_> {
     fn drop(&mut self) {
-        let released = self.memory.inner.lock.unlock(self.flags);
-        debug_assert!(released.is_ok());
+        self.memory.inner.lock.unlock(self.flags);
     }
 }
 
