@@ -468,7 +468,13 @@ fn goals(rows: &[Row], md: &mut String) {
     let mut line = |goal: &str, target: f64, got: Option<(f64, f64, f64)>, note: &str| {
         let (text, met) = match got {
             Some((m, lo, hi)) => (
-                format!("{m:.2} [{lo:.2}..{hi:.2}]"),
+                // A median just under the target would print as the target
+                // and read as met: give it a third decimal.
+                if m < target && format!("{m:.2}") == format!("{target:.2}") {
+                    format!("{m:.3} [{lo:.2}..{hi:.2}]")
+                } else {
+                    format!("{m:.2} [{lo:.2}..{hi:.2}]")
+                },
                 if m >= target { "**met**" } else { "not met" },
             ),
             None => ("not measured".to_owned(), "not met"),
