@@ -7,6 +7,8 @@ use std::thread;
 
 use mediamem::{Error, Memory, Result};
 
+mod common;
+
 const THREADS: usize = 8;
 
 fn pattern(i: usize) -> u8 {
@@ -235,5 +237,76 @@ fn shares_cross_threads_and_release_the_root() -> Result<()> {
     assert_eq!(root.lock_state(), 0);
     assert!(root.is_writable());
     assert_eq!(root.ref_count(), 1);
+    Ok(())
+}
+
+#[test]
+fn two_roots_of_one_file_never_hold_the_bytes_for_writing_at_once() -> Result<()> {
+    // The first root of a file keeps its lock word in the file's alias
+    // word, the second its own: whichever root a writer or a reader goes
+    // through, the file's one rule holds (no writer beside any other
+    // guard), and both lock words end where they started.
+    use mediamem::{FdAllocator, FdMemoryFlags};
+    use std::os::fd::{AsFd, BorrowedFd};
+    fn import(fd: BorrowedFd<'_>) -> Result<Memory> {
+        FdAllocator::new().alloc_borrowed(fd, 4096, 0, 4096, FdMemoryFlags::empty())
+    }
+    let file = common::temp_file(&[0u8; 4096]);
+    let first = import(file.as_fd())?;
+    let twin = import(first.fd().unwrap())?;
+    assert!(first
+        .block_alias()
+        .unwrap()
+        .same(twin.block_alias().unwrap()));
+    // Writers add 1_000 while they hold the bytes, readers add 1: a writer
+    // beside anyone shows as a count of 1_001 or more.
+    let holders = Arc::new(AtomicUsize::new(0));
+    let (writes, reads) = (Arc::new(AtomicUsize::new(0)), Arc::new(AtomicUsize::new(0)));
+    let start = Arc::new(Barrier::new(4));
+    let threads: Vec<_> = (0..4)
+        .map(|t| {
+            let mem = if t % 2 == 0 {
+                first.clone()
+            } else {
+                twin.clone()
+            };
+            let (holders, writes, reads, start) = (
+                holders.clone(),
+                writes.clone(),
+                reads.clone(),
+                start.clone(),
+            );
+            thread::spawn(move || {
+                start.wait();
+                for i in 0..20_000usize {
+                    if (i + t) % 3 == 0 {
+                        if let Ok(mut w) = mem.map_writable() {
+                            let before = holders.fetch_add(1_000, Ordering::SeqCst);
+                            assert_eq!(before, 0, "a writer beside other guards");
+                            w.fill(t as u8);
+                            holders.fetch_sub(1_000, Ordering::SeqCst);
+                            writes.fetch_add(1, Ordering::Relaxed);
+                        }
+                    } else if let Ok(r) = mem.map_readable() {
+                        let before = holders.fetch_add(1, Ordering::SeqCst);
+                        assert!(before < 1_000, "a reader beside a writer");
+                        let first = r[0];
+                        assert!(r.iter().all(|&b| b == first), "torn bytes");
+                        holders.fetch_sub(1, Ordering::SeqCst);
+                        reads.fetch_add(1, Ordering::Relaxed);
+                    }
+                }
+            })
+        })
+        .collect();
+    for t in threads {
+        t.join().expect("a mapping thread panicked");
+    }
+    assert!(writes.load(Ordering::Relaxed) > 0 && reads.load(Ordering::Relaxed) > 0);
+    assert_eq!((first.lock_state(), twin.lock_state()), (0, 0));
+    // Both roots are free to write again, one after the other.
+    first.map_writable()?[0] = 1;
+    twin.map_writable()?[1] = 2;
+    assert_eq!(&first.map_readable()?[..2], &[1, 2]);
     Ok(())
 }

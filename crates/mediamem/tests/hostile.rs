@@ -342,6 +342,52 @@ fn two_roots_of_one_file_share_one_borrow_rule() -> Result<()> {
 }
 
 #[test]
+fn each_root_of_one_file_keeps_its_own_lock_word() -> Result<()> {
+    // The first root of a file keeps its GStreamer lock word in the half of
+    // the file's alias word that the borrow rule leaves free; any other
+    // root keeps its own. Maps, shares and locks of one root never show in
+    // another's word, whichever root has the alias's.
+    let file = common::temp_file(&[0u8; PAGE]);
+    fn import(fd: std::os::fd::BorrowedFd<'_>) -> Result<Memory> {
+        FdAllocator::new().alloc_borrowed(fd, PAGE, 0, PAGE, FdMemoryFlags::empty())
+    }
+    let first = import(file.as_fd())?;
+    let twin = import(first.fd().unwrap())?;
+    let (r, t) = (first.map_readable()?, twin.map_readable()?);
+    assert_eq!((first.lock_state(), twin.lock_state()), (0x101, 0x101));
+    let shares = (first.share(..)?, first.share(..)?);
+    assert_eq!((first.lock_state(), twin.lock_state()), (0x20101, 0x101));
+    assert!(!first.is_writable() && twin.is_writable());
+    drop((r, t, shares));
+    assert_eq!((first.lock_state(), twin.lock_state()), (0, 0));
+    for (writer, other) in [(&first, &twin), (&twin, &first)] {
+        let _w = writer.map_writable()?;
+        assert!(matches!(other.map_readable(), Err(Error::Aliased { .. })));
+        assert_eq!((writer.lock_state(), other.lock_state()), (0x102, 0));
+    }
+    // When the first root goes, a new root of the file may take the alias
+    // word over (with whatever mode bits the last unmap left there, which
+    // mean nothing); the twin keeps its own word.
+    drop(first);
+    let third = import(twin.fd().unwrap())?;
+    assert_eq!((third.lock_state(), twin.lock_state()), (0, 0));
+    let r = third.map_readable()?;
+    assert_eq!((third.lock_state(), twin.lock_state()), (0x101, 0));
+    assert!(matches!(twin.map_writable(), Err(Error::Aliased { .. })));
+    drop(r);
+    twin.map_writable()?[0] = 5;
+    let held = (
+        third.lock(mediamem::LockFlags::EXCLUSIVE)?,
+        third.lock(mediamem::LockFlags::EXCLUSIVE)?,
+    );
+    assert!(!third.is_writable() && twin.is_writable());
+    assert_eq!(third.map_readable()?[0], 5);
+    drop(held);
+    assert_eq!((third.lock_state(), twin.lock_state()), (0, 0));
+    Ok(())
+}
+
+#[test]
 fn a_frame_received_in_the_same_process_shares_the_senders_rule() -> Result<()> {
     let (mut tx, mut rx) = pair(ReceivePolicy::default());
     let shm = ShmAllocator::get().alloc(PAGE, None)?;

@@ -18,7 +18,7 @@
 //! | GStreamer | mediamem |
 //! |---|---|
 //! | no slices, so no aliasing rule at all | one rule per file within a process; the raw maps ([`Memory::map_raw`](super::Memory::map_raw)) stay GStreamer's |
-//! | — | the check costs a roots' map one more compare-and-swap (on the alias) |
+//! | — | the first root of a file keeps its lock word in the alias's word (its low half, unused by the rule), so its map takes lock and borrow with one compare-and-swap, as a root without alias; a second root of the same file keeps its own lock word, and its map costs one more compare-and-swap (on the alias) |
 //!
 //! Writes by other processes, or by devices, to a shared file are outside
 //! any process's rules: see the crate's contract in the README.
@@ -26,6 +26,7 @@
 use std::collections::HashMap;
 use std::fmt;
 use std::os::fd::BorrowedFd;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, PoisonError, Weak};
 
 use super::lock::LockWord;
@@ -35,8 +36,12 @@ use crate::error::{Error, Result};
 type FileKey = (u64, u64);
 
 struct AliasInner {
-    /// Only the borrow half of the word is used.
+    /// The borrow half holds the rule; the GStreamer half is the lock
+    /// word of the root that claimed it ([`BlockAlias::claim_word`]), if
+    /// any.
     borrows: LockWord,
+    /// Whether a root holds the GStreamer half as its lock word.
+    claimed: AtomicBool,
     keys: Mutex<Vec<FileKey>>,
 }
 
@@ -64,6 +69,7 @@ impl BlockAlias {
     pub fn new() -> Self {
         BlockAlias(Arc::new(AliasInner {
             borrows: LockWord::default(),
+            claimed: AtomicBool::new(false),
             keys: Mutex::new(Vec::new()),
         }))
     }
@@ -130,6 +136,22 @@ impl BlockAlias {
     #[inline]
     pub(crate) fn word(&self) -> &LockWord {
         &self.0.borrows
+    }
+
+    /// Claim the GStreamer half of [`word`](BlockAlias::word) as a root's
+    /// lock word: true for the first root that asks while no other holds
+    /// it. That root then locks and borrows in one step; it gives the half
+    /// back with [`unclaim_word`](BlockAlias::unclaim_word) when it is
+    /// freed, by which time it holds no lock there (its shares, maps and
+    /// lock guards are gone; mode bits left by its last unmap mean nothing
+    /// to the next owner, see the lock word's docs).
+    pub(crate) fn claim_word(&self) -> bool {
+        !self.0.claimed.swap(true, Ordering::AcqRel)
+    }
+
+    /// Give back what [`claim_word`](BlockAlias::claim_word) granted.
+    pub(crate) fn unclaim_word(&self) {
+        self.0.claimed.store(false, Ordering::Release);
     }
 }
 

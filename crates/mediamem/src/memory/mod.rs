@@ -208,6 +208,10 @@ struct RootExtra {
     /// The byte-borrow rule shared with other roots of the same storage;
     /// `None`: the rule lives in this root's own word.
     alias: Option<BlockAlias>,
+    /// This root claimed the alias word's GStreamer half as its lock word
+    /// ([`BlockAlias::claim_word`]): its own `lock` is unused, and a map
+    /// takes lock and borrow with one compare-and-swap there.
+    owns_alias_word: bool,
     /// Runs when the block's last handle is gone, with what is left.
     on_free: Option<BlockFreeHook>,
 }
@@ -217,10 +221,20 @@ impl RootExtra {
     fn with_alias(alias: Option<BlockAlias>) -> Option<Box<RootExtra>> {
         alias.map(|alias| {
             Box::new(RootExtra {
+                owns_alias_word: alias.claim_word(),
                 alias: Some(alias),
                 on_free: None,
             })
         })
+    }
+
+    /// Give the alias word's GStreamer half back, if this root holds it.
+    fn unclaim(&mut self) {
+        if std::mem::take(&mut self.owns_alias_word) {
+            if let Some(alias) = &self.alias {
+                alias.unclaim_word();
+            }
+        }
     }
 }
 
@@ -234,14 +248,19 @@ impl Drop for Inner {
         match &mut self.origin {
             Origin::Share { root } => {
                 // Balanced with the lock taken in `share_abs`.
-                root.inner.lock.unlock(LockFlags::EXCLUSIVE);
+                root.lock_word().unlock(LockFlags::EXCLUSIVE);
             }
             Origin::Root {
                 allocator,
                 backend,
                 static_base,
                 extra,
-            } => match extra.as_mut().and_then(|e| e.on_free.take()) {
+            } => match extra.as_mut().and_then(|e| {
+                // Nothing holds this root's lock any more: the next root of
+                // the file may have the alias word.
+                e.unclaim();
+                e.on_free.take()
+            }) {
                 Some(hook) => {
                     // SAFETY: `backend` is never used again: this is the
                     // root's drop, and the field is not dropped on its own
@@ -646,14 +665,26 @@ impl Memory {
     /// reference count is not looked at, and READONLY memory can be writable
     /// in this sense (it can be resized but not write-mapped).
     pub fn is_writable(&self) -> bool {
-        self.inner.lock.is_writable()
+        self.lock_word().is_writable()
     }
 
     /// The lock word as GStreamer's reads: bits 0–7 access mode, 8–15 map
     /// count, 16–31 share count; the mode is 0 whenever the map count is.
     /// For diagnostics and tests.
     pub fn lock_state(&self) -> u32 {
-        self.inner.lock.get()
+        self.lock_word().get()
+    }
+
+    /// This memory's GStreamer lock word: its own, or (a root that claimed
+    /// it) the GStreamer half of its alias's word.
+    #[inline(always)]
+    fn lock_word(&self) -> &LockWord {
+        match &self.inner.origin {
+            Origin::Root { extra: Some(e), .. } if e.owns_alias_word => {
+                e.alias.as_ref().map_or(&self.inner.lock, BlockAlias::word)
+            }
+            _ => &self.inner.lock,
+        }
     }
 
     /// The backend of the root, if it is a `T` (downcast to the concrete
@@ -698,7 +729,7 @@ impl Memory {
         let readonly = self.is_readonly();
         match &self.inner.origin {
             Origin::Root { .. } => {
-                let Some(alias) = self.root_alias() else {
+                let Some((alias, owns_word)) = self.root_alias_and_claim() else {
                     if readonly && !flags.contains(LockFlags::WRITE) {
                         return Ok(false);
                     }
@@ -713,6 +744,13 @@ impl Memory {
                         .lock_borrow(flags, readonly, borrow)
                         .map(|()| true);
                 };
+                if owns_word {
+                    // Lock and borrow in the alias's one word.
+                    return alias
+                        .word()
+                        .lock_borrow(flags, readonly, borrow)
+                        .map(|()| true);
+                }
                 self.inner.lock.lock(flags, readonly)?;
                 if let Err(e) = alias.word().borrow(borrow) {
                     self.inner.lock.unlock(flags);
@@ -735,9 +773,10 @@ impl Memory {
     #[inline(always)]
     fn unlock_map(&self, flags: LockFlags, borrow: Borrow) {
         match &self.inner.origin {
-            Origin::Root { .. } => match self.root_alias() {
+            Origin::Root { .. } => match self.root_alias_and_claim() {
                 None => self.inner.lock.unlock_release(flags, borrow),
-                Some(alias) => {
+                Some((alias, true)) => alias.word().unlock_release(flags, borrow),
+                Some((alias, false)) => {
                     alias.word().release(borrow);
                     self.inner.lock.unlock(flags);
                 }
@@ -762,9 +801,16 @@ impl Memory {
     /// The alias of this memory if it is a root with one.
     #[inline(always)]
     fn root_alias(&self) -> Option<&BlockAlias> {
+        self.root_alias_and_claim().map(|(alias, _)| alias)
+    }
+
+    /// The alias of this memory if it is a root with one, and whether the
+    /// root's lock word is the alias word's GStreamer half.
+    #[inline(always)]
+    fn root_alias_and_claim(&self) -> Option<(&BlockAlias, bool)> {
         match &self.inner.origin {
             Origin::Root { extra: None, .. } | Origin::Share { .. } => None,
-            Origin::Root { extra: Some(e), .. } => e.alias.as_ref(),
+            Origin::Root { extra: Some(e), .. } => e.alias.as_ref().map(|a| (a, e.owns_alias_word)),
         }
     }
 
@@ -796,7 +842,7 @@ impl Memory {
     /// # Ok::<(), mediamem::Error>(())
     /// ```
     pub fn lock(&self, flags: LockFlags) -> Result<LockGuard<'_>> {
-        self.inner.lock.lock(flags, self.is_readonly())?;
+        self.lock_word().lock(flags, self.is_readonly())?;
         Ok(LockGuard {
             memory: self,
             flags,
@@ -1143,7 +1189,7 @@ impl Memory {
             // locks, the share's hold on its parent and the two unlocks all
             // land on this one word; take the net hold in one step, with the
             // same checks in the same order.
-            self.inner.lock.share_hold()?;
+            self.lock_word().share_hold()?;
             return Ok(made(root));
         }
         // A share of a share: two exclusive locks on it, as
@@ -1155,7 +1201,7 @@ impl Memory {
             self.unlock_exclusive();
             return Err(e);
         }
-        let result = root.inner.lock.lock(x, false).map(|()| made(root));
+        let result = root.lock_word().lock(x, false).map(|()| made(root));
         self.unlock_exclusive();
         self.unlock_exclusive();
         result
@@ -1421,7 +1467,7 @@ impl LockGuard<'_> {
 
 impl Drop for LockGuard<'_> {
     fn drop(&mut self) {
-        self.memory.inner.lock.unlock(self.flags);
+        self.memory.lock_word().unlock(self.flags);
     }
 }
 
