@@ -1,8 +1,10 @@
-//! Heap use of system memory (issue 15, item 3): a memory of the system
-//! allocator is one heap allocation, header and bytes together, as
-//! GStreamer's sysmem is one `malloc`; every allocation is freed again on
-//! every path (drop, shares, a free hook that keeps the block, one that
-//! drops it, a failed write-once allocation).
+//! Heap use of system memory (issue 15, item 3): a small memory of the
+//! system allocator is one heap allocation, header and bytes together, as
+//! GStreamer's sysmem is one `malloc` (a large one, whose bytes alone are
+//! beyond glibc's per-thread cache sizes, is two: see `HOSTED_MAX` in
+//! `system.rs`); every allocation is freed again on every path (drop,
+//! shares, a free hook that keeps the block, one that drops it, a failed
+//! write-once allocation).
 //!
 //! A global allocator counts the allocations and frees of the current
 //! thread only, so tests running in parallel do not disturb each other.
@@ -63,6 +65,21 @@ fn heap_calls<T>(f: impl FnOnce() -> T) -> (T, usize, usize) {
     (out, a1 - a0, f1 - f0)
 }
 
+/// The heap allocations a system memory of `maxsize` bytes is made of:
+/// one when it is small, two (header, bytes) when it is large. (Between
+/// 512 B and 2 KiB depends on the header's size; no test size falls there.)
+fn expected_allocations(maxsize: usize) -> usize {
+    assert!(
+        !(512..2048).contains(&maxsize),
+        "{maxsize}: pick another size"
+    );
+    if maxsize < 512 {
+        1
+    } else {
+        2
+    }
+}
+
 fn param_sets() -> Vec<AllocationParams> {
     let zero = MemoryFlags::ZERO_PREFIXED | MemoryFlags::ZERO_PADDED;
     vec![
@@ -74,13 +91,14 @@ fn param_sets() -> Vec<AllocationParams> {
 }
 
 #[test]
-fn a_system_memory_is_one_heap_allocation_and_frees_it() -> Result<()> {
+fn a_small_system_memory_is_one_heap_allocation_and_frees_it() -> Result<()> {
     let sys = Allocator::system();
     for params in param_sets() {
         for size in [0, 1, 64, 4096, 100_000, 1 << 20] {
             let (mem, allocs, frees) = heap_calls(|| sys.alloc(size, Some(&params)));
             let mem = mem?;
-            assert_eq!((allocs, frees), (1, 0), "alloc({size}) with {params:?}");
+            let n = expected_allocations(mem.maxsize());
+            assert_eq!((allocs, frees), (n, 0), "alloc({size}) with {params:?}");
             // GStreamer's sizes, alignment and zeroed bytes, in the one
             // allocation.
             let align = params.align | 7;
@@ -100,14 +118,14 @@ fn a_system_memory_is_one_heap_allocation_and_frees_it() -> Result<()> {
             }
             drop(all);
             let ((), allocs, frees) = heap_calls(|| drop(mem));
-            assert_eq!((allocs, frees), (0, 1), "free of alloc({size})");
+            assert_eq!((allocs, frees), (0, n), "free of alloc({size})");
         }
     }
     Ok(())
 }
 
 #[test]
-fn write_once_and_copies_are_one_heap_allocation() -> Result<()> {
+fn small_write_once_memories_and_copies_are_one_heap_allocation() -> Result<()> {
     let sys = Allocator::system();
     for params in param_sets() {
         for size in [0, 64, 4096, 1 << 20] {
@@ -118,7 +136,8 @@ fn write_once_and_copies_are_one_heap_allocation() -> Result<()> {
                 })
             });
             let mem = mem?;
-            assert_eq!(allocs, 1, "alloc_with({size})");
+            let n = expected_allocations(mem.maxsize());
+            assert_eq!(allocs, n, "alloc_with({size})");
             assert!(mem.map_readable()?.iter().all(|&b| b == 0xa5));
             // The prefix and the padding are zeroed, the visible bytes
             // written, in the same block.
@@ -132,10 +151,11 @@ fn write_once_and_copies_are_one_heap_allocation() -> Result<()> {
             drop(all);
             let (copy, allocs, _) = heap_calls(|| mem.copy());
             let copy = copy?;
-            assert_eq!(allocs, 1, "copy of {size}");
+            let c = expected_allocations(copy.maxsize());
+            assert_eq!(allocs, c, "copy of {size}");
             assert_eq!(&*copy.map_readable()?, &*mem.map_readable()?);
             let ((), _, frees) = heap_calls(|| drop((mem, copy)));
-            assert_eq!(frees, 2);
+            assert_eq!(frees, n + c);
         }
     }
     Ok(())
@@ -160,7 +180,7 @@ fn failed_write_once_allocations_free_their_one_allocation() {
 
 #[test]
 fn shares_keep_the_one_allocation_alive_until_the_last_goes() -> Result<()> {
-    let mut mem = Allocator::system().alloc(4096, None)?;
+    let mut mem = Allocator::system().alloc(256, None)?;
     mem.map_mut()?.fill(7);
     let share = mem.share(100..200)?;
     let ((), _, frees) = heap_calls(|| drop(mem));
@@ -178,7 +198,8 @@ fn a_free_hook_keeps_the_bytes_of_the_one_allocation() -> Result<()> {
     // the memory's header); a memory made of it reads the same bytes, and
     // freeing that memory frees the allocation.
     let params = AllocationParams::new(MemoryFlags::empty(), 63, 16, 16);
-    let mut mem = Allocator::system().alloc(4096, Some(&params))?;
+    let mut mem = Allocator::system().alloc(256, Some(&params))?;
+    assert_eq!(expected_allocations(mem.maxsize()), 1);
     mem.map_mut()?.fill(0x3c);
     let freed: Arc<Mutex<Option<FreedBlock>>> = Arc::default();
     let slot = freed.clone();
@@ -187,7 +208,7 @@ fn a_free_hook_keeps_the_bytes_of_the_one_allocation() -> Result<()> {
     let ((), _, frees) = heap_calls(|| drop(mem));
     assert_eq!(frees, 1, "only the box that held the hook: the block stays");
     let block = freed.lock().unwrap().take().expect("the hook ran");
-    let (again, allocs, _) = heap_calls(|| block.into_memory(16, 4096));
+    let (again, allocs, _) = heap_calls(|| block.into_memory(16, 256));
     let again = again?;
     assert_eq!(allocs, 1, "a new header only");
     {
