@@ -50,19 +50,23 @@
 use std::fmt;
 use std::os::fd::{AsFd, AsRawFd, BorrowedFd, OwnedFd};
 use std::path::{Path, PathBuf};
+use std::ptr::NonNull;
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError, Weak};
 use std::time::{Duration, Instant};
 
 use rustix::event::{PollFd, PollFlags, Timespec};
 use rustix::fs::{Mode, OFlags};
 use rustix::io::Errno;
+use rustix::mm::ProtFlags;
 
+use crate::allocator::{Allocator, AllocatorFlags, AllocatorImpl};
 use crate::dmabuf::{dmabuf_memory_get_fd, is_dmabuf_memory, DmaBufAllocator};
 use crate::drm::{fourcc, fourcc_name, plane_extents};
 use crate::error::{Error, Result, V4l2Problem};
 use crate::fd::FdMemoryFlags;
 use crate::layout::{FrameLayout, PlaneLayout, MODIFIER_LINEAR};
-use crate::memory::{FreedBlock, Memory};
+use crate::mapping::{FileMapping, MapOptions, Upgrade};
+use crate::memory::{FreedBlock, MapFlags, Memory, MemoryBackend, MemoryParts};
 use crate::pool::MemoryPool;
 use crate::sys;
 
@@ -612,6 +616,22 @@ impl Device {
     /// the driver cannot export them; [`V4l2Problem::UnsupportedFormat`]
     /// when the current format has no layout; [`Error::Os`] otherwise.
     pub fn stream_export(&self, count: u32) -> Result<Stream> {
+        self.stream_mmap_buffers(count, true)
+    }
+
+    /// Stream with `count` driver buffers (MMAP), each plane mapped
+    /// through the device fd as [`V4L2_MMAP_MEMORY_TYPE`] memory, as
+    /// classic V4L2 applications (and GStreamer's `io-mode=mmap`) do: no
+    /// dma-buf, so nothing another process or device can import. The
+    /// stream starts off; call [`Stream::start`].
+    ///
+    /// # Errors
+    /// As [`Device::stream_export`].
+    pub fn stream_mmap(&self, count: u32) -> Result<Stream> {
+        self.stream_mmap_buffers(count, false)
+    }
+
+    fn stream_mmap_buffers(&self, count: u32, export: bool) -> Result<Stream> {
         let format = self.format()?;
         let layout = format.layout().map_err(|e| self.rename(e))?;
         let count = count.clamp(1, MAX_BUFFERS);
@@ -629,19 +649,12 @@ impl Device {
                 let info = sys::v4l2_querybuf(self.fd(), &mut args)
                     .map_err(|e| Error::os("VIDIOC_QUERYBUF", e))?;
                 let mut planes = Vec::with_capacity(info.planes.len());
-                for (plane, &(_, length, _)) in info.planes.iter().enumerate() {
-                    let fd = sys::v4l2_expbuf(self.fd(), self.buf_type, index, plane as u32)
-                        .map_err(|e| {
-                            self.err(V4l2Problem::NotSupported {
-                                what: "EXPBUF",
-                                reason: format!("VIDIOC_EXPBUF of buffer {index}: {e}"),
-                            })
-                        })?;
-                    let mut mem = DmaBufAllocator::new().alloc_with_flags(
-                        fd,
-                        length as usize,
-                        FdMemoryFlags::KEEP_MAPPED,
-                    )?;
+                for (plane, &(_, length, _, offset)) in info.planes.iter().enumerate() {
+                    let mut mem = if export {
+                        self.export_plane(index, plane as u32, length)?
+                    } else {
+                        mmap_memory(&self.fd, offset, length as usize)?
+                    };
                     mem.set_on_block_free(hook(&shared, index as usize, plane))?;
                     planes.push(Some(mem));
                 }
@@ -656,6 +669,17 @@ impl Device {
                 Err(e)
             }
         }
+    }
+
+    /// Plane `plane` of MMAP buffer `index` as dma-buf memory.
+    fn export_plane(&self, index: u32, plane: u32, length: u32) -> Result<Memory> {
+        let fd = sys::v4l2_expbuf(self.fd(), self.buf_type, index, plane).map_err(|e| {
+            self.err(V4l2Problem::NotSupported {
+                what: "EXPBUF",
+                reason: format!("VIDIOC_EXPBUF of buffer {index}: {e}"),
+            })
+        })?;
+        DmaBufAllocator::new().alloc_with_flags(fd, length as usize, FdMemoryFlags::KEEP_MAPPED)
     }
 
     /// Stream into `buffers`: for each buffer, one dma-buf memory per
@@ -1283,4 +1307,110 @@ impl Device {
         self.free_buffers(sys::V4L2_MEMORY_MMAP);
         r
     }
+}
+
+/// Memory type of V4L2 MMAP buffers mapped through the device fd
+/// ([`Device::stream_mmap`]).
+pub const V4L2_MMAP_MEMORY_TYPE: &str = "V4l2MmapMemory";
+
+/// The allocator of [`V4L2_MMAP_MEMORY_TYPE`] memory (it only wraps
+/// buffers a stream made; `alloc` is not offered).
+#[derive(Debug, Default)]
+struct MmapAllocatorImpl;
+
+impl AllocatorImpl for MmapAllocatorImpl {
+    fn mem_type(&self) -> &str {
+        V4L2_MMAP_MEMORY_TYPE
+    }
+    fn flags(&self) -> AllocatorFlags {
+        AllocatorFlags::CUSTOM_ALLOC
+    }
+}
+
+/// A plane of an MMAP buffer, mapped through the device fd at its offset.
+struct MmapBackend {
+    fd: Arc<OwnedFd>,
+    offset: u64,
+    mapping: FileMapping,
+}
+
+impl fmt::Debug for MmapBackend {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("MmapBackend")
+            .field("offset", &self.offset)
+            .field("len", &self.mapping.options().len)
+            .finish()
+    }
+}
+
+// SAFETY: `map` returns the live MAP_SHARED mapping of the whole plane
+// (`len` bytes the driver allocated), made read-write when the memory was
+// made and kept until drop. The mapping holds the driver's buffer, so it
+// stays valid after STREAMOFF and REQBUFS 0.
+unsafe impl MemoryBackend for MmapBackend {
+    fn map(&self, _maxsize: usize, flags: MapFlags) -> Result<NonNull<u8>> {
+        let prot = if flags.contains(MapFlags::WRITE) {
+            ProtFlags::READ | ProtFlags::WRITE
+        } else {
+            ProtFlags::READ
+        };
+        self.mapping
+            .map(self.fd.as_fd(), self.offset, prot)
+            .map_err(|f| Error::MapFailed {
+                mem_type: V4L2_MMAP_MEMORY_TYPE.into(),
+                reason: format!("{f} (offset {:#x})", self.offset),
+                errno: f.errno(),
+            })
+    }
+
+    fn unmap(&self, _flags: MapFlags) {
+        if let Err(e) = self.mapping.unmap() {
+            log::warn!("munmap of a V4L2 MMAP buffer failed: {e}");
+        }
+    }
+}
+
+impl Drop for MmapBackend {
+    fn drop(&mut self) {
+        self.mapping.unmap_all();
+    }
+}
+
+/// `len` bytes of the device's MMAP buffer at `offset`, as memory.
+fn mmap_memory(fd: &Arc<OwnedFd>, offset: u32, len: usize) -> Result<Memory> {
+    static ALLOCATOR: std::sync::OnceLock<Allocator> = std::sync::OnceLock::new();
+    let allocator = ALLOCATOR.get_or_init(|| Allocator::new(MmapAllocatorImpl));
+    let backend = MmapBackend {
+        fd: fd.clone(),
+        offset: u64::from(offset),
+        mapping: FileMapping::new(MapOptions {
+            len,
+            private: false,
+            keep: true,
+            upgrade: Upgrade::Add,
+            huge_page: None,
+            guard_sigbus: false,
+        })
+        .map_err(|e| Error::os("V4L2 MMAP buffer size", e))?,
+    };
+    // Mapped now and kept: once the queue is freed (REQBUFS 0, the stream
+    // dropped) the offset maps nothing any more, but a live mapping keeps
+    // the driver's buffer, so a frame held past its stream stays readable.
+    backend
+        .mapping
+        .map(
+            fd.as_fd(),
+            u64::from(offset),
+            ProtFlags::READ | ProtFlags::WRITE,
+        )
+        .map(|_| {
+            // Kept: only the count goes back, the mapping stays.
+            let _ = backend.mapping.unmap();
+        })
+        .map_err(|f| Error::MapFailed {
+            mem_type: V4L2_MMAP_MEMORY_TYPE.into(),
+            reason: format!("{f} (offset {offset:#x})"),
+            errno: f.errno(),
+        })?;
+    Memory::from_parts(allocator, MemoryParts::new(Box::new(backend), len))
 }

@@ -485,8 +485,10 @@ pub(crate) struct BufInfo {
     pub(crate) sequence: u32,
     /// `(seconds, microseconds)`.
     pub(crate) timestamp: (i64, i64),
-    /// `(bytesused, length, data_offset)` of each plane.
-    pub(crate) planes: Vec<(u32, u32, u32)>,
+    /// `(bytesused, length, data_offset, mem_offset)` of each plane
+    /// (`mem_offset`: where to `mmap` an MMAP buffer's plane on the
+    /// device fd).
+    pub(crate) planes: Vec<(u32, u32, u32, u32)>,
 }
 
 impl BufferArgs {
@@ -565,10 +567,17 @@ impl BufferArgs {
             let n = (self.buf.length as usize).min(VIDEO_MAX_PLANES);
             self.planes[..n]
                 .iter()
-                .map(|p| (p.bytesused, p.length, p.data_offset))
+                .map(|p| {
+                    // SAFETY: a union of integers (and for the buffer, a
+                    // pointer): every bit pattern is a valid u32.
+                    let mem_offset = unsafe { p.m.mem_offset };
+                    (p.bytesused, p.length, p.data_offset, mem_offset)
+                })
                 .collect()
         } else {
-            vec![(self.buf.bytesused, self.buf.length, 0)]
+            // SAFETY: as above.
+            let offset = unsafe { self.buf.m.offset };
+            vec![(self.buf.bytesused, self.buf.length, 0, offset)]
         };
         BufInfo {
             index: self.buf.index,
