@@ -17,6 +17,8 @@
 //!   [`MemoryPool`]. Every memory is checked against the format before the
 //!   first `VIDIOC_REQBUFS`: one too small for its plane, not dma-buf, a
 //!   view with an offset, or with other handles alive is refused.
+//! * [`Device::stream_mmap`]: MMAP buffers mapped through the device fd,
+//!   as classic V4L2 applications do (no dma-buf; the tests' reference).
 //! * [`Stream::next_frame`] waits (`poll`, bounded by its timeout) and
 //!   dequeues a [`Frame`]: the buffer's memories, its [`FrameLayout`]
 //!   (DRM fourcc, planes, strides), sequence number and timestamp.
@@ -35,14 +37,14 @@
 //!
 //! ## Where mediamem differs from GStreamer's v4l2 plugin
 //!
-//! | GStreamer's `v4l2src` (gstv4l2allocator, gstv4l2bufferpool) | mediamem | because |
+//! | GStreamer's v4l2 plugin (`v4l2src`, gstv4l2allocator, gstv4l2bufferpool) does | mediamem does | because |
 //! |---|---|---|
-//! | exports with `EXPBUF` only when downstream asks for dma-buf (`io-mode=dmabuf`); otherwise maps the MMAP buffers | always exports: every buffer is dma-buf memory | one kind of memory, which the frame transport and `is_dmabuf_memory` users handle zero-copy |
-//! | a buffer is queued back when the `GstBuffer` returns to the pool; a memory shared out of it keeps nothing alive | queued back when the last handle of each plane's block is gone, shares and clones included | the driver can never overwrite bytes a user can still read |
-//! | after `STREAMOFF` a buffer still out is orphaned with the pool ("buffer pool is being freed") | a held frame stays valid, and is kept idle (or freed) when it comes back | the dma-buf owns the pages; nothing to orphan |
-//! | `io-mode=dmabuf-import` checks sizes late, when the driver fails `QBUF` | every imported memory is checked against the format before `REQBUFS` | a typed error naming the buffer and plane, not `EINVAL` from the driver |
-//! | `DQBUF` blocks in `poll` without end (or until the pipeline is flushed) | [`Stream::next_frame`] takes a timeout, and fails at once when every buffer is held | never a hang |
-//! | pixel formats through `GstVideoInfo` | [`FrameLayout`] with DRM fourccs; formats mediamem has no layout for are refused | the layout is what the IPC receiver checks |
+//! | exports with `EXPBUF` only in `io-mode=dmabuf`; by default maps the MMAP buffers through the device | exports every buffer ([`Device::stream_export`]); device mappings only on request ([`Device::stream_mmap`]) | one kind of memory, which the frame transport and `is_dmabuf_memory` users take zero-copy |
+//! | queues a buffer back when its `GstBuffer` returns to the pool; a memory shared out of it does not hold the buffer | queues it back when the last handle of each plane's block is gone, clones and shares included | the driver never overwrites bytes a user can still read |
+//! | a buffer out at `STREAMOFF` returns to a flushing pool, queued again at the next `STREAMON` | the same; and a frame outliving its [`Stream`] or [`Device`] stays valid (its dma-buf or mapping keeps the driver's pages) and is freed when dropped | frames go to other threads and processes with no lifetime tie to the camera |
+//! | `io-mode=dmabuf-import` takes downstream's buffers one at a time as frames are queued | takes the buffers up front and checks each against the format (dma-buf, offset 0, sole handle, at least the plane's `sizeimage`) before `REQBUFS` | a typed error naming the buffer and plane, and nothing half set up |
+//! | waits in `poll` until a frame or a flush | [`Stream::next_frame`] takes a timeout, and fails at once when every buffer is held | never a hang |
+//! | describes formats with `GstVideoInfo` | [`FrameLayout`] with DRM fourccs; a format mediamem has no layout for is refused at [`Device::set_format`] | the layout is what the IPC receiver checks |
 //!
 //! [`set_on_block_free`]: Memory::set_on_block_free
 //! [`DmaBufAllocator`]: crate::DmaBufAllocator
@@ -65,7 +67,7 @@ use crate::drm::{fourcc, fourcc_name, plane_extents};
 use crate::error::{Error, Result, V4l2Problem};
 use crate::fd::FdMemoryFlags;
 use crate::layout::{FrameLayout, PlaneLayout, MODIFIER_LINEAR};
-use crate::mapping::{FileMapping, MapOptions, Upgrade};
+use crate::mapping::{FileMapping, MapFailure, MapOptions, Upgrade};
 use crate::memory::{FreedBlock, MapFlags, Memory, MemoryBackend, MemoryParts};
 use crate::pool::MemoryPool;
 use crate::sys;
@@ -932,18 +934,21 @@ impl Shared {
             m.set_on_block_free(hook(self, index, plane))?;
             Ok(m)
         });
-        match back {
-            Ok(m) => slot.planes[plane] = Some(m),
+        let stale = match back {
+            Ok(m) => slot.planes[plane].replace(m),
             Err(e) => {
                 log::warn!("{}: buffer {index} plane {plane} is lost: {e}", self.device);
                 return;
             }
-        }
+        };
         if streaming && slot.home() && !slot.queued {
             if let Err(e) = self.queue(index, slot) {
                 log::warn!("{}: re-queueing buffer {index}: {e}", self.device);
             }
         }
+        // Never dropped under the lock (its hook would take it).
+        drop(st);
+        drop(stale);
     }
 }
 
@@ -1119,15 +1124,16 @@ impl Stream {
             let Some(slot) = st.slots.get_mut(info.index as usize) else {
                 return Err(Error::os("VIDIOC_DQBUF (unknown index)", Errno::INVAL));
             };
-            slot.queued = false;
-            let mut out = Vec::with_capacity(slot.planes.len());
-            for p in &mut slot.planes {
-                match p.take() {
-                    Some(m) => out.push(m),
-                    None => return Err(Error::os("VIDIOC_DQBUF (buffer not home)", Errno::INVAL)),
-                }
+            if !slot.home() {
+                return Err(Error::os("VIDIOC_DQBUF (buffer not home)", Errno::INVAL));
             }
-            out
+            slot.queued = false;
+            // Taken out whole: no memory of the stream may be dropped while
+            // the state is locked (its hook takes the lock).
+            slot.planes
+                .iter_mut()
+                .filter_map(Option::take)
+                .collect::<Vec<_>>()
         };
         let (sec, usec) = info.timestamp;
         let timestamp = if sec < 0 || usec < 0 {
@@ -1356,11 +1362,7 @@ unsafe impl MemoryBackend for MmapBackend {
         };
         self.mapping
             .map(self.fd.as_fd(), self.offset, prot)
-            .map_err(|f| Error::MapFailed {
-                mem_type: V4L2_MMAP_MEMORY_TYPE.into(),
-                reason: format!("{f} (offset {:#x})", self.offset),
-                errno: f.errno(),
-            })
+            .map_err(|f| mmap_failed(&f, self.offset))
     }
 
     fn unmap(&self, _flags: MapFlags) {
@@ -1373,6 +1375,14 @@ unsafe impl MemoryBackend for MmapBackend {
 impl Drop for MmapBackend {
     fn drop(&mut self) {
         self.mapping.unmap_all();
+    }
+}
+
+fn mmap_failed(f: &MapFailure, offset: u64) -> Error {
+    Error::MapFailed {
+        mem_type: V4L2_MMAP_MEMORY_TYPE.into(),
+        reason: format!("{f} (offset {offset:#x})"),
+        errno: f.errno(),
     }
 }
 
@@ -1407,10 +1417,6 @@ fn mmap_memory(fd: &Arc<OwnedFd>, offset: u32, len: usize) -> Result<Memory> {
             // Kept: only the count goes back, the mapping stays.
             let _ = backend.mapping.unmap();
         })
-        .map_err(|f| Error::MapFailed {
-            mem_type: V4L2_MMAP_MEMORY_TYPE.into(),
-            reason: format!("{f} (offset {offset:#x})"),
-            errno: f.errno(),
-        })?;
+        .map_err(|f| mmap_failed(&f, u64::from(offset)))?;
     Memory::from_parts(allocator, MemoryParts::new(Box::new(backend), len))
 }
