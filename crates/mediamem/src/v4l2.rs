@@ -1420,3 +1420,122 @@ fn mmap_memory(fd: &Arc<OwnedFd>, offset: u32, len: usize) -> Result<Memory> {
         .map_err(|f| mmap_failed(&f, u64::from(offset)))?;
     Memory::from_parts(allocator, MemoryParts::new(Box::new(backend), len))
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn format(code: &[u8; 4], w: u32, h: u32, planes: &[(u32, u32)]) -> Format {
+        Format {
+            fourcc: v4l2_fourcc(*code),
+            width: w,
+            height: h,
+            field: 1,
+            planes: planes
+                .iter()
+                .map(|&(bytes_per_line, size_image)| PlaneFormat {
+                    bytes_per_line,
+                    size_image,
+                })
+                .collect(),
+            multiplanar: false,
+        }
+    }
+
+    #[test]
+    fn layouts_follow_the_drivers_strides() {
+        // NV12 with rows padded to 704 bytes: chroma follows the padded luma.
+        let l = format(b"NV12", 640, 480, &[(704, 704 * 720)])
+            .layout()
+            .unwrap();
+        assert_eq!(l.fourcc, fourcc(*b"NV12"));
+        assert_eq!(l.planes()[0].stride, 704);
+        assert_eq!(l.planes()[1].offset, 704 * 480);
+        assert_eq!(l.planes()[1].stride, 704);
+        // Three planes: chroma strides are half the luma's.
+        let l = format(b"YU12", 640, 480, &[(640, 640 * 720)])
+            .layout()
+            .unwrap();
+        assert_eq!(l.planes()[1].stride, 320);
+        assert_eq!(l.planes()[2].offset, 640 * 480 + 320 * 240);
+        // Two memories: one plane each, from offset 0.
+        let l = format(b"NM12", 64, 32, &[(64, 64 * 32), (64, 64 * 16)])
+            .layout()
+            .unwrap();
+        assert_eq!(l.fourcc, fourcc(*b"NV12"));
+        assert_eq!((l.planes()[1].memory, l.planes()[1].offset), (1, 0));
+        let l = format(b"YUYV", 320, 180, &[(640, 640 * 180)])
+            .layout()
+            .unwrap();
+        assert_eq!(l.planes().len(), 1);
+        assert_eq!(l.fourcc, fourcc(*b"YUYV"));
+    }
+
+    #[test]
+    fn layouts_refuse_what_does_not_fit() {
+        let refused = |f: Format| {
+            matches!(
+                f.layout(),
+                Err(Error::V4l2 {
+                    problem: V4l2Problem::UnsupportedFormat { .. },
+                    ..
+                })
+            )
+        };
+        // A format without a layout, the driver's size one byte short, a
+        // memory count that is not the format's, no planes at all.
+        assert!(refused(format(b"MJPG", 64, 64, &[(0, 4096)])));
+        assert!(refused(format(b"NV12", 64, 64, &[(64, 64 * 96 - 1)])));
+        assert!(refused(format(b"NM12", 64, 64, &[(64, 64 * 96)])));
+        assert!(refused(format(b"NV12", 64, 64, &[(64, 4096), (64, 4096)])));
+        assert!(refused(format(b"NV12", 64, 64, &[])));
+        // A stride shorter than a row.
+        assert!(refused(format(b"YUYV", 64, 64, &[(64, 64 * 64)])));
+    }
+
+    #[test]
+    fn v4l2_and_drm_fourccs() {
+        assert_eq!(
+            drm_format(v4l2_fourcc(*b"NM12")),
+            Some((fourcc(*b"NV12"), true))
+        );
+        assert_eq!(
+            drm_format(v4l2_fourcc(*b"GREY")),
+            Some((fourcc(*b"R8  "), false))
+        );
+        assert_eq!(drm_format(v4l2_fourcc(*b"MJPG")), None);
+        for (v, d, _) in FORMATS {
+            assert!(
+                plane_extents(fourcc(*d), 2, 2).is_ok(),
+                "{} maps to {}, which has no extents",
+                fourcc_name(fourcc(*v)),
+                fourcc_name(fourcc(*d))
+            );
+        }
+    }
+
+    #[test]
+    fn capabilities_pick_the_api() {
+        let caps = |device_caps: u32| Capability {
+            driver: String::new(),
+            card: String::new(),
+            bus_info: String::new(),
+            version: 0,
+            capabilities: device_caps | sys::V4L2_CAP_DEVICE_CAPS,
+            device_caps,
+        };
+        let single = caps(sys::V4L2_CAP_VIDEO_CAPTURE | sys::V4L2_CAP_STREAMING);
+        assert!(single.is_capture() && !single.is_multiplanar() && single.has_streaming());
+        let multi = caps(sys::V4L2_CAP_VIDEO_CAPTURE_MPLANE);
+        assert!(multi.is_capture() && multi.is_multiplanar() && !multi.has_streaming());
+        let out = caps(sys::V4L2_CAP_VIDEO_OUTPUT | sys::V4L2_CAP_STREAMING);
+        assert!(!out.is_capture() && out.is_output());
+        // A driver without per-node caps: the device's are used.
+        let raw = sys::V4l2Capability {
+            capabilities: sys::V4L2_CAP_VIDEO_CAPTURE,
+            device_caps: 0,
+            ..Default::default()
+        };
+        assert!(Capability::from_raw(&raw).is_capture());
+    }
+}
