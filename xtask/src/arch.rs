@@ -37,6 +37,8 @@ const LAYERS: &[(&str, u32)] = &[
     // Uses ipc's receive policy and fd admission.
     ("unixfd", 7),
     ("gst_bridge", 7),
+    // Uses dma-buf memory, layouts and pools.
+    ("v4l2", 7),
 ];
 
 /// Names re-exported at the crate root that are modules of the core.

@@ -9,8 +9,9 @@
 //!      system's apt configuration is not touched), unpacked and `depmod`ed.
 //! 2. Build the test binaries and list, on the host, the tests each must run.
 //! 3. Boot the kernel with virtme-ng (`-device bochs-display`), which shares
-//!    the host's root filesystem read-only; as root, load `bochs` and `vgem`,
-//!    run each test binary with `--include-ignored` and `mediamem probe`,
+//!    the host's root filesystem read-only; as root, load `bochs`, `vgem`
+//!    and `vivid`, run each test binary with `--include-ignored` and
+//!    `mediamem probe`,
 //!    writing logs and exit codes to a results folder shared read-write.
 //! 4. Read the results back: every test that had to run must have run and
 //!    passed; print the counts and the guest's probe table.
@@ -32,7 +33,7 @@ use crate::host::{have, run};
 /// guest. `devices` holds the tests that need the guest's devices; the
 /// others run there too, on a second kernel.
 const GUEST_TESTS: &[&str] = &[
-    "devices", "dmabuf", "fd", "phys", "provider", "shm", "unixfd",
+    "devices", "dmabuf", "fd", "phys", "provider", "shm", "unixfd", "v4l2",
 ];
 /// Binaries of which the guest runs only the `#[ignore]`d tests (the rest
 /// run on the host), with GStreamer's root filesystem named in
@@ -44,6 +45,17 @@ const DEMO_SOURCES: &[&str] = &["udmabuf", "heap", "drm", "auto"];
 /// Runs of one demo (registered buffers, an fd each frame, copy), each
 /// ending with "every checksum verified".
 const DEMO_RUNS: usize = 3;
+
+/// vivid, the virtual V4L2 driver, for the `v4l2` tests and the camera
+/// demo: two instances, a single-planar and a multi-planar capture device
+/// (each with its output node and others); vmalloc buffers (the default
+/// `allocators=0`), which export with EXPBUF and import dma-bufs.
+const VIVID_OPTIONS: &str = "n_devs=2 multiplanar=1,2";
+
+/// The camera the demo streams from in the guest: vivid's first instance
+/// registers its (single-planar) capture node first, and no other driver
+/// of the guest makes video nodes.
+const CAMERA: &str = "v4l2:/dev/video0";
 
 /// virtme-ng version the recipe was measured with.
 const VIRTME_NG: &str = "virtme-ng==1.42";
@@ -447,7 +459,7 @@ pub fn vm_test() -> Res<()> {
     let r = shell_quote(&results);
     let mut script =
         String::from("#!/bin/sh\n# Written by cargo xtask vm-test; runs as root in the guest.\n");
-    script.push_str(&format!("{{ uname -r; modprobe bochs && modprobe vgem && echo modules loaded; }} > {r}/setup.log 2>&1\n"));
+    script.push_str(&format!("{{ uname -r; modprobe bochs && modprobe vgem && modprobe vivid {VIVID_OPTIONS} && echo modules loaded; }} > {r}/setup.log 2>&1\n"));
     script.push_str(&format!("cd {}\n", shell_quote(&root)));
     for (name, bin) in &bins {
         let env = if GUEST_IGNORED_ONLY.contains(&name.as_str()) {
@@ -478,6 +490,13 @@ pub fn vm_test() -> Res<()> {
         script.push_str(&format!(
             "{} demo --allocator {source} --frames 60 --width 640 --height 480 --quiet \
              > {r}/demo-{source}.log 2>&1; echo $? > {r}/demo-{source}.rc\n",
+            shell_quote(&cli)
+        ));
+    }
+    if !partial {
+        script.push_str(&format!(
+            "{} demo --source {CAMERA} --frames 60 --width 640 --height 480 --quiet \
+             > {r}/demo-v4l2.log 2>&1; echo $? > {r}/demo-v4l2.rc\n",
             shell_quote(&cli)
         ));
     }
@@ -551,7 +570,9 @@ pub fn vm_test() -> Res<()> {
         setup.lines().next().unwrap_or("?")
     );
     if !setup.contains("modules loaded") {
-        return Err(format!("loading bochs/vgem failed in the guest: {setup}"));
+        return Err(format!(
+            "loading bochs/vgem/vivid failed in the guest: {setup}"
+        ));
     }
     println!("vm-test: mediamem probe in the guest:");
     let probe = fs::read_to_string(results.join("probe.log")).unwrap_or_default();
@@ -618,6 +639,21 @@ pub fn vm_test() -> Res<()> {
             ));
         }
     }
+    if !partial {
+        let log = fs::read_to_string(results.join("demo-v4l2.log")).unwrap_or_default();
+        let rc = fs::read_to_string(results.join("demo-v4l2.rc")).unwrap_or_default();
+        let verified = log.contains("every checksum verified");
+        let back = log.contains("every buffer back in the driver: true");
+        println!(
+            "vm-test: camera demo ({CAMERA}, vivid): exit {}, every frame verified: {verified}, buffers back: {back}",
+            rc.trim()
+        );
+        if rc.trim() != "0" || !verified || !back {
+            problems.push(format!(
+                "mediamem demo --source {CAMERA} failed in the guest:\n{log}"
+            ));
+        }
+    }
     let probe_rc = fs::read_to_string(results.join("probe.rc")).unwrap_or_default();
     if probe_rc.trim() != "0" {
         problems.push(format!(
@@ -627,6 +663,11 @@ pub fn vm_test() -> Res<()> {
     }
     for problem in probe_problems(&probe) {
         problems.push(problem);
+    }
+    if !(probe.contains(" vivid ") && probe.contains("EXPBUF export: yes; DMABUF import: yes")) {
+        problems.push(
+            "the guest's probe does not show a vivid capture device with EXPBUF export and DMABUF import".into(),
+        );
     }
     if python_line.is_some() {
         match crate::python::guest_outcome(&results) {

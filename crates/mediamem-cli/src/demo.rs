@@ -15,6 +15,11 @@
 //! `checksum` it includes that queueing), CPU time per frame of each
 //! process (`getrusage`), and frame bytes copied per frame. Time runs from
 //! the first frame to the consumer's exit.
+//!
+//! `--source v4l2:/dev/videoN` streams a camera's frames instead: its
+//! buffers exported as dma-bufs (`mediamem::v4l2`), sent zero-copy with
+//! the frame's layout and timestamp, the checksum of each frame's bytes in
+//! the metadata, recomputed by the consumer through its own mapping.
 
 use std::io::{IsTerminal, Read, Write};
 use std::os::fd::{AsRawFd, FromRawFd};
@@ -27,7 +32,8 @@ use mediamem::heap::DmaHeapAllocator;
 use mediamem::ipc::{FrameInfo, ReceivePolicy, Receiver, Sender, Timestamps};
 use mediamem::layout::FrameLayout;
 use mediamem::pool::MemoryPool;
-use mediamem::{drm_dumb_memory_export_dmabuf, Error, ShmAllocator, UdmabufAllocator};
+use mediamem::v4l2::{v4l2_fourcc, Device, Frame, Stream};
+use mediamem::{drm_dumb_memory_export_dmabuf, Error, ShmAllocator, UdmabufAllocator, V4l2Problem};
 
 /// Where the frames come from.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
@@ -75,6 +81,12 @@ pub struct DemoArgs {
     /// page, or the whole checksum (every frame verified).
     #[arg(long, value_enum, default_value_t = Touch::Checksum)]
     pub touch: Touch,
+    /// Stream camera frames instead: `v4l2:/dev/videoN` (a V4L2 capture
+    /// device, its buffers exported as dma-bufs and sent zero-copy; NV12,
+    /// else YUYV, at --width x --height or the nearest size the device
+    /// offers). --allocator is then unused.
+    #[arg(long)]
+    pub source: Option<String>,
 }
 
 /// What the consumer does with each frame's bytes.
@@ -550,9 +562,132 @@ fn report_run(out: &mut dyn Write, label: &str, r: &RunResult, size: usize) -> s
     )
 }
 
+/// The V4L2 device a `--source` names.
+fn camera_path(source: &str) -> Result<&str, String> {
+    match source.strip_prefix("v4l2:") {
+        Some(path) if !path.is_empty() => Ok(path),
+        _ => Err(format!("--source {source:?}: expected v4l2:/dev/videoN")),
+    }
+}
+
+/// The camera's next frame: a buffer back from the consumer first when
+/// every one is out.
+fn next_camera_frame(stream: &mut Stream, tx: &mut Sender) -> mediamem::Result<Frame> {
+    loop {
+        match stream.next_frame(Duration::from_secs(5)) {
+            Err(Error::V4l2 {
+                problem: V4l2Problem::AllBuffersHeld { .. },
+                ..
+            }) => {
+                if tx.wait_release()?.is_none() {
+                    return Err(Error::Protocol("the consumer went away".into()));
+                }
+            }
+            other => return other,
+        }
+    }
+}
+
+/// Camera frames to the consumer, zero-copy: each V4L2 buffer is a
+/// dma-buf memory (EXPBUF), registered with the consumer on first send;
+/// the metadata carries the checksum of the frame's bytes, which the
+/// consumer recomputes through its own mapping. A buffer goes back to the
+/// driver when the consumer has released the frame.
+fn run_camera(args: &DemoArgs, path: &str, out: &mut dyn Write) -> Result<(), String> {
+    let dev = Device::open(path).map_err(|e| e.to_string())?;
+    let format = [*b"NV12", *b"YUYV"]
+        .iter()
+        .find_map(|c| {
+            dev.set_format(v4l2_fourcc(*c), args.width, args.height)
+                .ok()
+                .filter(|f| f.planes.len() == 1)
+        })
+        .ok_or_else(|| format!("{path} captures neither NV12 nor YUYV in one memory"))?;
+    let buffers = args.pool.clamp(2, mediamem::v4l2::MAX_BUFFERS as usize) as u32;
+    let mut stream = dev.stream_export(buffers).map_err(|e| e.to_string())?;
+    writeln!(
+        out,
+        "mediamem demo: {} frames from {path} ({}, {}), {} {}x{} ({:.1} MB each), {} V4L2 buffers exported as dma-bufs, consumer: --touch {}",
+        args.frames,
+        dev.capability().card,
+        dev.capability().driver,
+        mediamem::drm::fourcc_name(format.fourcc),
+        format.width,
+        format.height,
+        f64::from(format.planes[0].size_image) / 1e6,
+        stream.buffer_count(),
+        args.touch.name()
+    )
+    .and_then(|()| out.flush())
+    .map_err(output_error)?;
+    let (ours, theirs) = UnixStream::pair().map_err(|e| e.to_string())?;
+    let child = spawn_consumer("zero-copy", args.touch, &theirs).map_err(|e| e.to_string())?;
+    drop(theirs);
+    let cpu_before = cpu_ns();
+    let started = Instant::now();
+    let mut sequences = (None, 0u32);
+    let produced = (|| -> mediamem::Result<()> {
+        let mut tx = Sender::new(ours);
+        let mut progress = Progress::new(args, "camera");
+        stream.start()?;
+        for n in 0..args.frames {
+            let frame = next_camera_frame(&mut stream, &mut tx)?;
+            sequences = (sequences.0.or(Some(frame.sequence())), frame.sequence());
+            let sum = if args.touch == Touch::Checksum {
+                checksum(&frame.memories()[0].map_readable()?)
+            } else {
+                0
+            };
+            let mut meta = [0u8; 24];
+            meta[..8].copy_from_slice(&n.to_le_bytes());
+            meta[8..16].copy_from_slice(&sum.to_le_bytes());
+            meta[16..].copy_from_slice(&monotonic_ns().to_le_bytes());
+            let layout = frame.layout().clone();
+            let pts = u64::try_from(frame.timestamp().as_nanos()).ok();
+            let info = FrameInfo {
+                timestamps: Timestamps {
+                    pts,
+                    ..Timestamps::default()
+                },
+                layout: Some(&layout),
+                meta: &meta,
+            };
+            tx.send_frame_with(frame.into_memories(), info)?;
+            tx.poll_releases()?;
+            progress.update(n + 1, format.planes[0].size_image as usize, started);
+        }
+        tx.send_eos()?;
+        while tx.in_flight() > 0 && tx.wait_release()?.is_some() {}
+        Ok(())
+    })();
+    let result = finish(child, args.frames, started, cpu_before, 0);
+    produced.map_err(|e| e.to_string())?;
+    let r = result?;
+    report_run(
+        out,
+        "camera zero-copy (dma-buf export):",
+        &r,
+        format.planes[0].size_image as usize,
+    )
+    .and_then(|()| {
+        writeln!(
+            out,
+            "    V4L2 sequence numbers {}..={}; every buffer back in the driver: {}",
+            sequences.0.unwrap_or(0),
+            sequences.1,
+            stream.queued_count() == stream.buffer_count()
+        )
+    })
+    .and_then(|()| out.flush())
+    .map_err(output_error)
+}
+
 /// The main job; the report goes to `out`.
 pub fn demo(args: &DemoArgs, out: &mut dyn Write) -> Result<(), String> {
     let size = check_args(args)?;
+    if let Some(source) = &args.source {
+        return run_camera(args, camera_path(source)?, out);
+    }
     writeln!(
         out,
         "mediamem demo: {} frames of {}x{} NV12 ({:.1} MB each), {} memory, pool of {}, consumer: --touch {}",
@@ -818,6 +953,14 @@ mod tests {
         }
         let (mut a, mut b) = (vec![0u8; 64], vec![0u8; 64]);
         assert_ne!(fill(&mut a, 1), fill(&mut b, 2), "frames differ");
+    }
+
+    #[test]
+    fn camera_sources_are_parsed() {
+        assert_eq!(camera_path("v4l2:/dev/video0"), Ok("/dev/video0"));
+        assert!(camera_path("v4l2:").is_err());
+        assert!(camera_path("/dev/video0").is_err());
+        assert!(camera_path("usb:1").is_err());
     }
 
     #[test]

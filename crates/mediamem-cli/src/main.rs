@@ -67,7 +67,9 @@ fn main() -> ExitCode {
             let text = if json {
                 probe_json(&rows).map(|j| j + "\n")
             } else {
-                Ok(probe_table(&rows) + &provider_chain())
+                Ok(probe_table(&rows)
+                    + &provider_chain()
+                    + &v4l2_section(&mediamem::v4l2::probe_devices()))
             };
             report(text.and_then(|t| {
                 out.write_all(t.as_bytes())
@@ -234,6 +236,46 @@ fn provider_chain() -> String {
     out
 }
 
+/// The V4L2 capture devices: each with its driver, card, API, formats,
+/// and whether its buffers export as dma-bufs and it imports them.
+fn v4l2_section(devices: &[mediamem::v4l2::DeviceReport]) -> String {
+    if devices.is_empty() {
+        return "\nV4L2 capture devices: none\n".into();
+    }
+    let mut out = String::from("\nV4L2 capture devices:\n");
+    let outcome = |r: &Result<(), String>| match r {
+        Ok(()) => "yes".to_owned(),
+        Err(e) => format!("no ({e})"),
+    };
+    for d in devices {
+        out.push_str(&format!(
+            "  {} {} \"{}\" {}\n",
+            d.path.display(),
+            d.capability.driver,
+            d.capability.card,
+            if d.capability.is_multiplanar() {
+                "multi-planar"
+            } else {
+                "single-planar"
+            }
+        ));
+        for text in [
+            format!("formats: {}", d.formats.join(" ")),
+            format!(
+                "EXPBUF export: {}; DMABUF import: {}",
+                outcome(&d.export),
+                outcome(&d.import)
+            ),
+        ] {
+            for l in wrap(&text, 6, TABLE_WIDTH) {
+                out.push_str(&l);
+                out.push('\n');
+            }
+        }
+    }
+    out
+}
+
 /// The probe rows as a JSON array.
 fn probe_json(rows: &[ProbeRow]) -> Result<String, String> {
     let list: Vec<_> = rows
@@ -284,6 +326,35 @@ mod tests {
         }
         assert_eq!(t.matches("wörd").count(), 60, "no word lost");
         assert_eq!(t.matches('#').count(), 200);
+    }
+
+    #[test]
+    fn v4l2_section_lists_devices_or_none() {
+        assert!(v4l2_section(&[]).contains("V4L2 capture devices: none"));
+        let dev = mediamem::v4l2::DeviceReport {
+            path: "/dev/video7".into(),
+            capability: mediamem::v4l2::Capability {
+                driver: "vivid".into(),
+                card: "vivid-000-vid-cap".into(),
+                bus_info: String::new(),
+                version: 0,
+                capabilities: 0x1,
+                device_caps: 0x1,
+            },
+            formats: vec!["YUYV".into(), "NV12".into()],
+            export: Ok(()),
+            import: Err("not supported".into()),
+        };
+        let t = v4l2_section(&[dev]);
+        assert!(
+            t.contains("/dev/video7 vivid \"vivid-000-vid-cap\" single-planar"),
+            "{t}"
+        );
+        assert!(t.contains("formats: YUYV NV12"), "{t}");
+        assert!(
+            t.contains("EXPBUF export: yes; DMABUF import: no (not supported)"),
+            "{t}"
+        );
     }
 
     #[test]

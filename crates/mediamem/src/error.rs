@@ -369,6 +369,86 @@ pub enum Error {
         /// Why.
         reason: String,
     },
+
+    /// A V4L2 device cannot do what was asked ([`crate::v4l2`]).
+    #[error("V4L2 device {device}: {problem}")]
+    V4l2 {
+        /// The device's path (or `fd N`).
+        device: String,
+        /// What is wrong.
+        problem: V4l2Problem,
+    },
+}
+
+/// What is wrong in an [`Error::V4l2`].
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
+pub enum V4l2Problem {
+    /// The fd is not a V4L2 device node (`VIDIOC_QUERYCAP` failed).
+    #[error("not a V4L2 device (VIDIOC_QUERYCAP: {errno})")]
+    NotV4l2 {
+        /// The errno of `VIDIOC_QUERYCAP` (ENOTTY for other files).
+        errno: rustix::io::Errno,
+    },
+    /// The device does not capture video (an output, radio, ... node).
+    #[error("not a video capture device (device caps {device_caps:#010x})")]
+    NotCapture {
+        /// Its `device_caps`.
+        device_caps: u32,
+    },
+    /// The device has no streaming I/O (`V4L2_CAP_STREAMING`).
+    #[error("no streaming I/O (device caps {device_caps:#010x})")]
+    NoStreaming {
+        /// Its `device_caps`.
+        device_caps: u32,
+    },
+    /// The device (or mediamem's layout table) does not have the format.
+    #[error("format {fourcc} {width}x{height}: {reason}")]
+    UnsupportedFormat {
+        /// The V4L2 fourcc, as text.
+        fourcc: String,
+        /// Width asked for.
+        width: u32,
+        /// Height asked for.
+        height: u32,
+        /// Why.
+        reason: String,
+    },
+    /// The queue does not offer this kind of buffer (MMAP export, DMABUF
+    /// import), or the driver refused to export.
+    #[error("{what} is not supported: {reason}")]
+    NotSupported {
+        /// What was asked (`"MMAP buffers"`, `"DMABUF import"`, `"EXPBUF"`).
+        what: &'static str,
+        /// Why.
+        reason: String,
+    },
+    /// A memory offered for import cannot take a plane of the format.
+    #[error("buffer {buffer} plane {plane}: {reason}")]
+    BadImport {
+        /// Which buffer of those offered.
+        buffer: usize,
+        /// Which plane.
+        plane: usize,
+        /// Why (too small, not dma-buf memory, shared, ...).
+        reason: String,
+    },
+    /// Every buffer is held by the user: nothing can be captured until one
+    /// is dropped.
+    #[error("every one of the {count} buffers is held by the user; drop a frame")]
+    AllBuffersHeld {
+        /// The number of buffers of the stream.
+        count: usize,
+    },
+    /// The stream is off.
+    #[error("the stream is off")]
+    NotStreaming,
+    /// No frame came within the time given.
+    #[error("no frame within {timeout:?}")]
+    TimedOut {
+        /// The time waited.
+        timeout: std::time::Duration,
+    },
 }
 
 impl Error {

@@ -61,6 +61,7 @@ pub mod shm;
 mod sys;
 pub mod udmabuf;
 pub mod unixfd;
+pub mod v4l2;
 
 pub use allocator::{
     AllocationParams, Allocator, AllocatorCaps, AllocatorFlags, AllocatorImpl, ALLOCATOR_SYSMEM,
@@ -69,7 +70,7 @@ pub use dmabuf::{dmabuf_memory_get_fd, is_dmabuf_memory, DmaBufAllocator};
 pub use drm::{
     drm_dumb_memory_export_dmabuf, drm_dumb_memory_get_handle, is_drm_dumb_memory, DrmDumbAllocator,
 };
-pub use error::{Error, ProviderFailure, ProviderReason, RegistryProblem, Result};
+pub use error::{Error, ProviderFailure, ProviderReason, RegistryProblem, Result, V4l2Problem};
 pub use fd::{fd_memory_get_fd, is_fd_memory, FdAllocator, FdMemoryFlags};
 pub use heap::DmaHeapAllocator;
 pub use memory::{

@@ -1,5 +1,5 @@
 //! Raw kernel interfaces, one module per interface: `dma_buf`, `dma_heap`,
-//! `drm`, `udmabuf`, `file` (filesystem identity), `sigbus` (the `SIGBUS`
+//! `drm`, `udmabuf`, `v4l2`, `file` (filesystem identity), `sigbus` (the `SIGBUS`
 //! guard).
 //!
 //! Each request has one safe function returning `Result<_, Errno>`; every
@@ -17,6 +17,7 @@ mod file;
 mod gst;
 mod sigbus;
 mod udmabuf;
+mod v4l2;
 
 pub(crate) use dma_buf::*;
 pub(crate) use dma_heap::*;
@@ -26,6 +27,7 @@ pub(crate) use file::{file_id, FdHandle, FileId, FsKind};
 pub(crate) use gst::{gst_fd_memory, gst_keep_alive, gst_memory_fd};
 pub(crate) use sigbus::SigbusGuard;
 pub(crate) use udmabuf::*;
+pub(crate) use v4l2::*;
 
 use std::os::fd::BorrowedFd;
 
@@ -98,6 +100,44 @@ mod tests {
         assert_eq!(std::mem::size_of::<DrmPrimeHandle>(), 12);
         assert_eq!(std::mem::size_of::<UdmabufCreate>(), 24);
         assert_eq!(std::mem::size_of::<DmaHeapAllocationData>(), 24);
+        assert_eq!(std::mem::size_of::<V4l2Capability>(), 104);
+        assert_eq!(std::mem::size_of::<V4l2Fmtdesc>(), 64);
+        assert_eq!(std::mem::size_of::<V4l2PixFormat>(), 48);
+        assert_eq!(std::mem::size_of::<V4l2PlanePixFormat>(), 20);
+        assert_eq!(std::mem::size_of::<V4l2PixFormatMplane>(), 192);
+        assert_eq!(std::mem::size_of::<V4l2RequestBuffers>(), 20);
+        assert_eq!(std::mem::size_of::<V4l2ExportBuffer>(), 64);
+        assert_eq!(std::mem::size_of::<V4l2Control>(), 8);
+        assert_eq!(std::mem::size_of::<V4l2StreamParm>(), 204);
+    }
+
+    /// The V4L2 structs whose size depends on the pointer width.
+    #[cfg(target_pointer_width = "64")]
+    #[test]
+    fn v4l2_pointer_sized_structs() {
+        assert_eq!(std::mem::size_of::<V4l2Format>(), 208);
+        assert_eq!(std::mem::offset_of!(V4l2Format, fmt), 8);
+        assert_eq!(std::mem::size_of::<V4l2Buffer>(), 88);
+        assert_eq!(std::mem::offset_of!(V4l2Buffer, timestamp), 24);
+        assert_eq!(std::mem::offset_of!(V4l2Buffer, sequence), 56);
+        assert_eq!(std::mem::offset_of!(V4l2Buffer, m), 64);
+        assert_eq!(std::mem::offset_of!(V4l2Buffer, length), 72);
+        assert_eq!(std::mem::size_of::<V4l2Plane>(), 64);
+        assert_eq!(std::mem::offset_of!(V4l2Plane, data_offset), 16);
+        assert_eq!(std::mem::offset_of!(V4l2PixFormatMplane, num_planes), 180);
+    }
+
+    #[test]
+    fn v4l2_calls_on_a_regular_file_are_enotty() {
+        use std::os::fd::AsFd;
+        let f = std::fs::File::open("/proc/self/exe").unwrap();
+        assert_eq!(v4l2_querycap(f.as_fd()).unwrap_err(), Errno::NOTTY);
+        assert_eq!(
+            v4l2_stream(f.as_fd(), V4L2_BUF_TYPE_VIDEO_CAPTURE, true),
+            Err(Errno::NOTTY)
+        );
+        let mut args = BufferArgs::new(V4L2_BUF_TYPE_VIDEO_CAPTURE_MPLANE, V4L2_MEMORY_MMAP, 0, 2);
+        assert_eq!(v4l2_dqbuf(f.as_fd(), &mut args), Err(Errno::NOTTY));
     }
 
     #[cfg(target_pointer_width = "64")]
@@ -123,6 +163,24 @@ mod tests {
         assert_eq!(DMA_HEAP_IOCTL_ALLOC as u64, 0xC018_4800);
         #[cfg(target_pointer_width = "64")]
         assert_eq!(DRM_IOCTL_VERSION as u64, 0xC040_6400);
+        assert_eq!(VIDIOC_QUERYCAP as u64, 0x8068_5600);
+        assert_eq!(VIDIOC_ENUM_FMT as u64, 0xC040_5602);
+        assert_eq!(VIDIOC_REQBUFS as u64, 0xC014_5608);
+        assert_eq!(VIDIOC_EXPBUF as u64, 0xC040_5610);
+        assert_eq!(VIDIOC_STREAMON as u64, 0x4004_5612);
+        assert_eq!(VIDIOC_STREAMOFF as u64, 0x4004_5613);
+        assert_eq!(VIDIOC_S_PARM as u64, 0xC0CC_5616);
+        assert_eq!(VIDIOC_G_CTRL as u64, 0xC008_561B);
+        assert_eq!(VIDIOC_S_CTRL as u64, 0xC008_561C);
+        // v4l2_format and v4l2_buffer hold pointers: 64-bit sizes.
+        #[cfg(target_pointer_width = "64")]
+        {
+            assert_eq!(VIDIOC_G_FMT as u64, 0xC0D0_5604);
+            assert_eq!(VIDIOC_S_FMT as u64, 0xC0D0_5605);
+            assert_eq!(VIDIOC_QUERYBUF as u64, 0xC058_5609);
+            assert_eq!(VIDIOC_QBUF as u64, 0xC058_560F);
+            assert_eq!(VIDIOC_DQBUF as u64, 0xC058_5611);
+        }
     }
 
     #[test]
