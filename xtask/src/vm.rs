@@ -32,7 +32,7 @@ use crate::host::{have, run};
 /// guest. `devices` holds the tests that need the guest's devices; the
 /// others run there too, on a second kernel.
 const GUEST_TESTS: &[&str] = &[
-    "devices", "dmabuf", "fd", "phys", "provider", "shm", "unixfd",
+    "devices", "dmabuf", "fd", "phys", "provider", "shm", "sync", "unixfd",
 ];
 /// Binaries of which the guest runs only the `#[ignore]`d tests (the rest
 /// run on the host), with GStreamer's root filesystem named in

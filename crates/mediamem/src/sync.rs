@@ -22,7 +22,7 @@
 //! // Export what a reader must wait for, and hand it to another buffer.
 //! let sync = export_sync_file(buffer.memory(), FenceAccess::Read)?;
 //! assert!(!sync.is_signaled()?);
-//! let other = UdmabufAllocator::new()?.alloc(1 << 20, None)?;
+//! let other = UdmabufAllocator::get()?.alloc(1 << 20, None)?;
 //! import_sync_file(&other, &sync, FenceAccess::Write)?;
 //!
 //! // Wait, bounded: Err(Error::FenceTimedOut) while the work runs.
