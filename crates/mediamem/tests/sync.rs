@@ -9,7 +9,10 @@
 //! here that must time out is far shorter, and every signal comes from the
 //! test (another thread) well before.
 
-use std::os::fd::{AsFd, AsRawFd, OwnedFd};
+use std::io::{IoSlice, Read};
+use std::mem::MaybeUninit;
+use std::os::fd::{AsFd, AsRawFd, BorrowedFd, OwnedFd};
+use std::os::unix::net::UnixStream;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::thread;
@@ -17,6 +20,8 @@ use std::time::Duration;
 
 use mediamem::dmabuf::set_fence_timeout;
 use mediamem::heap::DmaHeapAllocator;
+use mediamem::ipc::{FrameInfo, ReceivePolicy, Receiver, Sender, MAGIC, VERSION};
+use mediamem::pool::MemoryPool;
 use mediamem::sync::{FenceStatus, Vgem, VgemBuffer};
 use mediamem::{
     export_sync_file, import_sync_file, Error, FenceAccess, Memory, ShmAllocator, SyncFile,
@@ -384,4 +389,324 @@ fn fences_that_never_signal_in_time_leak_nothing() {
         timed_out(merged.wait(Duration::ZERO));
         // Dropping the fence signals it: nothing waits for vgem's 10 s.
     });
+}
+
+// ---- Fences through the frame transport -------------------------------
+
+/// A connected sender and receiver.
+fn transport() -> (Sender, Receiver) {
+    let (a, b) = UnixStream::pair().unwrap();
+    (Sender::new(a), Receiver::new(b, ReceivePolicy::default()))
+}
+
+#[test]
+fn an_acquire_fence_delays_the_receivers_read() {
+    let Some(vgem) = vgem("an_acquire_fence_delays_the_receivers_read") else {
+        return;
+    };
+    // Registered buffers (maps through the registered view) and an fd each
+    // frame (maps through the memory's own backend).
+    for register in [true, false] {
+        let (mut tx, mut rx) = transport();
+        tx.set_register_buffers(register);
+        let frame = ShmAllocator::get().alloc(4096, None).unwrap();
+        frame.map_writable().unwrap().fill(7);
+        // The GPU's work: a vgem buffer's writer's fence.
+        let gpu = vgem_buffer(&vgem);
+        let fence = gpu.attach_fence(FenceAccess::Write).unwrap();
+        let acquire = export_sync_file(gpu.memory(), FenceAccess::Read).unwrap();
+
+        // Bounded: a map fails while the fence is unsignaled.
+        rx.set_fence_timeout(SHORT);
+        tx.send_frame_fenced(vec![frame.clone()], FrameInfo::default(), &acquire)
+            .unwrap();
+        let got = rx.recv().unwrap().unwrap();
+        assert!(got.has_acquire_fence());
+        let what = timed_out(got.memories[0].map_readable().map(|m| m.len()));
+        assert!(what.contains("acquire fence of frame"), "{what}");
+        timed_out(
+            got.memories[0]
+                .share(..8)
+                .unwrap()
+                .map_readable()
+                .map(|m| m.len()),
+        );
+        drop(got);
+        assert!(tx.wait_release().unwrap().is_some());
+
+        // The read waits until the producer signals.
+        rx.set_fence_timeout(LONG);
+        tx.send_frame_fenced(vec![frame.clone()], FrameInfo::default(), &acquire)
+            .unwrap();
+        let got = rx.recv().unwrap().unwrap();
+        let done = Arc::new(AtomicBool::new(false));
+        let signaler = later(Duration::from_millis(200), &done, move || {
+            fence.signal().unwrap()
+        });
+        let bytes = got.memories[0].map_readable().unwrap();
+        assert!(
+            done.load(Ordering::SeqCst),
+            "the read began before the signal"
+        );
+        assert!(bytes.iter().all(|&b| b == 7));
+        drop(bytes);
+        assert!(
+            !got.has_acquire_fence(),
+            "seen signaled: maps no longer wait"
+        );
+        signaler.join().unwrap();
+        drop(got);
+        assert!(tx.wait_release().unwrap().is_some());
+
+        // The receiver takes the fence: maps do not wait, the caller does.
+        let fence = gpu.attach_fence(FenceAccess::Write).unwrap();
+        let acquire = export_sync_file(gpu.memory(), FenceAccess::Read).unwrap();
+        rx.set_fence_timeout(SHORT);
+        tx.send_frame_fenced(vec![frame.clone()], FrameInfo::default(), &acquire)
+            .unwrap();
+        let got = rx.recv().unwrap().unwrap();
+        let taken = got.take_acquire_fence().expect("the acquire fence");
+        assert!(got.take_acquire_fence().is_none());
+        assert!(!taken.is_signaled().unwrap());
+        assert_eq!(got.memories[0].map_readable().unwrap()[0], 7);
+        fence.signal().unwrap();
+        taken.wait(LONG).unwrap();
+        drop(got);
+        assert!(tx.wait_release().unwrap().is_some());
+        assert_eq!(tx.in_flight(), 0);
+    }
+}
+
+#[test]
+fn a_release_fence_delays_the_buffers_reuse() {
+    let Some(vgem) = vgem("a_release_fence_delays_the_buffers_reuse") else {
+        return;
+    };
+    let (mut tx, mut rx) = transport();
+    let pool = MemoryPool::new(ShmAllocator::get(), 4096, None, 1, 1).unwrap();
+    let id = tx.send_frame(vec![pool.acquire().unwrap()], b"").unwrap();
+    let got = rx.recv().unwrap().unwrap();
+    // This side's GPU still reads the frame when its memories are dropped.
+    let gpu = vgem_buffer(&vgem);
+    let fence = gpu.attach_fence(FenceAccess::Write).unwrap();
+    got.set_release_fence(export_sync_file(gpu.memory(), FenceAccess::Read).unwrap())
+        .unwrap();
+    drop(got);
+    assert_eq!(tx.wait_release().unwrap(), Some(id));
+    assert_eq!(tx.in_flight(), 0);
+    assert_eq!(tx.fenced(), 1);
+    // Not handed out again while the fence is unsignaled.
+    assert_eq!(tx.reclaim_fenced(), 0);
+    assert!(matches!(pool.acquire(), Err(Error::PoolExhausted { .. })));
+    timed_out(tx.wait_fenced(SHORT));
+    assert_eq!(pool.outstanding(), 1);
+
+    let done = Arc::new(AtomicBool::new(false));
+    let signaler = later(Duration::from_millis(100), &done, move || {
+        fence.signal().unwrap()
+    });
+    assert_eq!(tx.wait_fenced(LONG).unwrap(), 1);
+    assert!(done.load(Ordering::SeqCst));
+    signaler.join().unwrap();
+    assert_eq!(tx.fenced(), 0);
+    assert_eq!(pool.outstanding(), 0);
+    let again = pool.acquire().unwrap();
+
+    // A release fence on a frame already released is refused.
+    tx.send_frame(vec![again], b"").unwrap();
+    let mut got = rx.recv().unwrap().unwrap();
+    got.memories.clear(); // released now
+    let late = export_sync_file(gpu.memory(), FenceAccess::Read).unwrap();
+    assert!(matches!(
+        got.set_release_fence(late),
+        Err(Error::Protocol(_))
+    ));
+    assert!(tx.wait_release().unwrap().is_some());
+    assert_eq!(pool.outstanding(), 0);
+}
+
+/// A v2 frame message with one memory of its own fd (kind fd, 4096
+/// bytes) and `flags`.
+fn raw_frame(id: u64, flags: u32, n_fds: u32) -> Vec<u8> {
+    let mut p = Vec::new();
+    p.extend_from_slice(&id.to_le_bytes());
+    for _ in 0..3 {
+        p.extend_from_slice(&u64::MAX.to_le_bytes());
+    }
+    for v in [1u32, 0, 0, flags] {
+        p.extend_from_slice(&v.to_le_bytes());
+    }
+    p.extend_from_slice(&[0, 0, 0, 0]); // source fd, kind fd, padding
+    p.extend_from_slice(&[0u8; 12]); // flags, buffer, padding
+    for v in [0u64, 4096, 4096] {
+        p.extend_from_slice(&v.to_le_bytes());
+    }
+    let mut m = header(4, p.len() as u32, n_fds);
+    m.extend_from_slice(&p);
+    m
+}
+
+fn header(kind: u16, payload_len: u32, n_fds: u32) -> Vec<u8> {
+    let mut h = Vec::new();
+    h.extend_from_slice(&MAGIC.to_le_bytes());
+    h.extend_from_slice(&VERSION.to_le_bytes());
+    h.extend_from_slice(&kind.to_le_bytes());
+    h.extend_from_slice(&payload_len.to_le_bytes());
+    h.extend_from_slice(&n_fds.to_le_bytes());
+    h
+}
+
+fn send_raw(sock: &UnixStream, bytes: &[u8], fds: &[BorrowedFd<'_>]) {
+    let mut space = [MaybeUninit::uninit(); rustix::cmsg_space!(ScmRights(4))];
+    let mut control = rustix::net::SendAncillaryBuffer::new(&mut space);
+    if !fds.is_empty() {
+        assert!(control.push(rustix::net::SendAncillaryMessage::ScmRights(fds)));
+    }
+    let n = rustix::net::sendmsg(
+        sock,
+        &[IoSlice::new(bytes)],
+        &mut control,
+        rustix::net::SendFlags::empty(),
+    )
+    .unwrap();
+    assert_eq!(n, bytes.len());
+}
+
+/// A memfd sealed against shrinking, as a peer's memory.
+fn sealed_memfd() -> OwnedFd {
+    let fd = rustix::fs::memfd_create(
+        "frame",
+        rustix::fs::MemfdFlags::CLOEXEC | rustix::fs::MemfdFlags::ALLOW_SEALING,
+    )
+    .unwrap();
+    rustix::fs::ftruncate(&fd, 4096).unwrap();
+    rustix::fs::fcntl_add_seals(&fd, rustix::fs::SealFlags::SHRINK).unwrap();
+    fd
+}
+
+/// The id of the plain release the raw peer reads next.
+fn read_release(peer: &mut UnixStream) -> u64 {
+    peer.set_read_timeout(Some(LONG)).unwrap();
+    let mut buf = [0u8; 24];
+    peer.read_exact(&mut buf).unwrap();
+    assert_eq!(buf[..16], header(2, 8, 0)[..]);
+    u64::from_le_bytes(buf[16..].try_into().unwrap())
+}
+
+#[test]
+fn a_memory_fd_where_a_fence_belongs_is_refused() {
+    let (mut peer, ours) = UnixStream::pair().unwrap();
+    let mut rx = Receiver::new(ours, ReceivePolicy::default());
+    let (memory, not_a_fence) = (sealed_memfd(), sealed_memfd());
+    let before = common::open_fds();
+    for _ in 0..10 {
+        send_raw(
+            &peer,
+            &raw_frame(9, 1, 2),
+            &[memory.as_fd(), not_a_fence.as_fd()],
+        );
+        let e = rx.recv().unwrap_err();
+        assert!(
+            matches!(e, Error::NotSyncFile { ref reason } if reason.contains("frame 9: the acquire fence")),
+            "{e}"
+        );
+        // Read whole: released, and the stream goes on.
+        assert_eq!(read_release(&mut peer), 9);
+    }
+    assert!(common::open_fds() <= before + 2, "received fds leaked");
+    // The fence's fd missing, or an unknown flag: framing of the payload.
+    send_raw(&peer, &raw_frame(10, 1, 1), &[memory.as_fd()]);
+    let e = rx.recv().unwrap_err();
+    assert!(
+        matches!(e, Error::Protocol(ref w) if w.contains("1 fences")),
+        "{e}"
+    );
+    assert_eq!(read_release(&mut peer), 10);
+    send_raw(&peer, &raw_frame(11, 2, 1), &[memory.as_fd()]);
+    let e = rx.recv().unwrap_err();
+    assert!(
+        matches!(e, Error::Protocol(ref w) if w.contains("unknown flags")),
+        "{e}"
+    );
+    assert_eq!(read_release(&mut peer), 11);
+    // And a good frame still comes through.
+    send_raw(&peer, &raw_frame(12, 0, 1), &[memory.as_fd()]);
+    let got = rx.recv().unwrap().unwrap();
+    assert!(!got.has_acquire_fence());
+    assert!(got.take_acquire_fence().is_none());
+}
+
+#[test]
+fn a_release_whose_fence_is_not_a_sync_file_is_refused() {
+    let (a, peer) = UnixStream::pair().unwrap();
+    let mut tx = Sender::new(a);
+    let id = tx
+        .send_frame(vec![ShmAllocator::get().alloc(4096, None).unwrap()], b"")
+        .unwrap();
+    let not_a_fence = sealed_memfd();
+    let before = common::open_fds();
+    let mut fenced = header(2, 16, 1);
+    fenced.extend_from_slice(&id.to_le_bytes());
+    fenced.extend_from_slice(&1u32.to_le_bytes());
+    fenced.extend_from_slice(&0u32.to_le_bytes());
+    send_raw(&peer, &fenced, &[not_a_fence.as_fd()]);
+    let e = tx.wait_release().unwrap_err();
+    assert!(
+        matches!(e, Error::NotSyncFile { ref reason } if reason.contains("release fence of frame")),
+        "{e}"
+    );
+    assert!(common::open_fds() <= before, "the fd leaked");
+    // The frame stays held (nothing says when its buffers are free); the
+    // sender is still in sync.
+    assert_eq!(tx.in_flight(), 1);
+    let mut plain = header(2, 8, 0);
+    plain.extend_from_slice(&id.to_le_bytes());
+    send_raw(&peer, &plain, &[]);
+    assert_eq!(tx.wait_release().unwrap(), Some(id));
+    // A fenced release with bad flags: refused, still in sync.
+    let id = tx
+        .send_frame(vec![ShmAllocator::get().alloc(4096, None).unwrap()], b"")
+        .unwrap();
+    let mut bad = header(2, 16, 1);
+    bad.extend_from_slice(&id.to_le_bytes());
+    bad.extend_from_slice(&3u32.to_le_bytes());
+    bad.extend_from_slice(&0u32.to_le_bytes());
+    send_raw(&peer, &bad, &[not_a_fence.as_fd()]);
+    assert!(matches!(tx.wait_release(), Err(Error::Protocol(ref w)) if w.contains("flags")));
+    plain = header(2, 8, 0);
+    plain.extend_from_slice(&id.to_le_bytes());
+    send_raw(&peer, &plain, &[]);
+    assert_eq!(tx.wait_release().unwrap(), Some(id));
+}
+
+#[test]
+fn a_fence_where_a_memory_belongs_is_refused() {
+    let Some(vgem) = vgem("a_fence_where_a_memory_belongs_is_refused") else {
+        return;
+    };
+    let buffer = vgem_buffer(&vgem);
+    let fence = export_sync_file(buffer.memory(), FenceAccess::Read).unwrap();
+    let (mut peer, ours) = UnixStream::pair().unwrap();
+    let mut rx = Receiver::new(ours, ReceivePolicy::default());
+    let before = common::open_fds();
+    for _ in 0..10 {
+        // As a memory, with or without an acquire fence after it.
+        send_raw(&peer, &raw_frame(5, 0, 1), &[fence.as_fd()]);
+        let e = rx.recv().unwrap_err();
+        assert!(
+            matches!(e, Error::Refused(ref w) if w.contains("sync_file")),
+            "{e}"
+        );
+        assert_eq!(read_release(&mut peer), 5);
+        send_raw(&peer, &raw_frame(6, 1, 2), &[fence.as_fd(), fence.as_fd()]);
+        assert!(matches!(rx.recv(), Err(Error::Refused(_))));
+        assert_eq!(read_release(&mut peer), 6);
+    }
+    assert!(common::open_fds() <= before + 2, "received fds leaked");
+    // A good fence with a good memory passes.
+    let memory = sealed_memfd();
+    send_raw(&peer, &raw_frame(7, 1, 2), &[memory.as_fd(), fence.as_fd()]);
+    let got = rx.recv().unwrap().unwrap();
+    assert!(got.has_acquire_fence());
+    assert_eq!(got.memories[0].map_readable().unwrap().len(), 4096);
 }
