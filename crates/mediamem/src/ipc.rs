@@ -57,7 +57,7 @@
 //!
 //! A **frame**'s payload (type 4) is `id u64, pts u64, dts u64, duration
 //! u64` (nanoseconds, `u64::MAX` for unset: [`Timestamps`]), `n_memories
-//! u32, layout_len u32, meta_len u32, reserved u32 (0)`, then `n_memories`
+//! u32, layout_len u32, meta_len u32, flags u32`, then `n_memories`
 //! descriptors of 40 bytes `source u8, kind u8, 2 × pad, flags u32, buffer
 //! u32, pad u32, offset u64, size u64, maxsize u64`, then `layout_len`
 //! bytes of [`FrameLayout`] (none when 0), then `meta_len` bytes of caller
@@ -65,7 +65,11 @@
 //! bytes of the file it covers), 1 for one that registers buffer `buffer`
 //! (its fd, `kind` and `maxsize` are the buffer's) and 2 for one in
 //! buffer `buffer`, registered before (`kind` and `maxsize` 0); `kind` is
-//! 0 fd, 1 dma-buf. Sources 0 and 1 bring one fd each, in order.
+//! 0 fd, 1 dma-buf. Sources 0 and 1 bring one fd each, in order. `flags`
+//! bit 0 (the only one: others are an error) says an *acquire fence*
+//! comes with the frame: one more fd, after the memories', which must be a
+//! sync_file (see [Fences](#fences)). (Before fences this field was
+//! reserved and 0: a parser of that time refuses a fenced frame.)
 //!
 //! An **fd frame** (type 1, version 1's frame) has the payload `id u64,
 //! n_memories u32, meta_len u32`, then `n_memories` descriptors `kind u8,
@@ -79,10 +83,42 @@
 //! the read that reaches that write); fds that no message starting in
 //! their read announces are a framing error.
 //!
-//! A **release**'s payload is the frame id; an **unregister**'s is one or
+//! A **release**'s payload is the frame id (8 bytes, no fd), or, with a
+//! *release fence*, `id u64, flags u32 (1), reserved u32 (0)` (16 bytes)
+//! with the fence's fd; an **unregister**'s is one or
 //! more buffer ids (u32 each, at most [`MAX_UNREGISTER`]); end of stream
 //! has none. The sender writes an unregister right after a frame, in the
 //! same write.
+//!
+//! # Fences
+//!
+//! Frames carry explicit sync (see [`sync`](crate::sync)):
+//!
+//! * an **acquire fence** ([`Sender::send_frame_fenced`]): a sync_file
+//!   that signals when the frame's bytes are ready (a GPU or a codec still
+//!   writing them). The receiver's maps of the frame's memories (shares
+//!   included) wait for it, bounded by [`Receiver::set_fence_timeout`]
+//!   (5 s by default; [`Error::FenceTimedOut`] after it, nothing mapped),
+//!   until one map has seen it signaled; or the receiver takes it
+//!   ([`Frame::take_acquire_fence`]) and maps do not wait. A frame copied
+//!   out of an unsealed memfd ([`ReceivePolicy::copy_unsealed`]) waits
+//!   while it is copied, in [`Receiver::recv`].
+//! * a **release fence** ([`Frame::set_release_fence`]): a sync_file that
+//!   signals when the receiver's own work on the frame is done (it dropped
+//!   the memories while a device still reads them). It goes back with the
+//!   release; the sender keeps the frame's memories, so a
+//!   [`MemoryPool`](crate::pool::MemoryPool) does not hand the buffers
+//!   out again, until it has signaled: [`Sender::reclaim_fenced`] (which
+//!   every send and every release read calls) and
+//!   [`Sender::wait_fenced`] drop them then.
+//!
+//! Both fds are admitted with the care a memory's fd gets: a fence must be
+//! a sync_file, checked to be an anonymous inode before any sync ioctl is
+//! issued on it ([`Error::NotSyncFile`] otherwise: the frame is released
+//! and every fd it brought closed, or, for a release, the frame stays held
+//! by the sender); a sync_file sent where a memory's fd belongs is
+//! [`Error::Refused`]. A frame with a fence carries at most
+//! `MAX_MEMORIES - 1` memories with fds.
 //!
 //! # The receiver trusts nothing
 //!
