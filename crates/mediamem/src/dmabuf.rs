@@ -14,7 +14,7 @@
 //! for every fence (`POLLOUT`), for at most the memory's fence timeout
 //! ([`DEFAULT_FENCE_TIMEOUT`], 5 s, unless [`set_default_fence_timeout`]
 //! or [`set_fence_timeout`] changed it). When it runs out the map fails
-//! with [`Error::FenceTimedOut`](crate::Error::FenceTimedOut), which names
+//! with [`Error::FenceTimedOut`], which names
 //! the fences and the fd, and nothing is mapped. GStreamer waits inside
 //! `SYNC_START`, which the kernel does without a bound: a fence that never
 //! signals (a hung GPU job) would hang the map for ever. See the
@@ -116,7 +116,7 @@ pub fn dmabuf_memory_get_fd(mem: &Memory) -> Option<BorrowedFd<'_>> {
 
 /// How long a map of dma-buf memory waits for the buffer's fences by
 /// default before it fails with
-/// [`Error::FenceTimedOut`](crate::Error::FenceTimedOut): 5 s, long past
+/// [`Error::FenceTimedOut`]: 5 s, long past
 /// any frame's GPU work and short of the 10 s after which kernels
 /// typically declare a GPU job hung.
 pub const DEFAULT_FENCE_TIMEOUT: Duration = Duration::from_secs(5);
