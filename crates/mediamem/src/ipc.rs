@@ -1280,7 +1280,17 @@ impl Sender {
         memories: Vec<T>,
         info: FrameInfo<'_>,
     ) -> Result<u64> {
-        match self.send_inner(memories, info, None, false)? {
+        self.send_waiting(memories, info, None)
+    }
+
+    /// Send a frame, waiting for room (within the timeout).
+    fn send_waiting<T: AsRef<Memory> + Send + 'static>(
+        &mut self,
+        memories: Vec<T>,
+        info: FrameInfo<'_>,
+        acquire: Option<BorrowedFd<'_>>,
+    ) -> Result<u64> {
+        match self.send_inner(memories, info, acquire, false)? {
             TrySend::Sent(id) => Ok(id),
             TrySend::WouldBlock(_) => unreachable!("only try_send_frame gives up"),
         }
@@ -1303,10 +1313,7 @@ impl Sender {
         info: FrameInfo<'_>,
         acquire: &SyncFile,
     ) -> Result<u64> {
-        match self.send_inner(memories, info, Some(acquire.as_fd()), false)? {
-            TrySend::Sent(id) => Ok(id),
-            TrySend::WouldBlock(_) => unreachable!("only try_send_frame gives up"),
-        }
+        self.send_waiting(memories, info, Some(acquire.as_fd()))
     }
 
     /// [`send_frame_with`](Sender::send_frame_with) without waiting for
@@ -2165,48 +2172,6 @@ impl Drop for ReleaseOnDrop {
     }
 }
 
-/// A received memory of its own fd (not of a registered buffer) whose
-/// frame came with an acquire fence: its maps wait for the fence first.
-#[derive(Debug)]
-struct AcquireFenced {
-    inner: Box<dyn MemoryBackend>,
-    token: Arc<ReleaseOnDrop>,
-}
-
-// SAFETY: every call is forwarded to the wrapped backend (fd or dma-buf
-// memory over the received fd), which keeps its promises; a map only
-// waits for the fence first.
-unsafe impl MemoryBackend for AcquireFenced {
-    fn map(&self, maxsize: usize, flags: MapFlags) -> Result<NonNull<u8>> {
-        self.token.wait_acquire()?;
-        self.inner.map(maxsize, flags)
-    }
-
-    fn static_ptr(&self) -> Option<NonNull<u8>> {
-        None
-    }
-
-    fn unmap(&self, flags: MapFlags) {
-        self.inner.unmap(flags);
-    }
-
-    fn is_span(&self, first: (usize, usize), second: (usize, usize)) -> bool {
-        self.inner.is_span(first, second)
-    }
-
-    fn alias(&self) -> Option<&BlockAlias> {
-        self.inner.alias()
-    }
-
-    fn kind(&self) -> MemoryKind {
-        self.inner.kind()
-    }
-
-    fn fd(&self) -> Option<BorrowedFd<'_>> {
-        self.inner.fd()
-    }
-}
-
 /// The storage of a received fd, admitted.
 #[derive(Debug)]
 enum Storage {
@@ -2759,32 +2724,42 @@ impl Receiver {
         token: &Arc<ReleaseOnDrop>,
         copied: &mut usize,
     ) -> Result<Memory> {
-        let (alloc, backend): (_, Box<dyn MemoryBackend>) = match storage {
-            Storage::Copy(fd) => {
-                // A copy reads the bytes now: once they are ready.
-                token.wait_acquire()?;
-                return copy_by_pread(
-                    &fd,
-                    (offset, size, maxsize),
-                    copied,
-                    self.policy.max_copy_bytes,
-                );
-            }
-            Storage::DmaBuf(b) => (self.dmabuf_alloc.allocator(), Box::new(b)),
-            Storage::Fd(b) => (self.fd_alloc.allocator(), Box::new(b)),
-        };
         let fenced = token
             .acquire
             .lock()
             .unwrap_or_else(PoisonError::into_inner)
             .is_some();
-        let backend: Box<dyn MemoryBackend> = if fenced {
-            Box::new(AcquireFenced {
-                inner: backend,
-                token: token.clone(),
-            })
-        } else {
-            backend
+        let alloc = match &storage {
+            Storage::Copy(fd) => {
+                // A copy reads the bytes now: once they are ready.
+                token.wait_acquire()?;
+                return copy_by_pread(
+                    fd,
+                    (offset, size, maxsize),
+                    copied,
+                    self.policy.max_copy_bytes,
+                );
+            }
+            Storage::DmaBuf(_) => self.dmabuf_alloc.allocator(),
+            Storage::Fd(_) => self.fd_alloc.allocator(),
+        };
+        if fenced {
+            // A view, as of a registered buffer (one of its own, named by
+            // no id): its maps wait for the acquire fence, and it holds
+            // the frame's release.
+            let view = RegisteredView {
+                buffer: Arc::new(RegisteredBuffer { storage, maxsize }),
+                _release: token.clone(),
+            };
+            let parts = MemoryParts::new(Box::new(view), maxsize)
+                .region(offset, size)
+                .flags(flags);
+            return Memory::from_parts(alloc, parts);
+        }
+        let backend: Box<dyn MemoryBackend> = match storage {
+            Storage::DmaBuf(b) => Box::new(b),
+            Storage::Fd(b) => Box::new(b),
+            Storage::Copy(_) => unreachable!("returned above"),
         };
         let parts = MemoryParts::new(backend, maxsize)
             .region(offset, size)

@@ -20,6 +20,8 @@ use proptest::prelude::*;
 
 mod common;
 
+use common::{ipc_header as header, sealed_memfd_named, send_raw};
+
 fn pair(policy: ReceivePolicy) -> (Sender, Receiver) {
     let (a, b) = UnixStream::pair().unwrap();
     (Sender::new(a), Receiver::new(b, policy))
@@ -163,16 +165,6 @@ fn non_fd_memory_cannot_be_sent() {
 // Hostile peers: hand-made messages.
 // ---------------------------------------------------------------------------
 
-fn header(kind: u16, payload_len: u32, n_fds: u32) -> Vec<u8> {
-    let mut h = Vec::new();
-    h.extend_from_slice(&MAGIC.to_le_bytes());
-    h.extend_from_slice(&VERSION.to_le_bytes());
-    h.extend_from_slice(&kind.to_le_bytes());
-    h.extend_from_slice(&payload_len.to_le_bytes());
-    h.extend_from_slice(&n_fds.to_le_bytes());
-    h
-}
-
 fn frame_payload(id: u64, descs: &[(u8, u64, u64, u64)], meta: &[u8]) -> Vec<u8> {
     let mut p = Vec::new();
     p.extend_from_slice(&id.to_le_bytes());
@@ -189,36 +181,8 @@ fn frame_payload(id: u64, descs: &[(u8, u64, u64, u64)], meta: &[u8]) -> Vec<u8>
     p
 }
 
-/// Send `bytes` with `fds` in one sendmsg.
-fn send_raw(sock: &UnixStream, bytes: &[u8], fds: &[BorrowedFd<'_>]) {
-    let mut space = [MaybeUninit::uninit(); rustix::cmsg_space!(ScmRights(8))];
-    let mut control = rustix::net::SendAncillaryBuffer::new(&mut space);
-    if !fds.is_empty() {
-        assert!(control.push(rustix::net::SendAncillaryMessage::ScmRights(fds)));
-    }
-    let n = rustix::net::sendmsg(
-        sock,
-        &[IoSlice::new(bytes)],
-        &mut control,
-        rustix::net::SendFlags::empty(),
-    )
-    .unwrap();
-    assert_eq!(n, bytes.len());
-}
-
 fn sealed_memfd(len: usize) -> OwnedFd {
     sealed_memfd_named("sealed", len)
-}
-
-fn sealed_memfd_named(name: &str, len: usize) -> OwnedFd {
-    let fd = rustix::fs::memfd_create(
-        name,
-        rustix::fs::MemfdFlags::CLOEXEC | rustix::fs::MemfdFlags::ALLOW_SEALING,
-    )
-    .unwrap();
-    rustix::fs::ftruncate(&fd, len as u64).unwrap();
-    rustix::fs::fcntl_add_seals(&fd, rustix::fs::SealFlags::SHRINK).unwrap();
-    fd
 }
 
 #[test]

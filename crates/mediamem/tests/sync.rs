@@ -9,9 +9,8 @@
 //! here that must time out is far shorter, and every signal comes from the
 //! test (another thread) well before.
 
-use std::io::{IoSlice, Read};
-use std::mem::MaybeUninit;
-use std::os::fd::{AsFd, AsRawFd, BorrowedFd, OwnedFd};
+use std::io::Read;
+use std::os::fd::{AsFd, AsRawFd, OwnedFd};
 use std::os::unix::net::UnixStream;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
@@ -20,7 +19,7 @@ use std::time::Duration;
 
 use mediamem::dmabuf::set_fence_timeout;
 use mediamem::heap::DmaHeapAllocator;
-use mediamem::ipc::{FrameInfo, ReceivePolicy, Receiver, Sender, MAGIC, VERSION};
+use mediamem::ipc::{FrameInfo, ReceivePolicy, Receiver, Sender};
 use mediamem::pool::MemoryPool;
 use mediamem::sync::{FenceStatus, Vgem, VgemBuffer};
 use mediamem::{
@@ -29,6 +28,13 @@ use mediamem::{
 };
 
 mod common;
+
+use common::{ipc_header as header, send_raw};
+
+/// A peer's memory: a memfd sealed against shrinking.
+fn sealed_memfd() -> OwnedFd {
+    common::sealed_memfd_named("frame", 4096)
+}
 
 const SHORT: Duration = Duration::from_millis(50);
 const LONG: Duration = Duration::from_secs(8);
@@ -554,42 +560,20 @@ fn raw_frame(id: u64, flags: u32, n_fds: u32) -> Vec<u8> {
     m
 }
 
-fn header(kind: u16, payload_len: u32, n_fds: u32) -> Vec<u8> {
-    let mut h = Vec::new();
-    h.extend_from_slice(&MAGIC.to_le_bytes());
-    h.extend_from_slice(&VERSION.to_le_bytes());
-    h.extend_from_slice(&kind.to_le_bytes());
-    h.extend_from_slice(&payload_len.to_le_bytes());
-    h.extend_from_slice(&n_fds.to_le_bytes());
-    h
-}
-
-fn send_raw(sock: &UnixStream, bytes: &[u8], fds: &[BorrowedFd<'_>]) {
-    let mut space = [MaybeUninit::uninit(); rustix::cmsg_space!(ScmRights(4))];
-    let mut control = rustix::net::SendAncillaryBuffer::new(&mut space);
-    if !fds.is_empty() {
-        assert!(control.push(rustix::net::SendAncillaryMessage::ScmRights(fds)));
+/// A release of frame `id` as a peer writes it: plain, or with a fence's
+/// flags (the fd goes with it).
+fn release_message(id: u64, fence_flags: Option<u32>) -> Vec<u8> {
+    let mut m = header(
+        2,
+        if fence_flags.is_some() { 16 } else { 8 },
+        fence_flags.is_some() as u32,
+    );
+    m.extend_from_slice(&id.to_le_bytes());
+    if let Some(flags) = fence_flags {
+        m.extend_from_slice(&flags.to_le_bytes());
+        m.extend_from_slice(&0u32.to_le_bytes());
     }
-    let n = rustix::net::sendmsg(
-        sock,
-        &[IoSlice::new(bytes)],
-        &mut control,
-        rustix::net::SendFlags::empty(),
-    )
-    .unwrap();
-    assert_eq!(n, bytes.len());
-}
-
-/// A memfd sealed against shrinking, as a peer's memory.
-fn sealed_memfd() -> OwnedFd {
-    let fd = rustix::fs::memfd_create(
-        "frame",
-        rustix::fs::MemfdFlags::CLOEXEC | rustix::fs::MemfdFlags::ALLOW_SEALING,
-    )
-    .unwrap();
-    rustix::fs::ftruncate(&fd, 4096).unwrap();
-    rustix::fs::fcntl_add_seals(&fd, rustix::fs::SealFlags::SHRINK).unwrap();
-    fd
+    m
 }
 
 /// The id of the plain release the raw peer reads next.
@@ -597,8 +581,9 @@ fn read_release(peer: &mut UnixStream) -> u64 {
     peer.set_read_timeout(Some(LONG)).unwrap();
     let mut buf = [0u8; 24];
     peer.read_exact(&mut buf).unwrap();
-    assert_eq!(buf[..16], header(2, 8, 0)[..]);
-    u64::from_le_bytes(buf[16..].try_into().unwrap())
+    let id = u64::from_le_bytes(buf[16..].try_into().unwrap());
+    assert_eq!(buf[..], release_message(id, None)[..]);
+    id
 }
 
 #[test]
@@ -622,21 +607,17 @@ fn a_memory_fd_where_a_fence_belongs_is_refused() {
         // Read whole: released, and the stream goes on.
         assert_eq!(read_release(&mut peer), 9);
     });
-    // The fence's fd missing, or an unknown flag: framing of the payload.
-    send_raw(&peer, &raw_frame(10, 1, 1), &[memory.as_fd()]);
-    let e = rx.recv().unwrap_err();
-    assert!(
-        matches!(e, Error::Protocol(ref w) if w.contains("1 fences")),
-        "{e}"
-    );
-    assert_eq!(read_release(&mut peer), 10);
-    send_raw(&peer, &raw_frame(11, 2, 1), &[memory.as_fd()]);
-    let e = rx.recv().unwrap_err();
-    assert!(
-        matches!(e, Error::Protocol(ref w) if w.contains("unknown flags")),
-        "{e}"
-    );
-    assert_eq!(read_release(&mut peer), 11);
+    // The fence's fd missing, or an unknown flag: the payload is refused
+    // (read whole: released).
+    for (id, flags, says) in [(10, 1, "1 fences"), (11, 2, "unknown flags")] {
+        send_raw(&peer, &raw_frame(id, flags, 1), &[memory.as_fd()]);
+        let e = rx.recv().unwrap_err();
+        assert!(
+            matches!(e, Error::Protocol(ref w) if w.contains(says)),
+            "{e}"
+        );
+        assert_eq!(read_release(&mut peer), id);
+    }
     // And a good frame still comes through.
     send_raw(&peer, &raw_frame(12, 0, 1), &[memory.as_fd()]);
     let got = rx.recv().unwrap().unwrap();
@@ -652,10 +633,7 @@ fn a_release_whose_fence_is_not_a_sync_file_is_refused() {
         .send_frame(vec![ShmAllocator::get().alloc(4096, None).unwrap()], b"")
         .unwrap();
     let not_a_fence = sealed_memfd();
-    let mut fenced = header(2, 16, 1);
-    fenced.extend_from_slice(&id.to_le_bytes());
-    fenced.extend_from_slice(&1u32.to_le_bytes());
-    fenced.extend_from_slice(&0u32.to_le_bytes());
+    let fenced = release_message(id, Some(1));
     common::assert_no_leaks(40, |_| {
         send_raw(&peer, &fenced, &[not_a_fence.as_fd()]);
         let e = tx.wait_release().unwrap_err();
@@ -667,23 +645,15 @@ fn a_release_whose_fence_is_not_a_sync_file_is_refused() {
     // The frame stays held (nothing says when its buffers are free); the
     // sender is still in sync.
     assert_eq!(tx.in_flight(), 1);
-    let mut plain = header(2, 8, 0);
-    plain.extend_from_slice(&id.to_le_bytes());
-    send_raw(&peer, &plain, &[]);
+    send_raw(&peer, &release_message(id, None), &[]);
     assert_eq!(tx.wait_release().unwrap(), Some(id));
     // A fenced release with bad flags: refused, still in sync.
     let id = tx
         .send_frame(vec![ShmAllocator::get().alloc(4096, None).unwrap()], b"")
         .unwrap();
-    let mut bad = header(2, 16, 1);
-    bad.extend_from_slice(&id.to_le_bytes());
-    bad.extend_from_slice(&3u32.to_le_bytes());
-    bad.extend_from_slice(&0u32.to_le_bytes());
-    send_raw(&peer, &bad, &[not_a_fence.as_fd()]);
+    send_raw(&peer, &release_message(id, Some(3)), &[not_a_fence.as_fd()]);
     assert!(matches!(tx.wait_release(), Err(Error::Protocol(ref w)) if w.contains("flags")));
-    plain = header(2, 8, 0);
-    plain.extend_from_slice(&id.to_le_bytes());
-    send_raw(&peer, &plain, &[]);
+    send_raw(&peer, &release_message(id, None), &[]);
     assert_eq!(tx.wait_release().unwrap(), Some(id));
 }
 
