@@ -9,7 +9,7 @@
 //! Invariants: nothing panics (overflow checks are on); an accepted header
 //! has a known type, a payload and an fd count within the limits and the
 //! right lengths for its type; an accepted frame describes exactly one
-//! memory per fd, its fields add up to the payload's length, and every
+//! memory per fd (and one more fd for its acquire fence, if it has one), its fields add up to the payload's length, and every
 //! region lies inside its maxsize, itself at most `isize::MAX`.
 #![no_main]
 
@@ -36,7 +36,8 @@ fuzz_target!(|data: &[u8]| {
                 assert!(h.payload_len > 0 && h.payload_len % 4 == 0);
                 assert!(h.payload_len as usize / 4 <= MAX_UNREGISTER);
             }
-            2 => assert_eq!((h.payload_len, h.n_fds), (8, 0)),
+            // A release, or a release with its fence's fd.
+            2 => assert!(matches!((h.payload_len, h.n_fds), (8, 0) | (16, 1))),
             3 => assert_eq!((h.payload_len, h.n_fds), (0, 0)),
             other => panic!("header of unknown type {other} accepted"),
         }
@@ -55,7 +56,8 @@ fuzz_target!(|data: &[u8]| {
     }
     if let Ok(f) = parse_frame_v2(payload, n_fds) {
         let with_fds = f.memories.iter().filter(|m| m.source.has_fd()).count();
-        assert_eq!(with_fds, n_fds);
+        // The acquire fence's fd follows the memories'.
+        assert_eq!(with_fds + usize::from(f.acquire_fence), n_fds);
         assert!(f.memories.len() <= MAX_MEMORIES);
         let layout = f.layout.as_ref().map_or(0, |l| 24 + 16 * l.planes().len());
         assert_eq!(

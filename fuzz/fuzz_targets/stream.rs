@@ -11,6 +11,10 @@
 //! the end of the input). A write the socket cannot take at once ends the
 //! input. Then the writing end is closed.
 //!
+//! A frame whose acquire-fence flag is set takes its last fd as the
+//! fence; none of these kinds is a sync_file, so the receiver must refuse
+//! the frame and close every fd.
+//!
 //! Invariants: nothing panics or hangs (no recv times out: end of file
 //! always comes); every frame returned has read-only memories whose
 //! region lies inside their maxsize, shows at most the file's size, and

@@ -30,6 +30,8 @@ const LAYERS: &[(&str, u32)] = &[
     ("drm", 4),
     ("phys", 5),
     ("layout", 5),
+    // Fences: uses dmabuf for the memory's fd and drm to find vgem.
+    ("sync", 5),
     ("pool", 6),
     ("ipc", 6),
     ("provider", 6),

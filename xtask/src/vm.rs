@@ -33,7 +33,7 @@ use crate::host::{have, run};
 /// guest. `devices` holds the tests that need the guest's devices; the
 /// others run there too, on a second kernel.
 const GUEST_TESTS: &[&str] = &[
-    "devices", "dmabuf", "fd", "phys", "provider", "shm", "unixfd", "v4l2",
+    "devices", "dmabuf", "fd", "phys", "provider", "shm", "sync", "unixfd", "v4l2",
 ];
 /// Binaries of which the guest runs only the `#[ignore]`d tests (the rest
 /// run on the host), with GStreamer's root filesystem named in
@@ -421,7 +421,7 @@ fn probe_problems(probe: &str) -> Vec<String> {
         ("the system heap", "dmaheap:system ", 1),
         ("a bochs-drm dumb-buffer card", "DRMDumbMemory ", 2),
     ];
-    checks
+    let mut problems: Vec<String> = checks
         .iter()
         .filter(|(_, prefix, words)| {
             !rows.iter().any(|(l, detail)| {
@@ -431,7 +431,21 @@ fn probe_problems(probe: &str) -> Vec<String> {
             })
         })
         .map(|(what, _, _)| format!("the guest's probe does not show {what} as available"))
-        .collect()
+        .collect();
+    // Explicit sync: the guest's kernel (6.12) exports and imports
+    // sync_files on udmabuf and heap buffers.
+    for kind in ["udmabuf", "dmaheap:system"] {
+        let works = probe.lines().any(|l| {
+            let w: Vec<&str> = l.split_whitespace().collect();
+            w.first() == Some(&kind) && w.ends_with(&["export", "yes", "import", "yes"])
+        });
+        if !works {
+            problems.push(format!(
+                "the guest's probe does not show sync_file export and import working on {kind}"
+            ));
+        }
+    }
+    problems
 }
 
 pub fn vm_test() -> Res<()> {
@@ -712,6 +726,11 @@ DRMDumbMemory /dev/dri/card0  yes  -                       SystemMemory
     driver bochs-drm; dumb yes; PRIME export yes; XR24 64x64 pitch 256
 DRMDumbMemory /dev/dri/card1  no   -                       -
     driver vgem; dumb no; PRIME export yes: dumb buffers on /dev/dri/card1
+
+explicit sync (sync_file export / import) per dma-buf kind:
+  udmabuf                          export yes import yes
+  dmaheap:system                   export yes import yes
+  DRM dumb /dev/dri/card0 (PRIME)  export yes import yes
 ";
 
     #[test]
@@ -721,6 +740,16 @@ DRMDumbMemory /dev/dri/card1  no   -                       -
             "{:?}",
             probe_problems(GOOD)
         );
+    }
+
+    #[test]
+    fn probe_check_catches_explicit_sync_missing() {
+        let old_kernel = GOOD.replace(
+            "  udmabuf                          export yes import yes",
+            "  udmabuf                          export no  import no",
+        );
+        assert_eq!(probe_problems(&old_kernel).len(), 1);
+        assert!(probe_problems(&old_kernel)[0].contains("sync_file"));
     }
 
     #[test]
@@ -738,7 +767,8 @@ DRMDumbMemory /dev/dri/card1  no   -                       -
         // bochs must be named in the card's own detail, not another's.
         let no_bochs = GOOD.replace("driver bochs-drm", "driver other");
         assert_eq!(probe_problems(&no_bochs).len(), 1);
-        assert_eq!(probe_problems("").len(), 3);
+        // Three devices and explicit sync on two kinds.
+        assert_eq!(probe_problems("").len(), 5);
     }
 
     #[test]

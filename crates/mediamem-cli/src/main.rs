@@ -68,6 +68,7 @@ fn main() -> ExitCode {
                 probe_json(&rows).map(|j| j + "\n")
             } else {
                 Ok(probe_table(&rows)
+                    + &explicit_sync()
                     + &provider_chain()
                     + &v4l2_section(&mediamem::v4l2::probe_devices()))
             };
@@ -204,6 +205,31 @@ fn probe_table(rows: &[ProbeRow]) -> String {
 /// The dma-buf provider chain (`DmaBufProvider::new()`, memfd allowed) in
 /// order: the one that would serve an allocation now, and why each one
 /// before it would not.
+/// Whether sync_file export and import work on each dma-buf kind.
+fn explicit_sync() -> String {
+    let mut out = String::from("\nexplicit sync (sync_file export / import) per dma-buf kind:\n");
+    let word = |r: &Result<(), String>| if r.is_ok() { "yes" } else { "no" };
+    for row in mediamem::probe::probe_explicit_sync() {
+        out.push_str(&format!(
+            "  {:<32} export {:<3} import {}\n",
+            row.kind,
+            word(&row.export),
+            word(&row.import)
+        ));
+        let mut why = row.export.err();
+        if let (None, Err(e)) = (&why, &row.import) {
+            why = Some(e.clone());
+        }
+        if let Some(why) = why {
+            for l in wrap(&why, 6, TABLE_WIDTH) {
+                out.push_str(&l);
+                out.push('\n');
+            }
+        }
+    }
+    out
+}
+
 fn provider_chain() -> String {
     use mediamem::provider::DmaBufProvider;
     let mut out = String::from("\ndma-buf provider chain (allocator \"auto\"):\n");

@@ -9,13 +9,26 @@
 //! go. A failing sync (for example `ENOTTY` on an fd that is not a dma-buf)
 //! is logged as a warning and does not fail the map, as in GStreamer.
 //!
+//! Before that, a map waits for the buffer's fences, *bounded*: a read map
+//! for the writers' fences (`poll` for `POLLIN` on the dma-buf), a write map
+//! for every fence (`POLLOUT`), for at most the memory's fence timeout
+//! ([`DEFAULT_FENCE_TIMEOUT`], 5 s, unless [`set_default_fence_timeout`]
+//! or [`set_fence_timeout`] changed it). When it runs out the map fails
+//! with [`Error::FenceTimedOut`], which names
+//! the fences and the fd, and nothing is mapped. GStreamer waits inside
+//! `SYNC_START`, which the kernel does without a bound: a fence that never
+//! signals (a hung GPU job) would hang the map for ever. See the
+//! [`sync`](crate::sync) module for fences themselves.
+//!
 //! [`is_fd_memory`]: crate::is_fd_memory
 
 use std::os::fd::{AsRawFd, BorrowedFd, OwnedFd};
 use std::ptr::NonNull;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Duration;
 
 use crate::allocator::{AllocationParams, Allocator, AllocatorCaps, AllocatorFlags, AllocatorImpl};
-use crate::error::Result;
+use crate::error::{Error, Result};
 use crate::fd::{check_owned, dup_fd, fd_block, FdBlock, FdHandle, FdMemoryFlags};
 use crate::memory::{MapFlags, Memory, MemoryBackend, MemoryKind, MemoryParts};
 
@@ -101,17 +114,120 @@ pub fn dmabuf_memory_get_fd(mem: &Memory) -> Option<BorrowedFd<'_>> {
         .flatten()
 }
 
+/// How long a map of dma-buf memory waits for the buffer's fences by
+/// default before it fails with
+/// [`Error::FenceTimedOut`]: 5 s, long past
+/// any frame's GPU work and short of the 10 s after which kernels
+/// typically declare a GPU job hung.
+pub const DEFAULT_FENCE_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// Stands for "the process-wide default" in a memory's timeout.
+const USE_DEFAULT: u64 = u64::MAX;
+
+/// The process-wide fence timeout of maps, in nanoseconds.
+static DEFAULT_TIMEOUT_NS: AtomicU64 = AtomicU64::new(DEFAULT_FENCE_TIMEOUT.as_nanos() as u64);
+
+fn to_ns(timeout: Duration) -> u64 {
+    // `USE_DEFAULT - 1` ns is 584 years: for ever.
+    u64::try_from(timeout.as_nanos()).map_or(USE_DEFAULT - 1, |n| n.min(USE_DEFAULT - 1))
+}
+
+/// Set how long maps of dma-buf memory wait for fences, for every memory
+/// without a timeout of its own ([`set_fence_timeout`]). `Duration::MAX`
+/// waits for ever (the kernel's own behaviour); `Duration::ZERO` fails
+/// any map of a buffer with unsignaled fences at once.
+pub fn set_default_fence_timeout(timeout: Duration) {
+    DEFAULT_TIMEOUT_NS.store(to_ns(timeout), Ordering::Relaxed);
+}
+
+/// The process-wide fence timeout of maps ([`set_default_fence_timeout`]).
+pub fn default_fence_timeout() -> Duration {
+    Duration::from_nanos(DEFAULT_TIMEOUT_NS.load(Ordering::Relaxed))
+}
+
+/// Set how long maps of the dma-buf memory `mem` (its block: shares
+/// included) wait for the buffer's fences (`None`: the process-wide
+/// default again).
+///
+/// # Errors
+/// [`Error::WrongKind`] when `mem` is not dma-buf memory of
+/// [`DmaBufAllocator`] or a dma-buf allocator of mediamem.
+pub fn set_fence_timeout(mem: &Memory, timeout: Option<Duration>) -> Result<()> {
+    let backend = mem
+        .backend::<DmaBufBackend>()
+        .ok_or_else(|| Error::WrongKind {
+            expected: "dma-buf",
+            found: mem.allocator().mem_type().to_owned(),
+        })?;
+    backend
+        .fence_timeout_ns
+        .store(timeout.map_or(USE_DEFAULT, to_ns), Ordering::Relaxed);
+    Ok(())
+}
+
 /// The backend of dma-buf memory: an fd block whose CPU access is
 /// bracketed with `DMA_BUF_IOCTL_SYNC`. Reach it with [`Memory::backend`].
 #[derive(Debug)]
 pub struct DmaBufBackend {
     block: FdBlock,
+    /// How long a map waits for fences, in ns; `USE_DEFAULT`: the
+    /// process-wide default.
+    fence_timeout_ns: AtomicU64,
 }
 
 impl DmaBufBackend {
     /// dma-buf memory over `block`.
     pub(crate) fn new(block: FdBlock) -> Self {
-        DmaBufBackend { block }
+        DmaBufBackend {
+            block,
+            fence_timeout_ns: AtomicU64::new(USE_DEFAULT),
+        }
+    }
+
+    /// How long a map of this memory waits for the buffer's fences.
+    pub fn fence_timeout(&self) -> Duration {
+        match self.fence_timeout_ns.load(Ordering::Relaxed) {
+            USE_DEFAULT => default_fence_timeout(),
+            ns => Duration::from_nanos(ns),
+        }
+    }
+
+    /// Wait, bounded, for the fences a map with `flags` must wait for:
+    /// the writers' for a read (`POLLIN` on a dma-buf), every fence for a
+    /// write (`POLLOUT`). A `poll` that fails is logged and the map goes on
+    /// (its `SYNC_START` waits, as GStreamer's does).
+    fn wait_fences(&self, flags: MapFlags) -> Result<()> {
+        let (events, what) = if flags.contains(MapFlags::WRITE) {
+            (
+                rustix::event::PollFlags::OUT,
+                "every fence (readers' and writers')",
+            )
+        } else {
+            (rustix::event::PollFlags::IN, "the writers' fences")
+        };
+        let timeout = self.fence_timeout();
+        match crate::sys::poll_until(self.fd(), events, timeout) {
+            Ok(true) => Ok(()),
+            Ok(false) => Err(Error::FenceTimedOut {
+                what: format!(
+                    "{what} of dma-buf fd {} before a map for {}",
+                    self.fd().as_raw_fd(),
+                    if flags.contains(MapFlags::WRITE) {
+                        "writing"
+                    } else {
+                        "reading"
+                    }
+                ),
+                timeout,
+            }),
+            Err(e) => {
+                log::warn!(
+                    "poll for the fences of fd {} failed: {e}",
+                    self.fd().as_raw_fd()
+                );
+                Ok(())
+            }
+        }
     }
 
     /// The dma-buf fd (still owned by the memory). The block's other
@@ -168,6 +284,9 @@ impl std::ops::Deref for DmaBufBackend {
 unsafe impl MemoryBackend for DmaBufBackend {
     fn map(&self, maxsize: usize, flags: MapFlags) -> Result<NonNull<u8>> {
         debug_assert!(maxsize <= self.block.maxsize());
+        // Bounded, before SYNC_START's unbounded wait has anything to wait
+        // for.
+        self.wait_fences(flags)?;
         let ptr = self.block.map(ALLOCATOR_DMABUF, flags)?;
         // Sync only after a successful map, on every map (GStreamer does
         // not reference-count it either).

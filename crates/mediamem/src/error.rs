@@ -370,6 +370,37 @@ pub enum Error {
         reason: String,
     },
 
+    /// An fd given as a sync_file (a fence) is not one: not open, or a
+    /// pipe, a memfd, a dma-buf, any other file.
+    #[error("not a sync_file: {reason}")]
+    NotSyncFile {
+        /// What the fd was and why it was refused.
+        reason: String,
+    },
+
+    /// A bounded wait for fences ran out of time: a
+    /// [`SyncFile::wait`](crate::sync::SyncFile::wait), or a map of dma-buf
+    /// memory whose fences had not signaled (see the
+    /// [`sync`](crate::sync) module). Nothing was mapped or changed; the
+    /// call can be made again.
+    #[error("timed out after {timeout:?} waiting for {what}")]
+    FenceTimedOut {
+        /// What was waited for (which fences of which fd).
+        what: String,
+        /// How long.
+        timeout: std::time::Duration,
+    },
+
+    /// The kernel, or this buffer's exporter, lacks an interface.
+    #[error("{what} is not supported here ({errno}): Linux {since} added it")]
+    NotSupported {
+        /// The interface (an ioctl's name).
+        what: &'static str,
+        /// The first Linux version with it.
+        since: &'static str,
+        /// The kernel's answer (`ENOTTY` on an older kernel).
+        errno: rustix::io::Errno,
+    },
     /// A V4L2 device cannot do what was asked ([`crate::v4l2`]).
     #[error("V4L2 device {device}: {problem}")]
     V4l2 {
@@ -468,7 +499,7 @@ impl Error {
         match self {
             Error::Os { source, .. } => rustix::io::Errno::from_io_error(source),
             Error::MapFailed { errno, .. } => *errno,
-            Error::Exhausted { errno, .. } => Some(*errno),
+            Error::Exhausted { errno, .. } | Error::NotSupported { errno, .. } => Some(*errno),
             _ => None,
         }
     }

@@ -57,7 +57,7 @@
 //!
 //! A **frame**'s payload (type 4) is `id u64, pts u64, dts u64, duration
 //! u64` (nanoseconds, `u64::MAX` for unset: [`Timestamps`]), `n_memories
-//! u32, layout_len u32, meta_len u32, reserved u32 (0)`, then `n_memories`
+//! u32, layout_len u32, meta_len u32, flags u32`, then `n_memories`
 //! descriptors of 40 bytes `source u8, kind u8, 2 × pad, flags u32, buffer
 //! u32, pad u32, offset u64, size u64, maxsize u64`, then `layout_len`
 //! bytes of [`FrameLayout`] (none when 0), then `meta_len` bytes of caller
@@ -65,7 +65,11 @@
 //! bytes of the file it covers), 1 for one that registers buffer `buffer`
 //! (its fd, `kind` and `maxsize` are the buffer's) and 2 for one in
 //! buffer `buffer`, registered before (`kind` and `maxsize` 0); `kind` is
-//! 0 fd, 1 dma-buf. Sources 0 and 1 bring one fd each, in order.
+//! 0 fd, 1 dma-buf. Sources 0 and 1 bring one fd each, in order. `flags`
+//! bit 0 (the only one: others are an error) says an *acquire fence*
+//! comes with the frame: one more fd, after the memories', which must be a
+//! sync_file (see [Fences](#fences)). (Before fences this field was
+//! reserved and 0: a parser of that time refuses a fenced frame.)
 //!
 //! An **fd frame** (type 1, version 1's frame) has the payload `id u64,
 //! n_memories u32, meta_len u32`, then `n_memories` descriptors `kind u8,
@@ -79,10 +83,42 @@
 //! the read that reaches that write); fds that no message starting in
 //! their read announces are a framing error.
 //!
-//! A **release**'s payload is the frame id; an **unregister**'s is one or
+//! A **release**'s payload is the frame id (8 bytes, no fd), or, with a
+//! *release fence*, `id u64, flags u32 (1), reserved u32 (0)` (16 bytes)
+//! with the fence's fd; an **unregister**'s is one or
 //! more buffer ids (u32 each, at most [`MAX_UNREGISTER`]); end of stream
 //! has none. The sender writes an unregister right after a frame, in the
 //! same write.
+//!
+//! # Fences
+//!
+//! Frames carry explicit sync (see [`sync`](crate::sync)):
+//!
+//! * an **acquire fence** ([`Sender::send_frame_fenced`]): a sync_file
+//!   that signals when the frame's bytes are ready (a GPU or a codec still
+//!   writing them). The receiver's maps of the frame's memories (shares
+//!   included) wait for it, bounded by [`Receiver::set_fence_timeout`]
+//!   (5 s by default; [`Error::FenceTimedOut`] after it, nothing mapped),
+//!   until one map has seen it signaled; or the receiver takes it
+//!   ([`Frame::take_acquire_fence`]) and maps do not wait. A frame copied
+//!   out of an unsealed memfd ([`ReceivePolicy::copy_unsealed`]) waits
+//!   while it is copied, in [`Receiver::recv`].
+//! * a **release fence** ([`Frame::set_release_fence`]): a sync_file that
+//!   signals when the receiver's own work on the frame is done (it dropped
+//!   the memories while a device still reads them). It goes back with the
+//!   release; the sender keeps the frame's memories, so a
+//!   [`MemoryPool`](crate::pool::MemoryPool) does not hand the buffers
+//!   out again, until it has signaled: [`Sender::reclaim_fenced`] (which
+//!   every send and every release read calls) and
+//!   [`Sender::wait_fenced`] drop them then.
+//!
+//! Both fds are admitted with the care a memory's fd gets: a fence must be
+//! a sync_file, checked to be an anonymous inode before any sync ioctl is
+//! issued on it ([`Error::NotSyncFile`] otherwise: the frame is released
+//! and every fd it brought closed, or, for a release, the frame stays held
+//! by the sender); a sync_file sent where a memory's fd belongs is
+//! [`Error::Refused`]. A frame with a fence carries at most
+//! `MAX_MEMORIES - 1` memories with fds.
 //!
 //! # The receiver trusts nothing
 //!
@@ -173,6 +209,7 @@ use crate::memory::{
     BlockAlias, MapFlags, Memory, MemoryBackend, MemoryFlags, MemoryKind, MemoryParts,
 };
 use crate::shm::ShmAllocator;
+use crate::sync::SyncFile;
 
 #[cfg(feature = "tokio")]
 pub mod aio;
@@ -212,6 +249,11 @@ const T_UNREGISTER: u16 = 5;
 /// Memory kinds on the wire.
 const K_FD: u8 = 0;
 const K_DMABUF: u8 = 1;
+
+/// Frame flags on the wire (the frame's u32 at offset 44).
+const F_ACQUIRE_FENCE: u32 = 1;
+/// Release flags on the wire (a 16-byte release's u32 at offset 8).
+const R_RELEASE_FENCE: u32 = 1;
 
 /// Memory sources on the wire.
 const S_FD: u8 = 0;
@@ -297,6 +339,8 @@ pub fn parse_header(h: &[u8; HEADER_LEN]) -> Result<Header> {
             }
             None
         }
+        // A release with a fence: 16 bytes and its fd.
+        T_RELEASE if header.payload_len == 16 && header.n_fds == 1 => None,
         T_RELEASE => Some(8),
         T_EOS => Some(0),
         other => return Err(Error::Protocol(format!("unknown message type {other}"))),
@@ -480,6 +524,9 @@ pub struct WireFrame {
     pub layout: Option<FrameLayout>,
     /// Caller metadata.
     pub meta: Vec<u8>,
+    /// Whether an acquire fence (a sync_file) came with the frame: its fd
+    /// follows the memories' fds.
+    pub acquire_fence: bool,
 }
 
 /// Parse and check a frame payload (message type 4) that came with `n_fds`
@@ -507,12 +554,13 @@ pub fn parse_frame_v2(p: &[u8], n_fds: usize) -> Result<WireFrame> {
     let n = le_u32(p, 32) as usize;
     let layout_len = le_u32(p, 36) as usize;
     let meta_len = le_u32(p, 40) as usize;
-    let reserved = le_u32(p, 44);
-    if reserved != 0 {
+    let flags = le_u32(p, 44);
+    if flags & !F_ACQUIRE_FENCE != 0 {
         return Err(Error::Protocol(format!(
-            "frame {id}: reserved field is {reserved:#x}, not 0"
+            "frame {id}: unknown flags {flags:#x}"
         )));
     }
+    let acquire_fence = flags & F_ACQUIRE_FENCE != 0;
     if n > MAX_MEMORIES {
         return Err(Error::Protocol(format!(
             "{n} memories in a frame, at most {MAX_MEMORIES}"
@@ -568,9 +616,10 @@ pub fn parse_frame_v2(p: &[u8], n_fds: usize) -> Result<WireFrame> {
         }
         memories.push(m);
     }
-    if fds != n_fds {
+    let fences = usize::from(acquire_fence);
+    if fds + fences != n_fds {
         return Err(Error::Protocol(format!(
-            "frame {id} describes {fds} memories with fds but came with {n_fds} fds"
+            "frame {id} describes {fds} memories with fds and {fences} fences but came with {n_fds} fds"
         )));
     }
     let at = FRAME2_FIXED + n * DESC2_LEN;
@@ -585,6 +634,7 @@ pub fn parse_frame_v2(p: &[u8], n_fds: usize) -> Result<WireFrame> {
         memories,
         layout,
         meta: p[at + layout_len..].to_vec(),
+        acquire_fence,
     })
 }
 
@@ -856,11 +906,22 @@ fn read_message(
 
 /// Bytes of one release message.
 const RELEASE_LEN: usize = HEADER_LEN + 8;
+/// Bytes of one release message with a fence.
+const FENCED_RELEASE_LEN: usize = HEADER_LEN + 16;
 
-fn release_bytes(id: u64) -> [u8; RELEASE_LEN] {
-    let mut m = [0u8; RELEASE_LEN];
-    m[..HEADER_LEN].copy_from_slice(&header_bytes(T_RELEASE, 8, 0));
-    m[HEADER_LEN..].copy_from_slice(&id.to_le_bytes());
+/// A release of frame `id`, with a release fence (its fd goes with the
+/// message's first byte) or without.
+fn release_bytes(id: u64, fenced: bool) -> Vec<u8> {
+    let mut m = Vec::with_capacity(FENCED_RELEASE_LEN);
+    if fenced {
+        m.extend_from_slice(&header_bytes(T_RELEASE, 16, 1));
+        m.extend_from_slice(&id.to_le_bytes());
+        m.extend_from_slice(&R_RELEASE_FENCE.to_le_bytes());
+        m.extend_from_slice(&0u32.to_le_bytes());
+    } else {
+        m.extend_from_slice(&header_bytes(T_RELEASE, 8, 0));
+        m.extend_from_slice(&id.to_le_bytes());
+    }
     m
 }
 
@@ -900,10 +961,14 @@ pub struct Sender {
     next_id: u64,
     held: HashMap<u64, Box<dyn std::any::Any + Send>>,
     timeout: Option<Duration>,
-    /// The release being read: its bytes stay here across calls until it
-    /// is whole.
-    partial: [u8; RELEASE_LEN],
+    /// The release being read: its bytes (and its fence's fd) stay here
+    /// across calls until it is whole.
+    partial: [u8; FENCED_RELEASE_LEN],
     partial_len: usize,
+    partial_fds: Vec<OwnedFd>,
+    /// Frames released with a release fence not yet signaled: their
+    /// memories are held until it is.
+    fenced: Vec<(SyncFile, u64, Box<dyn std::any::Any + Send>)>,
     /// Why the stream is out of sync: nothing more is read or written.
     broken: Option<String>,
     /// Registered buffers by their block's key.
@@ -969,8 +1034,10 @@ impl Sender {
             next_id: 1,
             held: HashMap::new(),
             timeout: None,
-            partial: [0; RELEASE_LEN],
+            partial: [0; FENCED_RELEASE_LEN],
             partial_len: 0,
+            partial_fds: Vec::new(),
+            fenced: Vec::new(),
             broken: None,
             registered: HashMap::new(),
             next_buffer: 1,
@@ -1213,10 +1280,40 @@ impl Sender {
         memories: Vec<T>,
         info: FrameInfo<'_>,
     ) -> Result<u64> {
-        match self.send_inner(memories, info, false)? {
+        self.send_waiting(memories, info, None)
+    }
+
+    /// Send a frame, waiting for room (within the timeout).
+    fn send_waiting<T: AsRef<Memory> + Send + 'static>(
+        &mut self,
+        memories: Vec<T>,
+        info: FrameInfo<'_>,
+        acquire: Option<BorrowedFd<'_>>,
+    ) -> Result<u64> {
+        match self.send_inner(memories, info, acquire, false)? {
             TrySend::Sent(id) => Ok(id),
             TrySend::WouldBlock(_) => unreachable!("only try_send_frame gives up"),
         }
+    }
+
+    /// [`send_frame_with`](Sender::send_frame_with) with an *acquire
+    /// fence*: a sync_file that signals when the memories' bytes are ready
+    /// (a GPU or codec still writing them). It travels with the frame; the
+    /// receiver's maps of the frame's memories wait for it (bounded by
+    /// [`Receiver::set_fence_timeout`]), or the receiver takes it
+    /// ([`Frame::take_acquire_fence`]). The caller keeps its `fence`.
+    ///
+    /// # Errors
+    /// As [`send_frame_with`](Sender::send_frame_with); [`Error::Protocol`]
+    /// also when the memories' fds and the fence are more than
+    /// [`MAX_MEMORIES`] fds.
+    pub fn send_frame_fenced<T: AsRef<Memory> + Send + 'static>(
+        &mut self,
+        memories: Vec<T>,
+        info: FrameInfo<'_>,
+        acquire: &SyncFile,
+    ) -> Result<u64> {
+        self.send_waiting(memories, info, Some(acquire.as_fd()))
     }
 
     /// [`send_frame_with`](Sender::send_frame_with) without waiting for
@@ -1233,13 +1330,14 @@ impl Sender {
         memories: Vec<T>,
         info: FrameInfo<'_>,
     ) -> Result<TrySend<T>> {
-        self.send_inner(memories, info, true)
+        self.send_inner(memories, info, None, true)
     }
 
     fn send_inner<T: AsRef<Memory> + Send + 'static>(
         &mut self,
         memories: Vec<T>,
         info: FrameInfo<'_>,
+        acquire: Option<BorrowedFd<'_>>,
         try_only: bool,
     ) -> Result<TrySend<T>> {
         self.check_sync()?;
@@ -1261,6 +1359,7 @@ impl Sender {
             )));
         }
         self.sweep();
+        self.reclaim_fenced();
         let id = self.next_id;
         let mut msg = std::mem::take(&mut self.scratch);
         msg.clear();
@@ -1276,8 +1375,13 @@ impl Sender {
         msg.extend_from_slice(&(memories.len() as u32).to_le_bytes());
         msg.extend_from_slice(&(layout_len as u32).to_le_bytes());
         msg.extend_from_slice(&(info.meta.len() as u32).to_le_bytes());
-        msg.extend_from_slice(&0u32.to_le_bytes());
-        let mut fds = Vec::with_capacity(memories.len());
+        let flags = if acquire.is_some() {
+            F_ACQUIRE_FENCE
+        } else {
+            0
+        };
+        msg.extend_from_slice(&flags.to_le_bytes());
+        let mut fds = Vec::with_capacity(memories.len() + 1);
         // Buffers this frame registers: forgotten again if nothing is sent.
         let mut new_keys: Vec<usize> = Vec::new();
         let built = (|| -> Result<()> {
@@ -1318,6 +1422,16 @@ impl Sender {
                 msg.extend_from_slice(&(size as u64).to_le_bytes());
                 msg.extend_from_slice(&(maxsize as u64).to_le_bytes());
                 fds.extend(fd);
+            }
+            if let Some(fence) = acquire {
+                if fds.len() >= MAX_MEMORIES {
+                    return Err(Error::Protocol(format!(
+                        "{} memory fds and an acquire fence, at most {MAX_MEMORIES} fds",
+                        fds.len()
+                    )));
+                }
+                // After the memories' fds, in order.
+                fds.push(fence);
             }
             Ok(())
         })();
@@ -1389,12 +1503,18 @@ impl Sender {
     /// in part stays buffered for the next call.
     fn take_release(&mut self, block: bool) -> Result<Option<u64>> {
         self.check_sync()?;
+        self.reclaim_fenced();
         let deadline = deadline(self.timeout);
         let mut space = [MaybeUninit::uninit(); rustix::cmsg_space!(ScmRights(MAX_MEMORIES))];
         loop {
-            // Everything the sender reads is a release (24 bytes): read the
-            // rest of one in one call; anything else is out of sync anyway.
-            let want = RELEASE_LEN;
+            // Everything the sender reads is a release (24 bytes, or 32
+            // with a fence): read the rest of one in one call, never past
+            // it; anything else is out of sync anyway.
+            let want = if self.partial_len < HEADER_LEN {
+                RELEASE_LEN
+            } else {
+                HEADER_LEN + le_u32(&self.partial, 8) as usize
+            };
             let mut control = RecvAncillaryBuffer::new(&mut space);
             let r = rustix::net::recvmsg(
                 &self.sock,
@@ -1402,11 +1522,10 @@ impl Sender {
                 &mut control,
                 RecvFlags::CMSG_CLOEXEC | RecvFlags::DONTWAIT,
             );
-            let mut fds = 0;
+            let mut fds: Vec<OwnedFd> = Vec::new();
             for c in control.drain() {
                 if let RecvAncillaryMessage::ScmRights(received) = c {
-                    // Counting drops (closes) them.
-                    fds += received.count();
+                    fds.extend(received);
                 }
             }
             let msg = match r {
@@ -1438,10 +1557,19 @@ impl Sender {
                 }
                 Err(e) => return Err(self.out_of_sync(Error::os("recvmsg", e))),
             };
-            if fds > 0 || msg.flags.contains(ReturnFlags::CTRUNC) {
+            // A release's fd comes with its first byte, and only a fenced
+            // release brings one.
+            if msg.flags.contains(ReturnFlags::CTRUNC)
+                || (!fds.is_empty() && (self.partial_len != 0 || fds.len() > 1))
+            {
+                let n = fds.len();
+                drop(fds);
                 return Err(self.out_of_sync(Error::Protocol(format!(
-                    "{fds} fds came with a message to the sender"
+                    "{n} fds came with a message to the sender, where at most a release's fence may"
                 ))));
+            }
+            if !fds.is_empty() {
+                self.partial_fds = fds;
             }
             if msg.bytes == 0 {
                 if self.partial_len == 0 {
@@ -1459,7 +1587,15 @@ impl Sender {
                     .try_into()
                     .expect("a header's bytes");
                 match parse_header(head) {
-                    Ok(h) if h.kind == T_RELEASE => {}
+                    Ok(h) if h.kind == T_RELEASE => {
+                        if h.n_fds as usize != self.partial_fds.len() {
+                            return Err(self.out_of_sync(Error::Protocol(format!(
+                                "a release announces {} fds, {} fds came",
+                                h.n_fds,
+                                self.partial_fds.len()
+                            ))));
+                        }
+                    }
                     Ok(h) => {
                         return Err(self.out_of_sync(Error::Protocol(format!(
                             "sender got message type {}",
@@ -1469,16 +1605,99 @@ impl Sender {
                     Err(e) => return Err(self.out_of_sync(e)),
                 }
             }
-            if self.partial_len == RELEASE_LEN {
+            if self.partial_len >= HEADER_LEN
+                && self.partial_len == HEADER_LEN + le_u32(&self.partial, 8) as usize
+            {
+                let len = self.partial_len;
                 self.partial_len = 0;
-                let id = le_u64(&self.partial, HEADER_LEN);
+                let fence = self.partial_fds.pop();
                 // A whole message was read: still in sync.
-                if self.held.remove(&id).is_none() {
-                    return Err(Error::Protocol(format!("release of unknown frame {id}")));
-                }
-                return Ok(Some(id));
+                return self.released(len, fence).map(Some);
             }
         }
+    }
+
+    /// A whole release of `len` bytes is in `partial`, with its fence's fd
+    /// if it has one (the header was checked: 16 payload bytes and one fd,
+    /// or 8 and none). The frame's memories go now, or once the fence has
+    /// signaled.
+    fn released(&mut self, len: usize, fence: Option<OwnedFd>) -> Result<u64> {
+        let id = le_u64(&self.partial, HEADER_LEN);
+        let fence = match fence {
+            None => None,
+            Some(fd) => {
+                let flags = le_u32(&self.partial, HEADER_LEN + 8);
+                let reserved = le_u32(&self.partial, HEADER_LEN + 12);
+                debug_assert_eq!(len, FENCED_RELEASE_LEN);
+                if flags != R_RELEASE_FENCE || reserved != 0 {
+                    return Err(Error::Protocol(format!(
+                        "release of frame {id}: flags {flags:#x} and reserved {reserved:#x} (must be {R_RELEASE_FENCE} and 0)"
+                    )));
+                }
+                // A fence the sender cannot wait on cannot free the buffer:
+                // the frame stays held (until the sender goes).
+                let fence = SyncFile::from_fd(fd).map_err(|e| match e {
+                    Error::NotSyncFile { reason } => Error::NotSyncFile {
+                        reason: format!("the release fence of frame {id}: {reason}"),
+                    },
+                    e => e,
+                })?;
+                Some(fence)
+            }
+        };
+        let Some(memories) = self.held.remove(&id) else {
+            return Err(Error::Protocol(format!("release of unknown frame {id}")));
+        };
+        match fence {
+            Some(f) if !f.is_signaled().unwrap_or(false) => self.fenced.push((f, id, memories)),
+            _ => drop(memories),
+        }
+        Ok(id)
+    }
+
+    /// Drop the memories of every frame released with a fence that has
+    /// signaled since (a pool gets its buffers back); returns how many.
+    /// Every send and every release read does this first.
+    pub fn reclaim_fenced(&mut self) -> usize {
+        let before = self.fenced.len();
+        // A fence that cannot be polled is taken as signaled: holding the
+        // buffer for ever would be worse.
+        self.fenced
+            .retain(|(fence, _, _)| !fence.is_signaled().unwrap_or(true));
+        before - self.fenced.len()
+    }
+
+    /// Frames released with a release fence that has not signaled yet:
+    /// their memories are still held here.
+    pub fn fenced(&self) -> usize {
+        self.fenced.len()
+    }
+
+    /// Wait until every release fence held has signaled, for at most
+    /// `timeout`, and drop those frames' memories
+    /// ([`reclaim_fenced`](Sender::reclaim_fenced)); returns how many.
+    ///
+    /// # Errors
+    /// [`Error::FenceTimedOut`] when a fence did not signal in time (what
+    /// did is reclaimed all the same).
+    pub fn wait_fenced(&mut self, timeout: Duration) -> Result<usize> {
+        let deadline = Instant::now().checked_add(timeout);
+        let mut done = 0;
+        while let Some((fence, id, _)) = self.fenced.first() {
+            let left = deadline.map_or(Duration::MAX, |d| {
+                d.saturating_duration_since(Instant::now())
+            });
+            let waited = fence.wait(left).map_err(|e| match e {
+                Error::FenceTimedOut { .. } => Error::FenceTimedOut {
+                    what: format!("the release fence of frame {id}"),
+                    timeout,
+                },
+                e => e,
+            });
+            done += self.reclaim_fenced();
+            waited?;
+        }
+        Ok(done)
     }
 
     /// Wait for the next release; `Ok(None)` when the peer closed.
@@ -1599,6 +1818,11 @@ pub(crate) fn admit(
     if file.fs == crate::sys::FsKind::DmaBuf {
         return Ok((Admission::DmaBuf, file));
     }
+    if file.fs == crate::sys::FsKind::Other && crate::sys::is_sync_file(fd.as_fd()) == Ok(true) {
+        return Err(Error::Refused(
+            "is a sync_file (a fence) where a memory's fd was expected".into(),
+        ));
+    }
     let seals = rustix::fs::fcntl_get_seals(fd).unwrap_or(SealFlags::empty());
     let write_sealed = seals.intersects(SealFlags::WRITE | SealFlags::FUTURE_WRITE);
     let what = if announced_dmabuf {
@@ -1638,35 +1862,140 @@ pub struct Frame {
     /// The planes' layout, checked against the memories, when the sender
     /// gave one.
     pub layout: Option<FrameLayout>,
+    /// The frame's fences (see [`Frame::take_acquire_fence`],
+    /// [`Frame::set_release_fence`]); gone once the frame is released.
+    fences: Weak<ReleaseOnDrop>,
+}
+
+impl Frame {
+    /// Whether the frame came with an acquire fence that maps of its
+    /// memories still wait for (it has not been seen signaled by a map,
+    /// nor taken).
+    pub fn has_acquire_fence(&self) -> bool {
+        self.fences.upgrade().is_some_and(|t| {
+            t.acquire
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner)
+                .is_some()
+        })
+    }
+
+    /// Take the frame's acquire fence (sent with
+    /// [`Sender::send_frame_fenced`]): maps of the frame's memories no
+    /// longer wait for it, the caller does (or hands it to a device).
+    /// `None` when there was none, a map saw it signaled, or it was taken.
+    pub fn take_acquire_fence(&self) -> Option<SyncFile> {
+        let token = self.fences.upgrade()?;
+        let fence = token
+            .acquire
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .take()?;
+        // A map waiting right now holds a second handle: hand out a
+        // duplicate then.
+        Arc::try_unwrap(fence).or_else(|f| f.try_clone()).ok()
+    }
+
+    /// Send `fence` back with the frame's release: the sender does not
+    /// reuse the frame's buffers until it signals (work of this side, a
+    /// GPU reading them, still running when the memories are dropped). A
+    /// second call replaces the first fence.
+    ///
+    /// # Errors
+    /// [`Error::Protocol`] when the frame was already released (every
+    /// memory of it is gone, or it held none: copies); the fence is
+    /// dropped.
+    pub fn set_release_fence(&self, fence: SyncFile) -> Result<()> {
+        let token = self.fences.upgrade().ok_or_else(|| {
+            Error::Protocol(format!(
+                "frame {} was already released: its release fence cannot go with it",
+                self.id
+            ))
+        })?;
+        *token
+            .release_fence
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner) = Some(fence);
+        Ok(())
+    }
 }
 
 /// Releases waiting to be written, as bytes: a release cut by a short write
-/// is completed before anything else goes out.
+/// is completed before anything else goes out. A release fence's fd goes
+/// with the first byte of its release, in a write of its own.
 #[derive(Default)]
 struct Outbox {
     bytes: Vec<u8>,
     written: usize,
+    /// Stream position of `bytes[0]`.
+    base: u64,
+    /// Release fences, by the stream position of their release's first
+    /// byte (never before `base + written`).
+    fds: std::collections::VecDeque<(u64, OwnedFd)>,
+    /// Stream positions where the queued releases end.
+    ends: std::collections::VecDeque<u64>,
     /// Why the peer can no longer be written to; releases are then dropped.
     gone: Option<rustix::io::Errno>,
 }
 
 impl Outbox {
+    /// Queue a release (with its fence's fd, if any).
+    fn push(&mut self, bytes: &[u8], fence: Option<OwnedFd>) {
+        let at = self.base + self.bytes.len() as u64;
+        if let Some(fd) = fence {
+            self.fds.push_back((at, fd));
+        }
+        self.bytes.extend_from_slice(bytes);
+        self.ends.push_back(at + bytes.len() as u64);
+    }
+
     /// Write what is queued without blocking; whether some remains.
     fn write_nonblocking(&mut self, sock: &UnixStream) -> bool {
         while self.written < self.bytes.len() {
-            match rustix::net::send(
-                sock,
-                &self.bytes[self.written..],
-                SendFlags::DONTWAIT | SendFlags::NOSIGNAL,
-            ) {
+            let at = self.base + self.written as u64;
+            let index = |pos: u64| (pos - self.base) as usize;
+            // Up to the next fence's release; a fence's release starts a
+            // write of its own, which carries the fd.
+            let (end, fence) = match self.fds.front() {
+                Some((pos, fd)) if *pos == at => (
+                    self.fds.get(1).map_or(self.bytes.len(), |(p, _)| index(*p)),
+                    Some(fd.as_fd()),
+                ),
+                Some((pos, _)) => (index(*pos), None),
+                None => (self.bytes.len(), None),
+            };
+            let chunk = &self.bytes[self.written..end];
+            let flags = SendFlags::DONTWAIT | SendFlags::NOSIGNAL;
+            let r = match fence {
+                Some(fd) => {
+                    let fds = [fd];
+                    let mut space = [MaybeUninit::uninit(); rustix::cmsg_space!(ScmRights(1))];
+                    let mut control = SendAncillaryBuffer::new(&mut space);
+                    control.push(SendAncillaryMessage::ScmRights(&fds));
+                    rustix::net::sendmsg(sock, &[IoSlice::new(chunk)], &mut control, flags)
+                }
+                None => rustix::net::send(sock, chunk, flags),
+            };
+            match r {
                 Ok(0) => return true,
-                Ok(n) => self.written += n,
+                Ok(n) => {
+                    self.written += n;
+                    if fence.is_some() {
+                        // It went with the first byte.
+                        self.fds.pop_front();
+                    }
+                    let done = self.base + self.written as u64;
+                    while self.ends.front().is_some_and(|&e| e <= done) {
+                        self.ends.pop_front();
+                    }
+                }
                 Err(rustix::io::Errno::INTR) => continue,
                 Err(rustix::io::Errno::AGAIN) => {
                     // Keep the unwritten tail only, so a queue that never
                     // empties does not keep what went out long ago.
                     if self.written >= 1 << 16 {
                         self.bytes.drain(..self.written);
+                        self.base += self.written as u64;
                         self.written = 0;
                     }
                     return true;
@@ -1677,12 +2006,16 @@ impl Outbox {
                         self.bytes.len() - self.written
                     );
                     self.gone = Some(e);
+                    self.base += self.bytes.len() as u64;
                     self.bytes = Vec::new();
                     self.written = 0;
+                    self.fds.clear();
+                    self.ends.clear();
                     return false;
                 }
             }
         }
+        self.base += self.bytes.len() as u64;
         self.bytes.clear();
         self.written = 0;
         false
@@ -1720,15 +2053,15 @@ impl Conn {
         self.out.lock().unwrap_or_else(PoisonError::into_inner)
     }
 
-    /// Queue the release of frame `id` and write what can be written
-    /// without blocking.
-    fn release(&self, id: u64) {
+    /// Queue the release of frame `id` (with its release fence, if any)
+    /// and write what can be written without blocking.
+    fn release(&self, id: u64, fence: Option<OwnedFd>) {
         let pending = {
             let mut out = self.outbox();
             if out.gone.is_some() {
                 return;
             }
-            out.bytes.extend_from_slice(&release_bytes(id));
+            out.push(&release_bytes(id, fence.is_some()), fence);
             out.write_nonblocking(&self.stream)
         };
         if pending {
@@ -1778,9 +2111,46 @@ impl Conn {
 /// Sends the release of one frame when dropped (the last memory of the
 /// frame, shares included, is gone), without blocking: what the socket
 /// cannot take now waits in the receiver's queue.
+///
+/// It also holds the frame's fences: the acquire fence that maps of the
+/// frame's memories wait for (until it has signaled once, or the receiver
+/// took it), and the release fence that goes back with the release.
 struct ReleaseOnDrop {
     id: u64,
     sock: Arc<Conn>,
+    acquire: Mutex<Option<Arc<SyncFile>>>,
+    fence_timeout: Duration,
+    release_fence: Mutex<Option<SyncFile>>,
+}
+
+impl ReleaseOnDrop {
+    fn new(id: u64, sock: Arc<Conn>, fence_timeout: Duration) -> Self {
+        ReleaseOnDrop {
+            id,
+            sock,
+            acquire: Mutex::new(None),
+            fence_timeout,
+            release_fence: Mutex::new(None),
+        }
+    }
+
+    /// Wait for the acquire fence, if one is still to wait for, for at most
+    /// the receiver's fence timeout (the lock is not held meanwhile).
+    fn wait_acquire(&self) -> Result<()> {
+        let lock = || self.acquire.lock().unwrap_or_else(PoisonError::into_inner);
+        let Some(fence) = lock().clone() else {
+            return Ok(());
+        };
+        fence.wait(self.fence_timeout).map_err(|e| match e {
+            Error::FenceTimedOut { timeout, .. } => Error::FenceTimedOut {
+                what: format!("the acquire fence of frame {}", self.id),
+                timeout,
+            },
+            e => e,
+        })?;
+        lock().take();
+        Ok(())
+    }
 }
 
 impl std::fmt::Debug for ReleaseOnDrop {
@@ -1793,7 +2163,12 @@ impl std::fmt::Debug for ReleaseOnDrop {
 
 impl Drop for ReleaseOnDrop {
     fn drop(&mut self) {
-        self.sock.release(self.id);
+        let fence = self
+            .release_fence
+            .get_mut()
+            .unwrap_or_else(PoisonError::into_inner)
+            .take();
+        self.sock.release(self.id, fence.map(OwnedFd::from));
     }
 }
 
@@ -1844,10 +2219,22 @@ struct RegisteredView {
 // views are made with the buffer's maxsize.
 unsafe impl MemoryBackend for RegisteredView {
     fn map(&self, maxsize: usize, flags: MapFlags) -> Result<NonNull<u8>> {
+        self._release.wait_acquire()?;
         self.buffer.backend().map(maxsize, flags)
     }
 
     fn static_ptr(&self) -> Option<NonNull<u8>> {
+        // A frame with an acquire fence to wait for is mapped through
+        // `map`, which waits.
+        if self
+            ._release
+            .acquire
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .is_some()
+        {
+            return None;
+        }
         self.buffer.backend().static_ptr()
     }
 
@@ -1898,6 +2285,8 @@ pub struct Receiver {
     /// Ids whose registration was refused (at most [`MAX_UNREGISTER`]):
     /// the sender still unregisters them when it frees their block.
     refused: std::collections::HashSet<u32>,
+    /// How long maps wait for a frame's acquire fence.
+    fence_timeout: Duration,
 }
 
 impl AsFd for Receiver {
@@ -1937,7 +2326,18 @@ impl Receiver {
             registry: HashMap::new(),
             inbuf: InBuf::default(),
             refused: std::collections::HashSet::new(),
+            fence_timeout: crate::dmabuf::DEFAULT_FENCE_TIMEOUT,
         }
+    }
+
+    /// How long maps of a received frame's memories wait for the frame's
+    /// acquire fence ([`Sender::send_frame_fenced`]) before they fail with
+    /// [`Error::FenceTimedOut`] (5 s,
+    /// [`DEFAULT_FENCE_TIMEOUT`](crate::dmabuf::DEFAULT_FENCE_TIMEOUT), by
+    /// default; `Duration::MAX` waits for ever). Applies to frames received
+    /// from now on.
+    pub fn set_fence_timeout(&mut self, timeout: Duration) {
+        self.fence_timeout = timeout;
     }
 
     /// Bound every wait of this receiver by `timeout` (`None`: wait for
@@ -2164,11 +2564,14 @@ impl Receiver {
         parsed
     }
 
-    fn import_v2(&mut self, frame: WireFrame, fds: Vec<OwnedFd>) -> Result<Frame> {
-        let token = Arc::new(ReleaseOnDrop {
-            id: frame.id,
-            sock: self.sock.clone(),
-        });
+    fn import_v2(&mut self, frame: WireFrame, mut fds: Vec<OwnedFd>) -> Result<Frame> {
+        let token = Arc::new(ReleaseOnDrop::new(
+            frame.id,
+            self.sock.clone(),
+            self.fence_timeout,
+        ));
+        // The acquire fence's fd comes after the memories'.
+        let fence_fd = if frame.acquire_fence { fds.pop() } else { None };
         let mut fds = fds.into_iter();
         let mut fd_of: Vec<Option<OwnedFd>> = frame
             .memories
@@ -2216,6 +2619,16 @@ impl Receiver {
                 }),
             );
         }
+        if let Some(fd) = fence_fd {
+            let fence = SyncFile::from_fd(fd).map_err(|e| match e {
+                Error::NotSyncFile { reason } => Error::NotSyncFile {
+                    reason: format!("frame {}: the acquire fence: {reason}", frame.id),
+                },
+                e => e,
+            })?;
+            // Set before any memory is made: their maps then wait for it.
+            *token.acquire.lock().unwrap_or_else(PoisonError::into_inner) = Some(Arc::new(fence));
+        }
         let mut memories = Vec::with_capacity(frame.memories.len());
         let mut copied = 0;
         for (i, m) in frame.memories.iter().enumerate() {
@@ -2259,6 +2672,8 @@ impl Receiver {
                 });
             }
             if let Storage::Copy(fd) = &buf.storage {
+                // A copy reads the bytes now: once they are ready.
+                token.wait_acquire()?;
                 memories.push(copy_by_pread(
                     fd,
                     (offset, size, buf.maxsize),
@@ -2287,6 +2702,7 @@ impl Receiver {
         }
         // Copies (and empty frames) hold nothing of the sender's: the
         // release goes with the last memory that does, or right here.
+        let fences = Arc::downgrade(&token);
         drop(token);
         Ok(Frame {
             id: frame.id,
@@ -2294,6 +2710,7 @@ impl Receiver {
             meta: frame.meta,
             timestamps: frame.timestamps,
             layout: frame.layout,
+            fences,
         })
     }
 
@@ -2307,17 +2724,42 @@ impl Receiver {
         token: &Arc<ReleaseOnDrop>,
         copied: &mut usize,
     ) -> Result<Memory> {
-        let (alloc, backend): (_, Box<dyn MemoryBackend>) = match storage {
+        let fenced = token
+            .acquire
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .is_some();
+        let alloc = match &storage {
             Storage::Copy(fd) => {
+                // A copy reads the bytes now: once they are ready.
+                token.wait_acquire()?;
                 return copy_by_pread(
-                    &fd,
+                    fd,
                     (offset, size, maxsize),
                     copied,
                     self.policy.max_copy_bytes,
-                )
+                );
             }
-            Storage::DmaBuf(b) => (self.dmabuf_alloc.allocator(), Box::new(b)),
-            Storage::Fd(b) => (self.fd_alloc.allocator(), Box::new(b)),
+            Storage::DmaBuf(_) => self.dmabuf_alloc.allocator(),
+            Storage::Fd(_) => self.fd_alloc.allocator(),
+        };
+        if fenced {
+            // A view, as of a registered buffer (one of its own, named by
+            // no id): its maps wait for the acquire fence, and it holds
+            // the frame's release.
+            let view = RegisteredView {
+                buffer: Arc::new(RegisteredBuffer { storage, maxsize }),
+                _release: token.clone(),
+            };
+            let parts = MemoryParts::new(Box::new(view), maxsize)
+                .region(offset, size)
+                .flags(flags);
+            return Memory::from_parts(alloc, parts);
+        }
+        let backend: Box<dyn MemoryBackend> = match storage {
+            Storage::DmaBuf(b) => Box::new(b),
+            Storage::Fd(b) => Box::new(b),
+            Storage::Copy(_) => unreachable!("returned above"),
         };
         let parts = MemoryParts::new(backend, maxsize)
             .region(offset, size)
@@ -2367,20 +2809,20 @@ impl Receiver {
 
     /// Releases queued and not yet written in full.
     pub fn pending_releases(&self) -> usize {
-        let out = self.sock.outbox();
-        (out.bytes.len() - out.written).div_ceil(RELEASE_LEN)
+        self.sock.outbox().ends.len()
     }
 
     fn release(&self, id: u64) {
-        self.sock.release(id);
+        self.sock.release(id, None);
     }
 
     /// Import a version 1 frame: every memory with its own fd.
     fn import(&self, payload: FramePayload, fds: Vec<OwnedFd>) -> Result<Frame> {
-        let token = Arc::new(ReleaseOnDrop {
-            id: payload.id,
-            sock: self.sock.clone(),
-        });
+        let token = Arc::new(ReleaseOnDrop::new(
+            payload.id,
+            self.sock.clone(),
+            self.fence_timeout,
+        ));
         let mut memories = Vec::with_capacity(fds.len());
         let mut copied = 0;
         for (i, (desc, fd)) in payload.memories.iter().zip(fds).enumerate() {
@@ -2404,6 +2846,7 @@ impl Receiver {
         }
         // Copies (and empty frames) hold nothing of the sender's: the
         // release goes with the last imported memory, or right here.
+        let fences = Arc::downgrade(&token);
         drop(token);
         Ok(Frame {
             id: payload.id,
@@ -2411,6 +2854,7 @@ impl Receiver {
             meta: payload.meta,
             timestamps: Timestamps::default(),
             layout: None,
+            fences,
         })
     }
 }

@@ -58,6 +58,7 @@ pub mod pool;
 pub mod probe;
 pub mod provider;
 pub mod shm;
+pub mod sync;
 mod sys;
 pub mod udmabuf;
 pub mod unixfd;
@@ -80,6 +81,7 @@ pub use memory::{
 };
 pub use phys::{is_phys_memory, phys_memory_get_phys_addr, HugePageAllocator, PhysMemoryAllocator};
 pub use shm::ShmAllocator;
+pub use sync::{export_sync_file, import_sync_file, FenceAccess, SyncFile};
 pub use system::SystemAllocator;
 pub use udmabuf::UdmabufAllocator;
 

@@ -228,6 +228,80 @@ fn probe_drm() -> Vec<ProbeRow> {
         .collect()
 }
 
+/// Whether explicit sync works on one kind of dma-buf memory here
+/// ([`probe_explicit_sync`]).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SyncProbeRow {
+    /// The dma-buf kind (`"udmabuf"`, `"dmaheap:system"`, `"DRMDumbMemory
+    /// /dev/dri/card0"` exported with PRIME...).
+    pub kind: String,
+    /// `DMA_BUF_IOCTL_EXPORT_SYNC_FILE` of a buffer of this kind: `Ok`,
+    /// or why it failed (a kernel before 6.0, no such buffer here).
+    pub export: Result<(), String>,
+    /// `DMA_BUF_IOCTL_IMPORT_SYNC_FILE` of that sync_file back into it.
+    pub import: Result<(), String>,
+}
+
+/// For each kind of dma-buf memory this machine can allocate (udmabuf,
+/// each dma-heap, each DRM card's dumb buffers exported with PRIME):
+/// whether a sync_file can be exported from a buffer (it must come out
+/// signaled: a new buffer has no work pending) and imported into it again.
+pub fn probe_explicit_sync() -> Vec<SyncProbeRow> {
+    use crate::sync::{export_sync_file, import_sync_file, FenceAccess};
+    let mut buffers: Vec<(String, crate::Result<crate::Memory>)> = Vec::new();
+    buffers.push((
+        "udmabuf".into(),
+        crate::udmabuf::UdmabufAllocator::get().and_then(|a| a.alloc(1 << 16, None)),
+    ));
+    for name in crate::heap::list_heaps() {
+        buffers.push((
+            format!("{}:{name}", crate::heap::DMA_HEAP_MEMORY_TYPE),
+            crate::heap::DmaHeapAllocator::get(&name).and_then(|a| a.alloc(1 << 16, None)),
+        ));
+    }
+    for d in crate::drm::list_devices() {
+        if !(d.dumb && d.prime_export) {
+            continue;
+        }
+        let exported = crate::drm::DrmDumbAllocator::new_with_device_path(&d.path)
+            .and_then(|a| a.alloc(crate::drm::fourcc(*b"XR24"), 64, 64))
+            .and_then(|(m, _)| crate::drm::drm_dumb_memory_export_dmabuf(&m));
+        buffers.push((format!("DRM dumb {} (PRIME)", d.path.display()), exported));
+    }
+    buffers
+        .into_iter()
+        .map(|(kind, mem)| {
+            let (export, import) = match mem {
+                Err(e) => {
+                    let why = format!("no buffer: {e}");
+                    (Err(why.clone()), Err(why))
+                }
+                Ok(mem) => match export_sync_file(&mem, FenceAccess::Write) {
+                    Err(e) => {
+                        let why = e.to_string();
+                        (Err(why.clone()), Err(format!("not tried: {why}")))
+                    }
+                    Ok(fence) => {
+                        let export = match fence.is_signaled() {
+                            Ok(true) => Ok(()),
+                            Ok(false) => Err("a new buffer's fences are not signaled".into()),
+                            Err(e) => Err(e.to_string()),
+                        };
+                        let import = import_sync_file(&mem, &fence, FenceAccess::Read)
+                            .map_err(|e| e.to_string());
+                        (export, import)
+                    }
+                },
+            };
+            SyncProbeRow {
+                kind,
+                export,
+                import,
+            }
+        })
+        .collect()
+}
+
 fn copies_to(a: &Allocator) -> String {
     if a.flags()
         .intersects(AllocatorFlags::CUSTOM_ALLOC | AllocatorFlags::NO_COPY)
@@ -410,6 +484,17 @@ mod tests {
         );
         let cma = rows.iter().find(|r| r.name == "cma").unwrap();
         assert!(cma.contiguous && cma.dmabuf && cma.fd_backed);
+        // Explicit sync: a row per dma-buf kind, udmabuf always listed;
+        // where it cannot allocate, both say why.
+        let sync = super::probe_explicit_sync();
+        let u = sync.iter().find(|r| r.kind == "udmabuf").unwrap();
+        if !udmabuf.available {
+            assert!(
+                u.export.as_ref().unwrap_err().starts_with("no buffer"),
+                "{u:?}"
+            );
+            assert!(u.import.is_err());
+        }
     }
 
     /// A row keeps its kind's capabilities when the kind is not available

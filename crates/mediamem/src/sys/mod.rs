@@ -1,6 +1,7 @@
 //! Raw kernel interfaces, one module per interface: `dma_buf`, `dma_heap`,
-//! `drm`, `udmabuf`, `v4l2`, `file` (filesystem identity), `sigbus` (the `SIGBUS`
-//! guard).
+//! `drm`, `udmabuf`, `v4l2`, `file` (filesystem identity), `sigbus` (the
+//! `SIGBUS` guard), `sync_file` (fences: sync_files and a dma-buf's fences)
+//! and `vgem` (test fences).
 //!
 //! Each request has one safe function returning `Result<_, Errno>`; every
 //! `OwnedFd::from_raw_fd` of the crate is here, next to the request that
@@ -16,8 +17,10 @@ mod file;
 #[cfg(feature = "gstreamer")]
 mod gst;
 mod sigbus;
+mod sync_file;
 mod udmabuf;
 mod v4l2;
+mod vgem;
 
 pub(crate) use dma_buf::*;
 pub(crate) use dma_heap::*;
@@ -26,8 +29,10 @@ pub(crate) use file::{file_id, FdHandle, FileId, FsKind};
 #[cfg(feature = "gstreamer")]
 pub(crate) use gst::{gst_fd_memory, gst_keep_alive, gst_memory_fd};
 pub(crate) use sigbus::SigbusGuard;
+pub(crate) use sync_file::*;
 pub(crate) use udmabuf::*;
 pub(crate) use v4l2::*;
+pub(crate) use vgem::*;
 
 use std::os::fd::BorrowedFd;
 
@@ -100,6 +105,12 @@ mod tests {
         assert_eq!(std::mem::size_of::<DrmPrimeHandle>(), 12);
         assert_eq!(std::mem::size_of::<UdmabufCreate>(), 24);
         assert_eq!(std::mem::size_of::<DmaHeapAllocationData>(), 24);
+        assert_eq!(std::mem::size_of::<SyncMergeData>(), 48);
+        assert_eq!(std::mem::size_of::<SyncFenceInfo>(), 80);
+        assert_eq!(std::mem::size_of::<SyncFileInfo>(), 56);
+        assert_eq!(std::mem::size_of::<DmaBufSyncFile>(), 8);
+        assert_eq!(std::mem::size_of::<DrmVgemFenceAttach>(), 16);
+        assert_eq!(std::mem::size_of::<DrmVgemFenceSignal>(), 8);
         assert_eq!(std::mem::size_of::<V4l2Capability>(), 104);
         assert_eq!(std::mem::size_of::<V4l2Fmtdesc>(), 64);
         assert_eq!(std::mem::size_of::<V4l2PixFormat>(), 48);
@@ -161,6 +172,12 @@ mod tests {
         assert_eq!(DRM_IOCTL_PRIME_HANDLE_TO_FD as u64, 0xC00C_642D);
         assert_eq!(UDMABUF_CREATE as u64, 0x4018_7542);
         assert_eq!(DMA_HEAP_IOCTL_ALLOC as u64, 0xC018_4800);
+        assert_eq!(SYNC_IOC_MERGE as u64, 0xC030_3E03);
+        assert_eq!(SYNC_IOC_FILE_INFO as u64, 0xC038_3E04);
+        assert_eq!(DMA_BUF_IOCTL_EXPORT_SYNC_FILE as u64, 0xC008_6202);
+        assert_eq!(DMA_BUF_IOCTL_IMPORT_SYNC_FILE as u64, 0x4008_6203);
+        assert_eq!(DRM_IOCTL_VGEM_FENCE_ATTACH as u64, 0xC010_6441);
+        assert_eq!(DRM_IOCTL_VGEM_FENCE_SIGNAL as u64, 0x4008_6442);
         #[cfg(target_pointer_width = "64")]
         assert_eq!(DRM_IOCTL_VERSION as u64, 0xC040_6400);
         assert_eq!(VIDIOC_QUERYCAP as u64, 0x8068_5600);
@@ -189,6 +206,37 @@ mod tests {
         let f = std::fs::File::open("/proc/self/exe").unwrap();
         assert!(drm_driver_name(f.as_fd()).is_err());
         assert!(drm_get_cap(f.as_fd(), DRM_CAP_DUMB_BUFFER).is_err());
+    }
+
+    #[test]
+    fn sync_file_calls_on_other_files_fail_cleanly() {
+        use std::os::fd::AsFd;
+        let f = std::fs::File::open("/proc/self/exe").unwrap();
+        assert_eq!(is_sync_file(f.as_fd()), Ok(false));
+        assert!(sync_file_status(f.as_fd()).is_err());
+        assert!(dma_buf_export_sync_file(f.as_fd(), 1).is_err());
+        let (r, w) = std::os::unix::net::UnixStream::pair().unwrap();
+        assert_eq!(is_sync_file(r.as_fd()), Ok(false));
+        assert_eq!(dup_raw(-1).unwrap_err(), Errno::BADF);
+        // Ready at once: a socket with data is readable.
+        rustix::io::write(&w, b"x").unwrap();
+        assert_eq!(
+            poll_until(
+                r.as_fd(),
+                rustix::event::PollFlags::IN,
+                std::time::Duration::ZERO
+            ),
+            Ok(true)
+        );
+        let (r2, _w2) = std::os::unix::net::UnixStream::pair().unwrap();
+        assert_eq!(
+            poll_until(
+                r2.as_fd(),
+                rustix::event::PollFlags::IN,
+                std::time::Duration::from_millis(1)
+            ),
+            Ok(false)
+        );
     }
 
     #[test]

@@ -253,3 +253,48 @@ impl Drop for ExeCopy {
         let _ = std::fs::remove_dir_all(&self.dir);
     }
 }
+
+/// A message header of mediamem's IPC wire format.
+pub fn ipc_header(kind: u16, payload_len: u32, n_fds: u32) -> Vec<u8> {
+    use mediamem::ipc::{MAGIC, VERSION};
+    let mut h = Vec::new();
+    h.extend_from_slice(&MAGIC.to_le_bytes());
+    h.extend_from_slice(&VERSION.to_le_bytes());
+    h.extend_from_slice(&kind.to_le_bytes());
+    h.extend_from_slice(&payload_len.to_le_bytes());
+    h.extend_from_slice(&n_fds.to_le_bytes());
+    h
+}
+
+/// Send `bytes` with `fds` in one sendmsg.
+pub fn send_raw(
+    sock: &std::os::unix::net::UnixStream,
+    bytes: &[u8],
+    fds: &[std::os::fd::BorrowedFd<'_>],
+) {
+    let mut space = [std::mem::MaybeUninit::uninit(); rustix::cmsg_space!(ScmRights(8))];
+    let mut control = rustix::net::SendAncillaryBuffer::new(&mut space);
+    if !fds.is_empty() {
+        assert!(control.push(rustix::net::SendAncillaryMessage::ScmRights(fds)));
+    }
+    let n = rustix::net::sendmsg(
+        sock,
+        &[std::io::IoSlice::new(bytes)],
+        &mut control,
+        rustix::net::SendFlags::empty(),
+    )
+    .unwrap();
+    assert_eq!(n, bytes.len());
+}
+
+/// A memfd of `len` bytes sealed against shrinking, as a peer's memory.
+pub fn sealed_memfd_named(name: &str, len: usize) -> std::os::fd::OwnedFd {
+    let fd = rustix::fs::memfd_create(
+        name,
+        rustix::fs::MemfdFlags::CLOEXEC | rustix::fs::MemfdFlags::ALLOW_SEALING,
+    )
+    .unwrap();
+    rustix::fs::ftruncate(&fd, len as u64).unwrap();
+    rustix::fs::fcntl_add_seals(&fd, rustix::fs::SealFlags::SHRINK).unwrap();
+    fd
+}
