@@ -388,6 +388,33 @@ fn each_root_of_one_file_keeps_its_own_lock_word() -> Result<()> {
 }
 
 #[test]
+fn a_lock_leaked_on_the_first_root_dies_with_it() -> Result<()> {
+    // `mem::forget` of a guard is safe code. A lock leaked on the root that
+    // holds the alias word must not pass to the next root that takes the
+    // word over, as it would not had the root kept a word of its own.
+    let file = common::temp_file(&[0u8; PAGE]);
+    fn import(fd: std::os::fd::BorrowedFd<'_>) -> Result<Memory> {
+        FdAllocator::new().alloc_borrowed(fd, PAGE, 0, PAGE, FdMemoryFlags::empty())
+    }
+    let first = import(file.as_fd())?;
+    let twin = import(first.fd().unwrap())?;
+    std::mem::forget(first.lock(mediamem::LockFlags::EXCLUSIVE)?);
+    std::mem::forget(first.lock(mediamem::LockFlags::READ | mediamem::LockFlags::WRITE)?);
+    assert_eq!(first.lock_state(), 0x10103);
+    drop(first);
+    let third = import(twin.fd().unwrap())?;
+    assert_eq!((third.lock_state(), twin.lock_state()), (0, 0));
+    // One share keeps a root writable; a second exclusive holder (the
+    // leaked lock) would not.
+    let share = third.share(..)?;
+    assert!(third.is_writable());
+    drop(share);
+    third.map_writable()?[0] = 7;
+    assert_eq!(twin.map_readable()?[0], 7);
+    Ok(())
+}
+
+#[test]
 fn a_frame_received_in_the_same_process_shares_the_senders_rule() -> Result<()> {
     let (mut tx, mut rx) = pair(ReceivePolicy::default());
     let shm = ShmAllocator::get().alloc(PAGE, None)?;

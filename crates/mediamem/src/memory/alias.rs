@@ -142,15 +142,18 @@ impl BlockAlias {
     /// lock word: true for the first root that asks while no other holds
     /// it. That root then locks and borrows in one step; it gives the half
     /// back with [`unclaim_word`](BlockAlias::unclaim_word) when it is
-    /// freed, by which time it holds no lock there (its shares, maps and
-    /// lock guards are gone; mode bits left by its last unmap mean nothing
-    /// to the next owner, see the lock word's docs).
+    /// freed, by which time none of its guards can touch that half again
+    /// (its shares are gone, and a map or lock guard either ended or was
+    /// leaked with `mem::forget`); `unclaim_word` clears the half, so
+    /// neither a leaked lock nor the mode bits of the last unmap pass to
+    /// the next root that claims it.
     pub(crate) fn claim_word(&self) -> bool {
         !self.0.claimed.swap(true, Ordering::AcqRel)
     }
 
     /// Give back what [`claim_word`](BlockAlias::claim_word) granted.
     pub(crate) fn unclaim_word(&self) {
+        self.0.borrows.clear_gst_half();
         self.0.claimed.store(false, Ordering::Release);
     }
 }

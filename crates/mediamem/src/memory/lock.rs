@@ -12,7 +12,8 @@
 //! mediamem's byte-borrow count for the block (on roots only): any number
 //! of readers, or one writer bit, for the slice-giving map guards. Keeping
 //! both in one word lets a root's map take its lock and its borrow with a
-//! single compare-and-swap, and its unmap release both with another.
+//! single compare-and-swap, and its unmap release both with one
+//! `fetch_sub`.
 //!
 //! Every lock (and map) is a compare-and-swap, which checks the state
 //! before changing it. Every unlock (and unmap, and borrow release) is one
@@ -136,6 +137,14 @@ impl LockWord {
     #[inline]
     pub(crate) fn get(&self) -> u32 {
         normalized(self.0.load(Ordering::Acquire) as u32)
+    }
+
+    /// Clear the GStreamer half, keeping the borrows: for a word that
+    /// passes from one root to another ([`BlockAlias`](super::alias::BlockAlias)),
+    /// when its root is freed, so that locks leaked with `mem::forget` (and
+    /// mode bits) die with that root as its own word would.
+    pub(crate) fn clear_gst_half(&self) {
+        self.0.fetch_and(!u64::from(u32::MAX), Ordering::AcqRel);
     }
 
     /// Whether nothing holds the word: no lock, map or borrow (mode bits
