@@ -347,13 +347,69 @@ mod loom_tests {
         }
     }
 
+    /// A [`Probe`] as a system memory keeps its header: either in a block
+    /// of its own ([`Counted::new`]) or inside the allocation it owns and
+    /// frees when dropped ([`Counted::new_hosted`]), so loom also sees the
+    /// free of that allocation ordered after every handle's use.
+    struct Hosted {
+        probe: std::mem::ManuallyDrop<Probe>,
+        host: Option<(NonNull<u8>, Layout)>,
+    }
+
+    // SAFETY: `host` is only an allocation this value owns and frees once,
+    // in its drop; `Probe` is Send + Sync.
+    unsafe impl Send for Hosted {}
+    // SAFETY: as above; `&Hosted` only reaches the probe.
+    unsafe impl Sync for Hosted {}
+
+    impl Deref for Hosted {
+        type Target = Probe;
+        fn deref(&self) -> &Probe {
+            &self.probe
+        }
+    }
+
+    impl Drop for Hosted {
+        fn drop(&mut self) {
+            // SAFETY: dropped once, here, and never used again.
+            unsafe { std::mem::ManuallyDrop::drop(&mut self.probe) };
+            if let Some((ptr, layout)) = self.host.take() {
+                // After the probe's drop, which loom checks is ordered
+                // after every handle's use (the block inside was read out).
+                // SAFETY: allocated with `layout` in `counted`, freed once.
+                unsafe { std::alloc::dealloc(ptr.as_ptr(), layout) };
+            }
+        }
+    }
+
+    /// A handle on a new [`Hosted`] probe, in its own allocation if `hosted`.
+    fn counted(probe: Probe, hosted: bool) -> Counted<Hosted> {
+        let probe = std::mem::ManuallyDrop::new(probe);
+        if !hosted {
+            return Counted::new(Hosted { probe, host: None });
+        }
+        let layout = Counted::<Hosted>::block_layout();
+        // SAFETY: the layout has a non-zero size (it holds a count).
+        let ptr = NonNull::new(unsafe { std::alloc::alloc(layout) }).expect("allocation");
+        let host = Some((ptr, layout));
+        // SAFETY: `ptr` is valid and aligned for the block's layout, and the
+        // value owns and frees that allocation once it has left it.
+        unsafe { Counted::new_hosted(ptr, Hosted { probe, host }) }
+    }
+
     #[test]
     fn loom_last_handle_drops_once_after_all_uses() {
+        for hosted in [false, true] {
+            last_handle_drops_once_after_all_uses(hosted);
+        }
+    }
+
+    fn last_handle_drops_once_after_all_uses(hosted: bool) {
         // Three handles on three threads; one of them clones its handle
         // and drops the original before its last use.
-        let seen = outcomes(|| {
+        let seen = outcomes(move || {
             let dropped_by = Arc::new(Mutex::new(Vec::new()));
-            let a = Counted::new(Probe::new(&dropped_by));
+            let a = counted(Probe::new(&dropped_by), hosted);
             let b = a.clone();
             let c = a.clone();
             let t1 = thread::spawn(move || {
