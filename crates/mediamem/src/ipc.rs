@@ -41,7 +41,7 @@
 //! of the stream the receiver forgets every buffer (memories still alive
 //! keep theirs mapped until they go).
 //!
-//! # Wire format (version 2, little-endian)
+//! # Wire format (version 3, little-endian)
 //!
 //! Every message is a 16-byte header followed by `payload_len` bytes. The
 //! header and any fds go in one `sendmsg`; long payloads continue in
@@ -50,7 +50,7 @@
 //! | field | type | meaning |
 //! |---|---|---|
 //! | magic | u32 | `0x5049_4d4d` (`"MMIP"`) |
-//! | version | u16 | 2 (a peer speaking another gets [`Error::VersionMismatch`] naming both) |
+//! | version | u16 | 3 (a peer speaking another gets [`Error::VersionMismatch`] naming both) |
 //! | type | u16 | 1 fd frame, 2 release, 3 end of stream, 4 frame, 5 unregister |
 //! | payload_len | u32 | at most [`MAX_PAYLOAD`] |
 //! | n_fds | u32 | fds sent with this header |
@@ -68,8 +68,14 @@
 //! 0 fd, 1 dma-buf. Sources 0 and 1 bring one fd each, in order. `flags`
 //! bit 0 (the only one: others are an error) says an *acquire fence*
 //! comes with the frame: one more fd, after the memories', which must be a
-//! sync_file (see [Fences](#fences)). (Before fences this field was
-//! reserved and 0: a parser of that time refuses a fenced frame.)
+//! sync_file (see [Fences](#fences)).
+//!
+//! Version 3 is version 2 with fences: the frame's `flags` (reserved and
+//! 0 in version 2) and the fenced release. The two are not mixed on one
+//! connection: a version 2 peer that met a fenced frame or release would
+//! refuse it or fall out of sync, so each end refuses the other's
+//! messages with [`Error::VersionMismatch`] from the first header on,
+//! as version 1 and 2 peers do, and both ends are upgraded together.
 //!
 //! An **fd frame** (type 1, version 1's frame) has the payload `id u64,
 //! n_memories u32, meta_len u32`, then `n_memories` descriptors `kind u8,
@@ -246,7 +252,7 @@ pub use fanout::{ClientId, FanOut, FanOutReport, DEFAULT_CLIENT_TIMEOUT};
 /// `"MMIP"` read as a little-endian u32.
 pub const MAGIC: u32 = u32::from_le_bytes(*b"MMIP");
 /// Protocol version.
-pub const VERSION: u16 = 2;
+pub const VERSION: u16 = 3;
 /// Largest payload accepted.
 pub const MAX_PAYLOAD: usize = 1 << 20;
 /// Most memories in one frame (and fds in one message).

@@ -284,10 +284,21 @@ fn oversized_truncated_and_foreign_messages() {
     peer.write_all(&h).unwrap();
     let e = rx.recv().unwrap_err();
     assert!(
-        matches!(e, Error::VersionMismatch { ours: 2, theirs: 1 }),
+        matches!(e, Error::VersionMismatch { ours: 3, theirs: 1 }),
         "{e}"
     );
-    assert!(e.to_string().contains("version 1") && e.to_string().contains("version 2"));
+    assert!(e.to_string().contains("version 1") && e.to_string().contains("version 3"));
+    // A version 2 peer (before fences): refused from its first header on.
+    let (mut peer, ours) = UnixStream::pair().unwrap();
+    let mut rx = Receiver::new(ours, ReceivePolicy::default());
+    let mut h = header(3, 0, 0);
+    h[4] = 2;
+    peer.write_all(&h).unwrap();
+    let e = rx.recv().unwrap_err();
+    assert!(
+        matches!(e, Error::VersionMismatch { ours: 3, theirs: 2 }),
+        "{e}"
+    );
 
     // End of stream inside a header and inside a payload.
     let (mut peer, ours) = UnixStream::pair().unwrap();
