@@ -722,6 +722,49 @@ fn a_sender_dropped_with_fences_pending_keeps_the_buffers_safe() {
 }
 
 #[test]
+fn fenced_releases_queued_behind_a_full_socket_go_out_whole() {
+    const TEST: &str = "fenced_releases_queued_behind_a_full_socket_go_out_whole";
+    let Some(vgem) = vgem(TEST) else {
+        return;
+    };
+    let gpu = vgem_buffer(&vgem);
+    let (a, b) = UnixStream::pair().unwrap();
+    // The receiver's socket takes a few releases at a time: the rest queue
+    // and go out in pieces, each fence's fd with its release's first byte.
+    rustix::net::sockopt::set_socket_send_buffer_size(&b, 1).unwrap();
+    let (mut tx, mut rx) = (Sender::new(a), Receiver::new(b, ReceivePolicy::default()));
+    tx.set_timeout(Some(LONG)).unwrap();
+    rx.set_timeout(Some(LONG)).unwrap();
+    let frame = ShmAllocator::get().alloc(4096, None).unwrap();
+    const N: usize = 200;
+    let mut ids = Vec::new();
+    for _ in 0..N / 20 {
+        for _ in 0..20 {
+            ids.push(tx.send_frame(vec![frame.clone()], b"").unwrap());
+        }
+        for _ in 0..20 {
+            let got = rx.recv().unwrap().unwrap();
+            // Signaled (vgem's buffer has no fence): the sender checks the
+            // message and its fd all the same.
+            got.set_release_fence(export_sync_file(gpu.memory(), FenceAccess::Read).unwrap())
+                .unwrap();
+        }
+    }
+    assert!(rx.pending_releases() > 0, "the socket never filled");
+    let flusher = thread::spawn(move || {
+        rx.flush().unwrap();
+        rx
+    });
+    for &id in &ids {
+        assert_eq!(tx.wait_release().unwrap(), Some(id));
+    }
+    let rx = flusher.join().unwrap();
+    assert_eq!(rx.pending_releases(), 0);
+    assert_eq!(tx.in_flight(), 0);
+    assert_eq!(tx.fenced(), 0);
+}
+
+#[test]
 fn received_dmabufs_take_a_fence_timeout() {
     const TEST: &str = "received_dmabufs_take_a_fence_timeout";
     for (kind, mem) in other_dmabufs(TEST) {
