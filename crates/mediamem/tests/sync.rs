@@ -54,6 +54,12 @@ fn vgem_buffer(vgem: &Vgem) -> VgemBuffer {
     vgem.alloc(64 << 10).expect("a vgem buffer")
 }
 
+/// A vgem buffer (a "GPU" whose fences the test attaches and signals), or
+/// a skip line and `None` where vgem is missing.
+fn gpu(test: &str) -> Option<VgemBuffer> {
+    vgem(test).map(|v| vgem_buffer(&v))
+}
+
 /// Run `f` on another thread after `delay`, setting `done` first.
 fn later(
     delay: Duration,
@@ -558,10 +564,9 @@ fn release_fenced(rx: &mut Receiver, gpu: &VgemBuffer, n: usize) {
 #[test]
 fn frames_held_for_their_fences_count_in_flight_and_are_bounded() {
     const TEST: &str = "frames_held_for_their_fences_count_in_flight_and_are_bounded";
-    let Some(vgem) = vgem(TEST) else {
+    let Some(gpu) = gpu(TEST) else {
         return;
     };
-    let gpu = vgem_buffer(&vgem);
     let frame = ShmAllocator::get().alloc(4096, None).unwrap();
 
     // A fan-out receiver that returns every frame with a late fence stays
@@ -622,10 +627,9 @@ fn frames_held_for_their_fences_count_in_flight_and_are_bounded() {
 #[test]
 fn a_producer_waiting_for_releases_gets_buffers_back_when_fences_signal() {
     const TEST: &str = "a_producer_waiting_for_releases_gets_buffers_back_when_fences_signal";
-    let Some(vgem) = vgem(TEST) else {
+    let Some(gpu) = gpu(TEST) else {
         return;
     };
-    let gpu = vgem_buffer(&vgem);
     let (mut tx, mut rx) = transport();
     tx.set_timeout(Some(LONG)).unwrap();
     let pool = MemoryPool::new(ShmAllocator::get(), 4096, None, 2, 2).unwrap();
@@ -673,10 +677,9 @@ fn a_producer_waiting_for_releases_gets_buffers_back_when_fences_signal() {
 #[test]
 fn a_sender_dropped_with_fences_pending_keeps_the_buffers_safe() {
     const TEST: &str = "a_sender_dropped_with_fences_pending_keeps_the_buffers_safe";
-    let Some(vgem) = vgem(TEST) else {
+    let Some(gpu) = gpu(TEST) else {
         return;
     };
-    let gpu = vgem_buffer(&vgem);
     // dma-buf memories: the release fence goes into the buffer, whose next
     // writer waits for it, the sender gone or not.
     for (kind, mem) in other_dmabufs(TEST) {
@@ -724,10 +727,9 @@ fn a_sender_dropped_with_fences_pending_keeps_the_buffers_safe() {
 #[test]
 fn fenced_releases_queued_behind_a_full_socket_go_out_whole() {
     const TEST: &str = "fenced_releases_queued_behind_a_full_socket_go_out_whole";
-    let Some(vgem) = vgem(TEST) else {
+    let Some(gpu) = gpu(TEST) else {
         return;
     };
-    let gpu = vgem_buffer(&vgem);
     let (a, b) = UnixStream::pair().unwrap();
     // The receiver's socket takes a few releases at a time: the rest queue
     // and go out in pieces, each fence's fd with its release's first byte.
@@ -783,10 +785,9 @@ fn received_dmabufs_take_a_fence_timeout() {
 #[test]
 fn copying_a_fenced_frame_waits_within_the_receivers_timeout() {
     const TEST: &str = "copying_a_fenced_frame_waits_within_the_receivers_timeout";
-    let Some(vgem) = vgem(TEST) else {
+    let Some(gpu) = gpu(TEST) else {
         return;
     };
-    let gpu = vgem_buffer(&vgem);
     let fence = gpu.attach_fence(FenceAccess::Write).unwrap();
     let acquire = export_sync_file(gpu.memory(), FenceAccess::Read).unwrap();
     let (peer, ours) = UnixStream::pair().unwrap();
