@@ -156,17 +156,21 @@ pub fn default_fence_timeout() -> Duration {
 
 /// Set how long maps of the dma-buf memory `mem` (its block: shares
 /// included) wait for the buffer's fences (`None`: the process-wide
-/// default again). A dma-buf received through [`ipc`](crate::ipc) is a
-/// view of the receiver's buffer: its timeout is that buffer's, for every
-/// frame that names it.
+/// default again).
+///
+/// A dma-buf received through [`ipc`](crate::ipc) as a registered buffer,
+/// or in a frame with an acquire fence, is a view of the receiver's
+/// buffer, not dma-buf memory of its own: it gives [`Error::WrongKind`],
+/// and its maps wait for the process-wide default
+/// ([`set_default_fence_timeout`]). (Unregistered, unfenced ones are
+/// dma-buf memory and take a timeout of their own.)
 ///
 /// # Errors
 /// [`Error::WrongKind`] when `mem` is not dma-buf memory of
-/// [`DmaBufAllocator`], a dma-buf allocator of mediamem or a receiver.
+/// [`DmaBufAllocator`] or a dma-buf allocator of mediamem.
 pub fn set_fence_timeout(mem: &Memory, timeout: Option<Duration>) -> Result<()> {
     let backend = mem
         .backend::<DmaBufBackend>()
-        .or_else(|| crate::ipc::received_dmabuf(mem))
         .ok_or_else(|| Error::WrongKind {
             expected: "dma-buf",
             found: mem.allocator().mem_type().to_owned(),

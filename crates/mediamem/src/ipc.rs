@@ -2493,15 +2493,6 @@ struct RegisteredView {
     _release: Arc<ReleaseOnDrop>,
 }
 
-/// The dma-buf backend under a received memory (a view of a registered
-/// buffer, or of a fenced frame's own dma-buf), to set its fence timeout.
-pub(crate) fn received_dmabuf(m: &Memory) -> Option<&DmaBufBackend> {
-    match &m.backend::<RegisteredView>()?.buffer.storage {
-        Storage::DmaBuf(b) => Some(b),
-        _ => None,
-    }
-}
-
 // SAFETY: every call is forwarded to the registered buffer's backend (fd
 // or dma-buf memory), which keeps its promises for `maxsize` bytes; the
 // views are made with the buffer's maxsize.

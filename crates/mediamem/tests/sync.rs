@@ -767,22 +767,6 @@ fn fenced_releases_queued_behind_a_full_socket_go_out_whole() {
 }
 
 #[test]
-fn received_dmabufs_take_a_fence_timeout() {
-    const TEST: &str = "received_dmabufs_take_a_fence_timeout";
-    for (kind, mem) in other_dmabufs(TEST) {
-        for register in [true, false] {
-            let (mut tx, mut rx) = transport();
-            tx.set_register_buffers(register);
-            tx.send_frame(vec![mem.clone()], b"").unwrap();
-            let got = rx.recv().unwrap().unwrap();
-            set_fence_timeout(&got.memories[0], Some(SHORT))
-                .unwrap_or_else(|e| panic!("{kind} (registered: {register}): {e}"));
-            set_fence_timeout(&got.memories[0], None).unwrap();
-        }
-    }
-}
-
-#[test]
 fn copying_a_fenced_frame_waits_within_the_receivers_timeout() {
     const TEST: &str = "copying_a_fenced_frame_waits_within_the_receivers_timeout";
     let Some(gpu) = gpu(TEST) else {
