@@ -202,9 +202,6 @@ fn probe_table(rows: &[ProbeRow]) -> String {
     out
 }
 
-/// The dma-buf provider chain (`DmaBufProvider::new()`, memfd allowed) in
-/// order: the one that would serve an allocation now, and why each one
-/// before it would not.
 /// Whether sync_file export and import work on each dma-buf kind.
 fn explicit_sync() -> String {
     let mut out = String::from("\nexplicit sync (sync_file export / import) per dma-buf kind:\n");
@@ -230,6 +227,9 @@ fn explicit_sync() -> String {
     out
 }
 
+/// The dma-buf provider chain (`DmaBufProvider::new()`, memfd allowed) in
+/// order: the one that would serve an allocation now, and why each one
+/// before it would not.
 fn provider_chain() -> String {
     use mediamem::provider::DmaBufProvider;
     let mut out = String::from("\ndma-buf provider chain (allocator \"auto\"):\n");

@@ -20,6 +20,15 @@
 //! signals (a hung GPU job) would hang the map for ever. See the
 //! [`sync`](crate::sync) module for fences themselves.
 //!
+//! The bound covers the fences the buffer has when the map polls it. A
+//! fence that another process or device attaches between that `poll` and
+//! `SYNC_START` is waited for inside `SYNC_START`, without a bound, as in
+//! GStreamer: a window no user-space check can close (the kernel offers
+//! no bounded `SYNC_START`). Keep writers from attaching fences to a
+//! buffer while it is being mapped, or export its fences
+//! ([`export_sync_file`](crate::sync::export_sync_file)) and wait on them
+//! yourself.
+//!
 //! [`is_fd_memory`]: crate::is_fd_memory
 
 use std::os::fd::{AsRawFd, BorrowedFd, OwnedFd};
@@ -148,6 +157,13 @@ pub fn default_fence_timeout() -> Duration {
 /// Set how long maps of the dma-buf memory `mem` (its block: shares
 /// included) wait for the buffer's fences (`None`: the process-wide
 /// default again).
+///
+/// A dma-buf received through [`ipc`](crate::ipc) as a registered buffer,
+/// or in a frame with an acquire fence, is a view of the receiver's
+/// buffer, not dma-buf memory of its own: it gives [`Error::WrongKind`],
+/// and its maps wait for the process-wide default
+/// ([`set_default_fence_timeout`]). (Unregistered, unfenced ones are
+/// dma-buf memory and take a timeout of their own.)
 ///
 /// # Errors
 /// [`Error::WrongKind`] when `mem` is not dma-buf memory of

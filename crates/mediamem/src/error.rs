@@ -392,7 +392,7 @@ pub enum Error {
     },
 
     /// The kernel, or this buffer's exporter, lacks an interface.
-    #[error("{what} is not supported here ({errno}): Linux {since} added it")]
+    #[error("{what} is not supported here ({errno}): Linux {since} added it, or the fd is not a dma-buf (or its exporter lacks it)")]
     NotSupported {
         /// The interface (an ioctl's name).
         what: &'static str,

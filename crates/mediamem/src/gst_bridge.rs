@@ -42,6 +42,13 @@ fn init() -> Result<()> {
 /// A `gst::Memory` for `mem`: its fd duplicated for fd and dma-buf memory,
 /// wrapped zero-copy otherwise (see the module docs).
 ///
+/// The fd goes over as it is: nothing waits for a received frame's
+/// acquire fence ([`Frame::take_acquire_fence`](crate::ipc::Frame::take_acquire_fence))
+/// or the buffer's own fences first. GStreamer's dma-buf maps wait for
+/// the buffer's implicit fences (in `SYNC_START`); an acquire fence that
+/// came with a frame, wait on yourself (or hand to the element) before
+/// the pixels are read.
+///
 /// # Errors
 /// [`Error::NotAvailable`] when GStreamer cannot be initialized or refuses
 /// the fd; `dup` and map errors.

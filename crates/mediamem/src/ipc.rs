@@ -41,7 +41,7 @@
 //! of the stream the receiver forgets every buffer (memories still alive
 //! keep theirs mapped until they go).
 //!
-//! # Wire format (version 2, little-endian)
+//! # Wire format (version 3, little-endian)
 //!
 //! Every message is a 16-byte header followed by `payload_len` bytes. The
 //! header and any fds go in one `sendmsg`; long payloads continue in
@@ -50,7 +50,7 @@
 //! | field | type | meaning |
 //! |---|---|---|
 //! | magic | u32 | `0x5049_4d4d` (`"MMIP"`) |
-//! | version | u16 | 2 (a peer speaking another gets [`Error::VersionMismatch`] naming both) |
+//! | version | u16 | 3 (a peer speaking another gets [`Error::VersionMismatch`] naming both) |
 //! | type | u16 | 1 fd frame, 2 release, 3 end of stream, 4 frame, 5 unregister |
 //! | payload_len | u32 | at most [`MAX_PAYLOAD`] |
 //! | n_fds | u32 | fds sent with this header |
@@ -68,8 +68,14 @@
 //! 0 fd, 1 dma-buf. Sources 0 and 1 bring one fd each, in order. `flags`
 //! bit 0 (the only one: others are an error) says an *acquire fence*
 //! comes with the frame: one more fd, after the memories', which must be a
-//! sync_file (see [Fences](#fences)). (Before fences this field was
-//! reserved and 0: a parser of that time refuses a fenced frame.)
+//! sync_file (see [Fences](#fences)).
+//!
+//! Version 3 is version 2 with fences: the frame's `flags` (reserved and
+//! 0 in version 2) and the fenced release. The two are not mixed on one
+//! connection: a version 2 peer that met a fenced frame or release would
+//! refuse it or fall out of sync, so each end refuses the other's
+//! messages with [`Error::VersionMismatch`] from the first header on,
+//! as version 1 and 2 peers do, and both ends are upgraded together.
 //!
 //! An **fd frame** (type 1, version 1's frame) has the payload `id u64,
 //! n_memories u32, meta_len u32`, then `n_memories` descriptors `kind u8,
@@ -110,7 +116,30 @@
 //!   [`MemoryPool`](crate::pool::MemoryPool) does not hand the buffers
 //!   out again, until it has signaled: [`Sender::reclaim_fenced`] (which
 //!   every send and every release read calls) and
-//!   [`Sender::wait_fenced`] drop them then.
+//!   [`Sender::wait_fenced`] drop them then, and so does
+//!   [`Sender::wait_release`], which waits for the socket and the pending
+//!   release fences together: a producer that waits for releases when its
+//!   pool is empty gets a buffer back when a fence signals, without
+//!   calling anything else. (A pool's own waits,
+//!   [`MemoryPool::acquire_timeout`](crate::pool::MemoryPool::acquire_timeout),
+//!   see the pool alone: the sender reclaims nothing meanwhile.)
+//!
+//!   Frames held for their fences count in [`Sender::in_flight`], and a
+//!   sender holds at most [`Sender::set_max_fenced`] of them (64 by
+//!   default): at the bound it reads no release until one signals, so a
+//!   peer returning every frame with a late fence cannot grow the
+//!   sender's memory past it.
+//!
+//!   When the sender goes (dropped, or a [`FanOut`] removes the
+//!   receiver) with release fences still pending, the memories must not
+//!   go back to a pool under the peer's device. For dma-buf memories the
+//!   sender imports the release fence into the buffer as a reader's
+//!   fence (`DMA_BUF_IOCTL_IMPORT_SYNC_FILE`, Linux 6.0) when the release
+//!   arrives: whoever writes the buffer next (a map for writing, a
+//!   device) waits for it, held or not, so those go at once. The others
+//!   (memfd and shm memories, or a kernel without the import) are waited
+//!   for in `Drop`, for at most [`Sender::set_fence_timeout`] (5 s by
+//!   default) in all, then dropped with a warning in the log.
 //!
 //! Both fds are admitted with the care a memory's fd gets: a fence must be
 //! a sync_file, checked to be an anonymous inode before any sync ioctl is
@@ -160,6 +189,10 @@
 //! an error that leaves it usable.
 //!
 //! # Nothing blocks for ever, nothing blocks in `Drop`
+//!
+//! (One bounded exception: a [`Sender`] dropped while release fences on
+//! memories they do not protect are pending waits for them, for at most
+//! its fence timeout; see [Fences](#fences).)
 //!
 //! Neither end ever blocks in the kernel: sockets are read and written with
 //! `MSG_DONTWAIT`, and waits are `poll`s bounded by the end's timeout
@@ -219,7 +252,7 @@ pub use fanout::{ClientId, FanOut, FanOutReport, DEFAULT_CLIENT_TIMEOUT};
 /// `"MMIP"` read as a little-endian u32.
 pub const MAGIC: u32 = u32::from_le_bytes(*b"MMIP");
 /// Protocol version.
-pub const VERSION: u16 = 2;
+pub const VERSION: u16 = 3;
 /// Largest payload accepted.
 pub const MAX_PAYLOAD: usize = 1 << 20;
 /// Most memories in one frame (and fds in one message).
@@ -925,6 +958,57 @@ fn release_bytes(id: u64, fenced: bool) -> Vec<u8> {
     m
 }
 
+/// Frames a sender holds released with an unsignaled release fence, by
+/// default ([`Sender::set_max_fenced`]).
+pub const DEFAULT_MAX_FENCED: usize = 64;
+
+/// The memories of a frame the sender holds (a `Vec<T>` of the caller's).
+trait HeldMemories: Send {
+    fn for_each_memory(&self, f: &mut dyn FnMut(&Memory));
+}
+
+impl<T: AsRef<Memory> + Send> HeldMemories for Vec<T> {
+    fn for_each_memory(&self, f: &mut dyn FnMut(&Memory)) {
+        for m in self {
+            f(m.as_ref());
+        }
+    }
+}
+
+/// A frame released with a release fence that had not signaled.
+struct Fenced {
+    fence: SyncFile,
+    id: u64,
+    /// Held until the fence signals.
+    _memories: Box<dyn HeldMemories>,
+    /// Every memory is a dma-buf that has the fence as a reader's fence:
+    /// whoever writes it next waits for the fence, held here or not.
+    protected: bool,
+}
+
+/// Import `fence` into every dma-buf memory of `memories` as a reader's
+/// fence (`DMA_BUF_IOCTL_IMPORT_SYNC_FILE`), so the next writer's map (or
+/// device) waits for it even once the memories are back in a pool;
+/// whether every memory is so protected.
+fn protect_dmabufs(memories: &dyn HeldMemories, fence: &SyncFile) -> bool {
+    let mut all = true;
+    memories.for_each_memory(&mut |m| {
+        all &= is_dmabuf_memory(m)
+            && crate::sync::import_sync_file(m, fence, crate::sync::FenceAccess::Read).is_ok();
+    });
+    all
+}
+
+/// What ended a sender's wait for releases.
+enum Woke {
+    /// The socket is readable.
+    Socket,
+    /// The release fence of this frame signaled: its memories were dropped.
+    Reclaimed(u64),
+    /// The deadline passed.
+    TimedOut,
+}
+
 /// A buffer this sender registered on its connection.
 struct SentBuffer {
     id: u32,
@@ -959,7 +1043,7 @@ pub struct FrameInfo<'a> {
 pub struct Sender {
     sock: UnixStream,
     next_id: u64,
-    held: HashMap<u64, Box<dyn std::any::Any + Send>>,
+    held: HashMap<u64, Box<dyn HeldMemories>>,
     timeout: Option<Duration>,
     /// The release being read: its bytes (and its fence's fd) stay here
     /// across calls until it is whole.
@@ -967,8 +1051,12 @@ pub struct Sender {
     partial_len: usize,
     partial_fds: Vec<OwnedFd>,
     /// Frames released with a release fence not yet signaled: their
-    /// memories are held until it is.
-    fenced: Vec<(SyncFile, u64, Box<dyn std::any::Any + Send>)>,
+    /// memories are held until it is (at most `max_fenced`).
+    fenced: Vec<Fenced>,
+    max_fenced: usize,
+    /// How long dropping the sender waits for the release fences of frames
+    /// whose memories the fences do not protect.
+    fence_timeout: Duration,
     /// Why the stream is out of sync: nothing more is read or written.
     broken: Option<String>,
     /// Registered buffers by their block's key.
@@ -989,10 +1077,32 @@ impl std::fmt::Debug for Sender {
         f.debug_struct("Sender")
             .field("next_id", &self.next_id)
             .field("in_flight", &self.held.len())
+            .field("fenced", &self.fenced.len())
             .field("registered", &self.registered.len())
             .field("timeout", &self.timeout)
             .field("broken", &self.broken)
             .finish()
+    }
+}
+
+impl Drop for Sender {
+    /// Frames released with a fence not yet signaled: the memories that
+    /// the fence protects (dma-bufs that have it, see [Fences](self#fences))
+    /// go now; for the others, wait for their fences, for at most the
+    /// fence timeout in all, before they go back to their pool.
+    fn drop(&mut self) {
+        let deadline = Instant::now().checked_add(self.fence_timeout);
+        for f in self.fenced.drain(..).filter(|f| !f.protected) {
+            let left = deadline.map_or(Duration::MAX, |d| {
+                d.saturating_duration_since(Instant::now())
+            });
+            if let Err(e) = f.fence.wait(left) {
+                log::warn!(
+                    "sender dropped: the release fence of frame {} did not signal ({e}); its memories go all the same",
+                    f.id
+                );
+            }
+        }
     }
 }
 
@@ -1038,6 +1148,8 @@ impl Sender {
             partial_len: 0,
             partial_fds: Vec::new(),
             fenced: Vec::new(),
+            max_fenced: DEFAULT_MAX_FENCED,
+            fence_timeout: crate::dmabuf::DEFAULT_FENCE_TIMEOUT,
             broken: None,
             registered: HashMap::new(),
             next_buffer: 1,
@@ -1087,9 +1199,33 @@ impl Sender {
         self.registered.len()
     }
 
-    /// Frames sent and not yet released.
+    /// Frames whose memories the sender still holds: sent and not yet
+    /// released, or released with a release fence that has not signaled
+    /// yet ([`fenced`](Sender::fenced)). This is what bounds a slow peer
+    /// ([`FanOut`]'s `max_in_flight`).
     pub fn in_flight(&self) -> usize {
-        self.held.len()
+        self.held.len() + self.fenced.len()
+    }
+
+    /// Hold at most `max` frames released with an unsignaled release fence
+    /// ([`DEFAULT_MAX_FENCED`] by default, at least 1). At the bound, the
+    /// sender reads no more releases until one of those fences signals:
+    /// [`try_release`](Sender::try_release) and
+    /// [`poll_releases`](Sender::poll_releases) find none, and
+    /// [`wait_release`](Sender::wait_release) waits for a fence (within
+    /// the timeout). A peer that returns every frame with a late fence
+    /// thus holds the sender's memory to `max` frames besides those in
+    /// flight, instead of without limit.
+    pub fn set_max_fenced(&mut self, max: usize) {
+        self.max_fenced = max.max(1);
+    }
+
+    /// How long dropping the sender waits for release fences still
+    /// pending on memories they do not protect
+    /// ([`DEFAULT_FENCE_TIMEOUT`](crate::dmabuf::DEFAULT_FENCE_TIMEOUT), 5
+    /// s, by default): see [Fences](self#fences).
+    pub fn set_fence_timeout(&mut self, timeout: Duration) {
+        self.fence_timeout = timeout;
     }
 
     /// Whether the peer was seen closing its end (by
@@ -1213,6 +1349,7 @@ impl Sender {
     /// As [`send_eos`](Sender::send_eos).
     pub fn unregister_freed(&mut self) -> Result<usize> {
         self.check_sync()?;
+        self.reclaim_fenced();
         self.sweep();
         if self.unregister.is_empty() {
             return Ok(0);
@@ -1358,8 +1495,9 @@ impl Sender {
                 "frame of {payload_len} bytes is over {MAX_PAYLOAD}"
             )));
         }
-        self.sweep();
+        // Reclaim first: blocks its drops free are unregistered now.
         self.reclaim_fenced();
+        self.sweep();
         let id = self.next_id;
         let mut msg = std::mem::take(&mut self.scratch);
         msg.clear();
@@ -1488,6 +1626,7 @@ impl Sender {
     /// As [`send_frame`](Sender::send_frame).
     pub fn send_eos(&mut self) -> Result<()> {
         self.check_sync()?;
+        self.reclaim_fenced();
         self.sweep();
         let mut msg = Vec::new();
         let n = self.append_unregisters(&mut msg);
@@ -1497,16 +1636,36 @@ impl Sender {
         Ok(())
     }
 
-    /// Read the next release. `block`: wait for at most the timeout;
-    /// otherwise `Ok(None)` as soon as nothing more is there. `Ok(None)`
-    /// also when the peer closed between messages. A release that arrived
-    /// in part stays buffered for the next call.
-    fn take_release(&mut self, block: bool) -> Result<Option<u64>> {
+    /// Read the next release. `block`: wait for at most the timeout,
+    /// for a release or for a release fence held to signal (the id of
+    /// that frame then); otherwise `Ok(None)` as soon as nothing more is
+    /// there. `Ok(None)` also when the peer closed between messages (once
+    /// no release fence is pending, when `block`). A release that arrived
+    /// in part stays buffered for the next call. `reclaimed`: a frame
+    /// whose release fence signaled counts as released without `block` too.
+    fn take_release(&mut self, block: bool, reclaimed: bool) -> Result<Option<u64>> {
         self.check_sync()?;
-        self.reclaim_fenced();
+        let first = self.reclaim();
+        if (block || reclaimed) && first.is_some() {
+            return Ok(first);
+        }
         let deadline = deadline(self.timeout);
         let mut space = [MaybeUninit::uninit(); rustix::cmsg_space!(ScmRights(MAX_MEMORIES))];
         loop {
+            if self.closed || self.fenced.len() >= self.max_fenced {
+                // No more releases (the peer closed), or none is read until
+                // a fence held signals (at the bound): a buffer comes back
+                // only from a fence now.
+                if !block || self.fenced.is_empty() {
+                    return Ok(None);
+                }
+                return match self.wait_socket_or_fence(false, deadline)? {
+                    Woke::Reclaimed(id) => Ok(Some(id)),
+                    Woke::Socket | Woke::TimedOut => Err(Error::TimedOut {
+                        inside_message: false,
+                    }),
+                };
+            }
             // Everything the sender reads is a release (24 bytes, or 32
             // with a fence): read the rest of one in one call, never past
             // it; anything else is out of sync anyway.
@@ -1533,10 +1692,11 @@ impl Sender {
                 Err(rustix::io::Errno::INTR) => continue,
                 Err(rustix::io::Errno::AGAIN) if !block => return Ok(None),
                 Err(rustix::io::Errno::AGAIN) => {
-                    match wait_for(self.sock.as_fd(), PollFlags::IN, None, deadline)? {
-                        Some(_) => continue,
+                    match self.wait_socket_or_fence(true, deadline)? {
+                        Woke::Socket => continue,
+                        Woke::Reclaimed(id) => return Ok(Some(id)),
                         // What arrived of a release is kept: still in sync.
-                        None => {
+                        Woke::TimedOut => {
                             return Err(Error::TimedOut {
                                 inside_message: false,
                             })
@@ -1548,7 +1708,7 @@ impl Sender {
                 // end of the stream.
                 Err(rustix::io::Errno::CONNRESET) if self.partial_len == 0 => {
                     self.closed = true;
-                    return Ok(None);
+                    continue;
                 }
                 Err(rustix::io::Errno::CONNRESET) => {
                     return Err(
@@ -1574,7 +1734,7 @@ impl Sender {
             if msg.bytes == 0 {
                 if self.partial_len == 0 {
                     self.closed = true;
-                    return Ok(None);
+                    continue;
                 }
                 return Err(
                     self.out_of_sync(Error::Protocol("end of stream inside a release".into()))
@@ -1649,10 +1809,34 @@ impl Sender {
             return Err(Error::Protocol(format!("release of unknown frame {id}")));
         };
         match fence {
-            Some(f) if !f.is_signaled().unwrap_or(false) => self.fenced.push((f, id, memories)),
+            Some(fence) if !fence.is_signaled().unwrap_or(false) => {
+                let protected = protect_dmabufs(&*memories, &fence);
+                self.fenced.push(Fenced {
+                    fence,
+                    id,
+                    _memories: memories,
+                    protected,
+                });
+            }
             _ => drop(memories),
         }
         Ok(id)
+    }
+
+    /// Drop the memories of every frame released with a fence that has
+    /// signaled since; the id of the first such frame.
+    fn reclaim(&mut self) -> Option<u64> {
+        let mut first = None;
+        // A fence that cannot be polled is taken as signaled: holding the
+        // buffer for ever would be worse.
+        self.fenced.retain(|f| {
+            let pending = !f.fence.is_signaled().unwrap_or(true);
+            if !pending && first.is_none() {
+                first = Some(f.id);
+            }
+            pending
+        });
+        first
     }
 
     /// Drop the memories of every frame released with a fence that has
@@ -1660,11 +1844,78 @@ impl Sender {
     /// Every send and every release read does this first.
     pub fn reclaim_fenced(&mut self) -> usize {
         let before = self.fenced.len();
-        // A fence that cannot be polled is taken as signaled: holding the
-        // buffer for ever would be worse.
-        self.fenced
-            .retain(|(fence, _, _)| !fence.is_signaled().unwrap_or(true));
+        self.reclaim();
         before - self.fenced.len()
+    }
+
+    /// Wait until the socket is readable (when `sock`) or a release fence
+    /// held signals (its frame is reclaimed then), until `deadline`.
+    fn wait_socket_or_fence(&mut self, sock: bool, deadline: Option<Instant>) -> Result<Woke> {
+        loop {
+            if let Some(id) = self.reclaim() {
+                return Ok(Woke::Reclaimed(id));
+            }
+            let left = match deadline {
+                Some(d) => {
+                    let now = Instant::now();
+                    if now >= d {
+                        return Ok(Woke::TimedOut);
+                    }
+                    Timespec::try_from(d - now).ok()
+                }
+                None => None,
+            };
+            // At most `max_fenced` fences and the socket.
+            let mut fds: Vec<PollFd<'_>> = Vec::with_capacity(self.fenced.len() + 1);
+            if sock {
+                fds.push(PollFd::from_borrowed_fd(self.sock.as_fd(), PollFlags::IN));
+            }
+            fds.extend(
+                self.fenced
+                    .iter()
+                    .map(|f| PollFd::from_borrowed_fd(f.fence.as_fd(), PollFlags::IN)),
+            );
+            let readable = match rustix::event::poll(&mut fds, left.as_ref()) {
+                Ok(0) | Err(rustix::io::Errno::INTR) => false,
+                Ok(_) => sock && !fds[0].revents().is_empty(),
+                Err(e) => return Err(Error::os("poll", e)),
+            };
+            drop(fds);
+            if let Some(id) = self.reclaim() {
+                return Ok(Woke::Reclaimed(id));
+            }
+            if readable {
+                return Ok(Woke::Socket);
+            }
+        }
+    }
+
+    /// Whether reading releases waits for a fence rather than the socket
+    /// (the peer closed, or the sender holds `max_fenced` fenced frames).
+    #[cfg(feature = "tokio")]
+    pub(crate) fn reads_paused(&self) -> bool {
+        self.closed || self.fenced.len() >= self.max_fenced
+    }
+
+    /// Duplicates of the pending release fences (for an async wait).
+    #[cfg(feature = "tokio")]
+    pub(crate) fn fence_fds(&self) -> Result<Vec<OwnedFd>> {
+        self.fenced
+            .iter()
+            .map(|f| {
+                f.fence.as_fd().try_clone_to_owned().map_err(|e| Error::Os {
+                    op: "dup",
+                    source: e,
+                })
+            })
+            .collect()
+    }
+
+    /// [`try_release`](Sender::try_release), or a frame whose release
+    /// fence signaled since (reclaimed now).
+    #[cfg(feature = "tokio")]
+    pub(crate) fn try_release_or_reclaim(&mut self) -> Result<Option<u64>> {
+        self.take_release(false, true)
     }
 
     /// Frames released with a release fence that has not signaled yet:
@@ -1683,7 +1934,7 @@ impl Sender {
     pub fn wait_fenced(&mut self, timeout: Duration) -> Result<usize> {
         let deadline = Instant::now().checked_add(timeout);
         let mut done = 0;
-        while let Some((fence, id, _)) = self.fenced.first() {
+        while let Some(Fenced { fence, id, .. }) = self.fenced.first() {
             let left = deadline.map_or(Duration::MAX, |d| {
                 d.saturating_duration_since(Instant::now())
             });
@@ -1700,7 +1951,12 @@ impl Sender {
         Ok(done)
     }
 
-    /// Wait for the next release; `Ok(None)` when the peer closed.
+    /// Wait for the next release, or for a release fence held to signal:
+    /// the id of the frame released, or of the frame whose fence signaled
+    /// (its memories are dropped then, so a pool has the buffer back).
+    /// `Ok(None)` when the peer closed and no release fence is pending.
+    /// The producer's loop is thus: acquire from the pool, and when it is
+    /// empty, `wait_release` and try again, fences or not.
     ///
     /// # Errors
     /// [`Error::TimedOut`] after the timeout (the sender stays usable),
@@ -1708,7 +1964,7 @@ impl Sender {
     /// (after a malformed message, the sender is out of sync and every
     /// later call fails), and I/O errors.
     pub fn wait_release(&mut self) -> Result<Option<u64>> {
-        self.take_release(true)
+        self.take_release(true, true)
     }
 
     /// The next release if a whole one is here now (never waits; half a
@@ -1718,7 +1974,7 @@ impl Sender {
     /// # Errors
     /// As [`wait_release`](Sender::wait_release).
     pub fn try_release(&mut self) -> Result<Option<u64>> {
-        self.take_release(false)
+        self.take_release(false, false)
     }
 
     /// Handle every release already received, without waiting (half a
@@ -1729,7 +1985,7 @@ impl Sender {
     /// As [`wait_release`](Sender::wait_release), without the timeout.
     pub fn poll_releases(&mut self) -> Result<usize> {
         let mut n = 0;
-        while self.take_release(false)?.is_some() {
+        while self.take_release(false, false)?.is_some() {
             n += 1;
         }
         Ok(n)
@@ -1884,16 +2140,31 @@ impl Frame {
     /// [`Sender::send_frame_fenced`]): maps of the frame's memories no
     /// longer wait for it, the caller does (or hands it to a device).
     /// `None` when there was none, a map saw it signaled, or it was taken.
-    pub fn take_acquire_fence(&self) -> Option<SyncFile> {
-        let token = self.fences.upgrade()?;
-        let fence = token
-            .acquire
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner)
-            .take()?;
+    ///
+    /// # Errors
+    /// [`Error::Os`] when a map waiting right now holds the fence and no
+    /// duplicate of its fd can be made (out of fds): the frame keeps the
+    /// fence, and its maps still wait for it.
+    pub fn take_acquire_fence(&self) -> Result<Option<SyncFile>> {
+        let Some(token) = self.fences.upgrade() else {
+            return Ok(None);
+        };
+        let mut acquire = token.acquire.lock().unwrap_or_else(PoisonError::into_inner);
+        let Some(fence) = acquire.take() else {
+            return Ok(None);
+        };
         // A map waiting right now holds a second handle: hand out a
-        // duplicate then.
-        Arc::try_unwrap(fence).or_else(|f| f.try_clone()).ok()
+        // duplicate then, or leave the fence where it was.
+        match Arc::try_unwrap(fence) {
+            Ok(fence) => Ok(Some(fence)),
+            Err(shared) => match shared.try_clone() {
+                Ok(dup) => Ok(Some(dup)),
+                Err(e) => {
+                    *acquire = Some(shared);
+                    Err(e)
+                }
+            },
+        }
     }
 
     /// Send `fence` back with the frame's release: the sender does not
@@ -2137,11 +2408,19 @@ impl ReleaseOnDrop {
     /// Wait for the acquire fence, if one is still to wait for, for at most
     /// the receiver's fence timeout (the lock is not held meanwhile).
     fn wait_acquire(&self) -> Result<()> {
+        self.wait_acquire_within(None)
+    }
+
+    /// [`wait_acquire`](Self::wait_acquire) for at most `limit` too, when
+    /// shorter than the fence timeout (a copy inside `recv`, bounded by the
+    /// receiver's timeout).
+    fn wait_acquire_within(&self, limit: Option<Duration>) -> Result<()> {
         let lock = || self.acquire.lock().unwrap_or_else(PoisonError::into_inner);
         let Some(fence) = lock().clone() else {
             return Ok(());
         };
-        fence.wait(self.fence_timeout).map_err(|e| match e {
+        let timeout = limit.map_or(self.fence_timeout, |l| l.min(self.fence_timeout));
+        fence.wait(timeout).map_err(|e| match e {
             Error::FenceTimedOut { timeout, .. } => Error::FenceTimedOut {
                 what: format!("the acquire fence of frame {}", self.id),
                 timeout,
@@ -2672,8 +2951,9 @@ impl Receiver {
                 });
             }
             if let Storage::Copy(fd) = &buf.storage {
-                // A copy reads the bytes now: once they are ready.
-                token.wait_acquire()?;
+                // A copy reads the bytes now, once they are ready: inside
+                // `recv`, so within its timeout too.
+                token.wait_acquire_within(self.timeout)?;
                 memories.push(copy_by_pread(
                     fd,
                     (offset, size, buf.maxsize),
@@ -2731,8 +3011,9 @@ impl Receiver {
             .is_some();
         let alloc = match &storage {
             Storage::Copy(fd) => {
-                // A copy reads the bytes now: once they are ready.
-                token.wait_acquire()?;
+                // A copy reads the bytes now, once they are ready: inside
+                // `recv`, so within its timeout too.
+                token.wait_acquire_within(self.timeout)?;
                 return copy_by_pread(
                     fd,
                     (offset, size, maxsize),

@@ -43,7 +43,7 @@
 //! | | GStreamer 1.26 | mediamem | why |
 //! |---|---|---|---|
 //! | sync_file API | none: GstAllocators has no fence, export or import call (elements that need one, such as `waylandsink`, issue the ioctls themselves) | [`SyncFile`], [`export_sync_file`], [`import_sync_file`] | users of dma-buf memory keep asking for them; one checked place for the ioctls |
-//! | map of a dma-buf with unsignaled fences | `DMA_BUF_IOCTL_SYNC` `SYNC_START`, which the kernel waits in without a bound | first `poll` the dma-buf (`POLLIN`: writers' fences, for a read; `POLLOUT`: every fence, for a write) for at most the memory's fence timeout, 5 s by default ([`DEFAULT_FENCE_TIMEOUT`](crate::dmabuf::DEFAULT_FENCE_TIMEOUT)); then `SYNC_START`, which finds them signaled | a hung fence must not hang a map; `poll` is the kernel's own bounded wait on a dma-buf's fences and needs no newer kernel than the map (exporting a sync_file to wait on would need 6.0) |
+//! | map of a dma-buf with unsignaled fences | `DMA_BUF_IOCTL_SYNC` `SYNC_START`, which the kernel waits in without a bound | first `poll` the dma-buf (`POLLIN`: writers' fences, for a read; `POLLOUT`: every fence, for a write) for at most the memory's fence timeout, 5 s by default ([`DEFAULT_FENCE_TIMEOUT`](crate::dmabuf::DEFAULT_FENCE_TIMEOUT)); then `SYNC_START`, which finds them signaled unless a fence was attached in between (then it waits for that one without a bound: see [`dmabuf`](crate::dmabuf)) | a hung fence must not hang a map; `poll` is the kernel's own bounded wait on a dma-buf's fences and needs no newer kernel than the map (exporting a sync_file to wait on would need 6.0) |
 //! | timeout expired | — | [`Error::FenceTimedOut`] naming the fences and the fd; nothing mapped | the caller decides: retry, drop the frame |
 //! | `EXPORT`/`IMPORT_SYNC_FILE` missing (Linux < 6.0, `ENOTTY`) | — | [`Error::NotSupported`] naming the ioctl and Linux 6.0 | the message alone says what to upgrade |
 //! | a fence that is not a sync_file (a pipe, a memfd, -1, a closed fd) | — | [`Error::NotSyncFile`]; the fd is checked to be an anonymous inode before any sync ioctl is issued on it | an fd from a peer may be any file; another driver could read the request number differently |
@@ -287,8 +287,8 @@ fn dmabuf_fd(mem: &Memory) -> Result<BorrowedFd<'_>> {
     })
 }
 
-/// What a fence ioctl's errno means: `ENOTTY` is a kernel before 6.0 (or
-/// an fd that is no dma-buf).
+/// What a fence ioctl's errno means: `ENOTTY` is a kernel before 6.0, or
+/// an fd that is no dma-buf (the message says both).
 fn fence_ioctl_error(what: &'static str, e: rustix::io::Errno) -> Error {
     if e == rustix::io::Errno::NOTTY {
         Error::NotSupported {
@@ -492,6 +492,7 @@ mod tests {
             }
         ));
         assert!(e.to_string().contains("Linux 6.0"), "{e}");
+        assert!(e.to_string().contains("not a dma-buf"), "{e}");
         assert_eq!(e.errno(), Some(rustix::io::Errno::NOTTY));
         let e = fence_ioctl_error("DMA_BUF_IOCTL_IMPORT_SYNC_FILE", rustix::io::Errno::INVAL);
         assert!(matches!(e, Error::Os { .. }), "{e}");

@@ -276,18 +276,22 @@ fn oversized_truncated_and_foreign_messages() {
     let mut rx = Receiver::new(ours, ReceivePolicy::default());
     peer.write_all(b"GET / HTTP/1.1\r\n").unwrap();
     assert!(matches!(rx.recv(), Err(Error::Protocol(ref m)) if m.contains("magic")));
-    let (mut peer, ours) = UnixStream::pair().unwrap();
-    let mut rx = Receiver::new(ours, ReceivePolicy::default());
-    // A version 1 peer: both versions named.
-    let mut h = header(3, 0, 0);
-    h[4] = 1;
-    peer.write_all(&h).unwrap();
-    let e = rx.recv().unwrap_err();
-    assert!(
-        matches!(e, Error::VersionMismatch { ours: 2, theirs: 1 }),
-        "{e}"
-    );
-    assert!(e.to_string().contains("version 1") && e.to_string().contains("version 2"));
+    // A version 1 peer, and a version 2 one (before fences): refused from
+    // the first header on, both versions named.
+    for theirs in [1u8, 2] {
+        let (mut peer, ours) = UnixStream::pair().unwrap();
+        let mut rx = Receiver::new(ours, ReceivePolicy::default());
+        let mut h = header(3, 0, 0);
+        h[4] = theirs;
+        peer.write_all(&h).unwrap();
+        let e = rx.recv().unwrap_err();
+        assert!(
+            matches!(e, Error::VersionMismatch { ours: 3, theirs: t } if t == u16::from(theirs)),
+            "{e}"
+        );
+        let says = e.to_string();
+        assert!(says.contains(&format!("version {theirs}")) && says.contains("version 3"));
+    }
 
     // End of stream inside a header and inside a payload.
     let (mut peer, ours) = UnixStream::pair().unwrap();

@@ -19,7 +19,7 @@ use std::time::Duration;
 
 use mediamem::dmabuf::set_fence_timeout;
 use mediamem::heap::DmaHeapAllocator;
-use mediamem::ipc::{FrameInfo, ReceivePolicy, Receiver, Sender};
+use mediamem::ipc::{FanOut, FrameInfo, ReceivePolicy, Receiver, Sender};
 use mediamem::pool::MemoryPool;
 use mediamem::sync::{FenceStatus, Vgem, VgemBuffer};
 use mediamem::{
@@ -52,6 +52,12 @@ fn vgem(test: &str) -> Option<Vgem> {
 
 fn vgem_buffer(vgem: &Vgem) -> VgemBuffer {
     vgem.alloc(64 << 10).expect("a vgem buffer")
+}
+
+/// A vgem buffer (a "GPU" whose fences the test attaches and signals), or
+/// a skip line and `None` where vgem is missing.
+fn gpu(test: &str) -> Option<VgemBuffer> {
+    vgem(test).map(|v| vgem_buffer(&v))
 }
 
 /// Run `f` on another thread after `delay`, setting `done` first.
@@ -251,7 +257,8 @@ fn a_map_waits_for_the_writers_fence() {
     signaler.join().unwrap();
 }
 
-/// udmabuf and system-heap memory, and a dma-buf exported by DRM (bochs).
+/// udmabuf and system-heap memory (a dma-buf exported by DRM, bochs, has
+/// its own test: `exported_drm_dumb_buffers_have_fences_too`).
 fn other_dmabufs(test: &str) -> Vec<(&'static str, Memory)> {
     let mut out = Vec::new();
     match UdmabufAllocator::get().and_then(|a| a.alloc(64 << 10, None)) {
@@ -479,8 +486,11 @@ fn an_acquire_fence_delays_the_receivers_read() {
         tx.send_frame_fenced(vec![frame.clone()], FrameInfo::default(), &acquire)
             .unwrap();
         let got = rx.recv().unwrap().unwrap();
-        let taken = got.take_acquire_fence().expect("the acquire fence");
-        assert!(got.take_acquire_fence().is_none());
+        let taken = got
+            .take_acquire_fence()
+            .unwrap()
+            .expect("the acquire fence");
+        assert!(got.take_acquire_fence().unwrap().is_none());
         assert!(!taken.is_signaled().unwrap());
         assert_eq!(got.memories[0].map_readable().unwrap()[0], 7);
         fence.signal().unwrap();
@@ -507,7 +517,8 @@ fn a_release_fence_delays_the_buffers_reuse() {
         .unwrap();
     drop(got);
     assert_eq!(tx.wait_release().unwrap(), Some(id));
-    assert_eq!(tx.in_flight(), 0);
+    // Held for its fence: still in flight.
+    assert_eq!(tx.in_flight(), 1);
     assert_eq!(tx.fenced(), 1);
     // Not handed out again while the fence is unsignaled.
     assert_eq!(tx.reclaim_fenced(), 0);
@@ -539,7 +550,256 @@ fn a_release_fence_delays_the_buffers_reuse() {
     assert_eq!(pool.outstanding(), 0);
 }
 
-/// A v2 frame message with one memory of its own fd (kind fd, 4096
+/// Release every frame `rx` holds with a release fence of `gpu`'s (its
+/// writer's fences, unsignaled), and write the releases out.
+fn release_fenced(rx: &mut Receiver, gpu: &VgemBuffer, n: usize) {
+    for _ in 0..n {
+        let got = rx.recv().unwrap().unwrap();
+        got.set_release_fence(export_sync_file(gpu.memory(), FenceAccess::Read).unwrap())
+            .unwrap();
+    }
+    rx.flush().unwrap();
+}
+
+#[test]
+fn frames_held_for_their_fences_count_in_flight_and_are_bounded() {
+    const TEST: &str = "frames_held_for_their_fences_count_in_flight_and_are_bounded";
+    let Some(gpu) = gpu(TEST) else {
+        return;
+    };
+    let frame = ShmAllocator::get().alloc(4096, None).unwrap();
+
+    // A fan-out receiver that returns every frame with a late fence stays
+    // at its bound: it gets no more frames until a fence signals.
+    let fence = gpu.attach_fence(FenceAccess::Write).unwrap();
+    let (a, b) = UnixStream::pair().unwrap();
+    let mut fan = FanOut::new(2);
+    let client = fan.add(a);
+    let mut rx = Receiver::new(b, ReceivePolicy::default());
+    for _ in 0..2 {
+        let report = fan
+            .send_frame(std::slice::from_ref(&frame), FrameInfo::default())
+            .unwrap();
+        assert_eq!(report.sent, vec![client]);
+    }
+    release_fenced(&mut rx, &gpu, 2);
+    assert_eq!(fan.poll_releases().unwrap(), (2, vec![]));
+    assert_eq!(fan.in_flight(client), Some(2));
+    let report = fan
+        .send_frame(std::slice::from_ref(&frame), FrameInfo::default())
+        .unwrap();
+    assert_eq!(report.skipped, vec![client]);
+    fence.signal().unwrap();
+    let report = fan
+        .send_frame(std::slice::from_ref(&frame), FrameInfo::default())
+        .unwrap();
+    assert_eq!(report.sent, vec![client]);
+    assert_eq!(fan.in_flight(client), Some(1));
+    drop(rx.recv().unwrap().unwrap());
+
+    // A sender holds at most `max_fenced` such frames: past it, it reads
+    // no release until a fence signals.
+    let fence = gpu.attach_fence(FenceAccess::Write).unwrap();
+    let (mut tx, mut rx) = transport();
+    tx.set_timeout(Some(LONG)).unwrap();
+    tx.set_max_fenced(1);
+    let ids: Vec<u64> = (0..2)
+        .map(|_| tx.send_frame(vec![frame.clone()], b"").unwrap())
+        .collect();
+    release_fenced(&mut rx, &gpu, 2);
+    assert_eq!(tx.poll_releases().unwrap(), 1);
+    assert_eq!(tx.fenced(), 1);
+    assert_eq!(tx.in_flight(), 2);
+    assert_eq!(tx.try_release().unwrap(), None);
+    let done = Arc::new(AtomicBool::new(false));
+    let signaler = later(Duration::from_millis(100), &done, move || {
+        fence.signal().unwrap()
+    });
+    // The first frame's fence signals: wait_release says so...
+    assert_eq!(tx.wait_release().unwrap(), Some(ids[0]));
+    assert!(done.load(Ordering::SeqCst));
+    signaler.join().unwrap();
+    // ...and the second release (the same fence, signaled now) is read.
+    assert_eq!(tx.wait_release().unwrap(), Some(ids[1]));
+    assert_eq!(tx.in_flight(), 0);
+}
+
+#[test]
+fn a_producer_waiting_for_releases_gets_buffers_back_when_fences_signal() {
+    const TEST: &str = "a_producer_waiting_for_releases_gets_buffers_back_when_fences_signal";
+    let Some(gpu) = gpu(TEST) else {
+        return;
+    };
+    let (mut tx, mut rx) = transport();
+    tx.set_timeout(Some(LONG)).unwrap();
+    let pool = MemoryPool::new(ShmAllocator::get(), 4096, None, 2, 2).unwrap();
+    // The ordinary producer loop: a buffer from the pool, and when it is
+    // empty, wait for a release, nothing else.
+    let acquire = |tx: &mut Sender| loop {
+        match pool.acquire() {
+            Ok(b) => return b,
+            Err(Error::PoolExhausted { .. }) => {
+                assert!(tx.wait_release().unwrap().is_some());
+            }
+            Err(e) => panic!("{e}"),
+        }
+    };
+    for peer_closes in [false, true] {
+        let fence = gpu.attach_fence(FenceAccess::Write).unwrap();
+        for _ in 0..2 {
+            let buffer = acquire(&mut tx);
+            tx.send_frame(vec![buffer], b"").unwrap();
+        }
+        // Every frame comes back with a fence that signals later.
+        release_fenced(&mut rx, &gpu, 2);
+        if peer_closes {
+            drop(rx);
+            rx = Receiver::new(UnixStream::pair().unwrap().0, ReceivePolicy::default());
+        }
+        let done = Arc::new(AtomicBool::new(false));
+        let signaler = later(Duration::from_millis(200), &done, move || {
+            fence.signal().unwrap()
+        });
+        let buffer = acquire(&mut tx);
+        assert!(
+            done.load(Ordering::SeqCst),
+            "a buffer came back before its fence signaled"
+        );
+        signaler.join().unwrap();
+        drop(buffer);
+    }
+    // The peer is gone and nothing is pending.
+    while tx.wait_release().unwrap().is_some() {}
+    assert_eq!(tx.in_flight(), 0);
+    assert_eq!(pool.outstanding(), 0);
+}
+
+#[test]
+fn a_sender_dropped_with_fences_pending_keeps_the_buffers_safe() {
+    const TEST: &str = "a_sender_dropped_with_fences_pending_keeps_the_buffers_safe";
+    let Some(gpu) = gpu(TEST) else {
+        return;
+    };
+    // dma-buf memories: the release fence goes into the buffer, whose next
+    // writer waits for it, the sender gone or not.
+    for (kind, mem) in other_dmabufs(TEST) {
+        let fence = gpu.attach_fence(FenceAccess::Write).unwrap();
+        let (mut tx, mut rx) = transport();
+        tx.send_frame(vec![mem.clone()], b"").unwrap();
+        release_fenced(&mut rx, &gpu, 1);
+        assert!(tx.wait_release().unwrap().is_some());
+        assert_eq!(tx.fenced(), 1);
+        drop(tx);
+        let all = export_sync_file(&mem, FenceAccess::Write).unwrap();
+        assert!(
+            !all.is_signaled().unwrap(),
+            "{kind}: no fence in the buffer"
+        );
+        set_fence_timeout(&mem, Some(SHORT)).unwrap();
+        timed_out(mem.map_writable().map(|m| m.len()));
+        assert!(mem.map_readable().is_ok(), "{kind}: readers do not wait");
+        fence.signal().unwrap();
+        set_fence_timeout(&mem, None).unwrap();
+        mem.map_writable().unwrap()[0] = 1;
+    }
+    // Others: dropping the sender waits for the fence (bounded) before the
+    // pool has them back.
+    let fence = gpu.attach_fence(FenceAccess::Write).unwrap();
+    let (mut tx, mut rx) = transport();
+    tx.set_fence_timeout(LONG);
+    let pool = MemoryPool::new(ShmAllocator::get(), 4096, None, 1, 1).unwrap();
+    tx.send_frame(vec![pool.acquire().unwrap()], b"").unwrap();
+    release_fenced(&mut rx, &gpu, 1);
+    assert!(tx.wait_release().unwrap().is_some());
+    let done = Arc::new(AtomicBool::new(false));
+    let signaler = later(Duration::from_millis(200), &done, move || {
+        fence.signal().unwrap()
+    });
+    drop(tx);
+    assert!(
+        done.load(Ordering::SeqCst),
+        "the buffer went back before its fence signaled"
+    );
+    assert_eq!(pool.outstanding(), 0);
+    signaler.join().unwrap();
+}
+
+#[test]
+fn fenced_releases_queued_behind_a_full_socket_go_out_whole() {
+    const TEST: &str = "fenced_releases_queued_behind_a_full_socket_go_out_whole";
+    let Some(gpu) = gpu(TEST) else {
+        return;
+    };
+    let (a, b) = UnixStream::pair().unwrap();
+    // The receiver's socket takes a few releases at a time: the rest queue
+    // and go out in pieces, each fence's fd with its release's first byte.
+    rustix::net::sockopt::set_socket_send_buffer_size(&b, 1).unwrap();
+    let (mut tx, mut rx) = (Sender::new(a), Receiver::new(b, ReceivePolicy::default()));
+    tx.set_timeout(Some(LONG)).unwrap();
+    rx.set_timeout(Some(LONG)).unwrap();
+    let frame = ShmAllocator::get().alloc(4096, None).unwrap();
+    const N: usize = 200;
+    let mut ids = Vec::new();
+    for _ in 0..N / 20 {
+        for _ in 0..20 {
+            ids.push(tx.send_frame(vec![frame.clone()], b"").unwrap());
+        }
+        for _ in 0..20 {
+            let got = rx.recv().unwrap().unwrap();
+            // Signaled (vgem's buffer has no fence): the sender checks the
+            // message and its fd all the same.
+            got.set_release_fence(export_sync_file(gpu.memory(), FenceAccess::Read).unwrap())
+                .unwrap();
+        }
+    }
+    assert!(rx.pending_releases() > 0, "the socket never filled");
+    let flusher = thread::spawn(move || {
+        rx.flush().unwrap();
+        rx
+    });
+    for &id in &ids {
+        assert_eq!(tx.wait_release().unwrap(), Some(id));
+    }
+    let rx = flusher.join().unwrap();
+    assert_eq!(rx.pending_releases(), 0);
+    assert_eq!(tx.in_flight(), 0);
+    assert_eq!(tx.fenced(), 0);
+}
+
+#[test]
+fn copying_a_fenced_frame_waits_within_the_receivers_timeout() {
+    const TEST: &str = "copying_a_fenced_frame_waits_within_the_receivers_timeout";
+    let Some(gpu) = gpu(TEST) else {
+        return;
+    };
+    let fence = gpu.attach_fence(FenceAccess::Write).unwrap();
+    let acquire = export_sync_file(gpu.memory(), FenceAccess::Read).unwrap();
+    let (peer, ours) = UnixStream::pair().unwrap();
+    let policy = ReceivePolicy {
+        copy_unsealed: true,
+        ..ReceivePolicy::default()
+    };
+    let mut rx = Receiver::new(ours, policy);
+    rx.set_fence_timeout(LONG);
+    rx.set_timeout(Some(SHORT)).unwrap();
+    let unsealed = rustix::fs::memfd_create("unsealed", rustix::fs::MemfdFlags::CLOEXEC).unwrap();
+    rustix::fs::ftruncate(&unsealed, 4096).unwrap();
+    send_raw(
+        &peer,
+        &raw_frame(5, 1, 2),
+        &[unsealed.as_fd(), acquire.as_fd()],
+    );
+    match rx.recv() {
+        Err(Error::FenceTimedOut { what, timeout }) => {
+            assert_eq!(timeout, SHORT, "the receiver's timeout bounds the copy");
+            assert!(what.contains("acquire fence of frame 5"), "{what}");
+        }
+        other => panic!("expected FenceTimedOut, got {other:?}"),
+    }
+    fence.signal().unwrap();
+}
+
+/// A frame message with one memory of its own fd (kind fd, 4096
 /// bytes) and `flags`.
 fn raw_frame(id: u64, flags: u32, n_fds: u32) -> Vec<u8> {
     let mut p = Vec::new();
@@ -622,7 +882,7 @@ fn a_memory_fd_where_a_fence_belongs_is_refused() {
     send_raw(&peer, &raw_frame(12, 0, 1), &[memory.as_fd()]);
     let got = rx.recv().unwrap().unwrap();
     assert!(!got.has_acquire_fence());
-    assert!(got.take_acquire_fence().is_none());
+    assert!(got.take_acquire_fence().unwrap().is_none());
 }
 
 #[test]

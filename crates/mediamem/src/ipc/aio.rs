@@ -30,6 +30,8 @@
 //! # Ok::<(), mediamem::Error>(())
 //! ```
 
+use std::task::Poll;
+
 use tokio::io::unix::AsyncFd;
 use tokio::io::Interest;
 
@@ -141,19 +143,50 @@ impl AsyncSender {
         }
     }
 
-    /// The next release; `Ok(None)` when the peer closed.
+    /// The next release, or the frame whose release fence signaled (its
+    /// memories dropped then), as [`Sender::wait_release`]; `Ok(None)`
+    /// when the peer closed and no release fence is pending. Awaits the
+    /// socket and the pending release fences together.
     ///
     /// # Errors
-    /// As [`Sender::wait_release`].
+    /// As [`Sender::wait_release`] (without its timeout).
     pub async fn wait_release(&mut self) -> Result<Option<u64>> {
         loop {
-            let mut ready = self.inner.readable_mut().await.map_err(reactor_error)?;
-            let tx = ready.get_inner_mut();
-            match tx.try_release()? {
-                Some(id) => return Ok(Some(id)),
-                None if tx.peer_closed() => return Ok(None),
-                None => ready.clear_ready(),
+            let tx = self.inner.get_mut();
+            if let Some(id) = tx.try_release_or_reclaim()? {
+                return Ok(Some(id));
             }
+            let fences = tx.fence_fds()?;
+            let socket = !tx.reads_paused();
+            if !socket && fences.is_empty() {
+                // The peer closed and nothing is pending.
+                return Ok(None);
+            }
+            let fences = fences
+                .into_iter()
+                .map(|fd| register(fd, Interest::READABLE))
+                .collect::<Result<Vec<_>>>()?;
+            std::future::poll_fn(|cx| {
+                if socket {
+                    match self.inner.poll_read_ready_mut(cx) {
+                        Poll::Ready(Ok(mut ready)) => {
+                            // Cleared before reading: what arrives from
+                            // now on wakes the next wait.
+                            ready.clear_ready();
+                            return Poll::Ready(Ok(()));
+                        }
+                        Poll::Ready(Err(e)) => return Poll::Ready(Err(reactor_error(e))),
+                        Poll::Pending => {}
+                    }
+                }
+                for fence in &fences {
+                    if let Poll::Ready(r) = fence.poll_read_ready(cx) {
+                        return Poll::Ready(r.map(drop).map_err(reactor_error));
+                    }
+                }
+                Poll::Pending
+            })
+            .await?;
         }
     }
 

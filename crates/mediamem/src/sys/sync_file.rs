@@ -92,6 +92,24 @@ pub(crate) fn sync_file_status(fd: BorrowedFd<'_>) -> Result<(String, i32, u32),
 
 /// `SYNC_IOC_FILE_INFO` with every fence: the file's name and status and
 /// each fence's names, status and timestamp.
+/// Most fences [`sync_file_info`] reads from one sync_file: 64 Ki (5.5
+/// MiB of `sync_fence_info`). A peer can build a sync_file of very many
+/// fences (merges of merges); their descriptions are refused past this
+/// (`E2BIG`) rather than allocated.
+pub(crate) const MAX_FENCE_INFO: u32 = 1 << 16;
+
+/// A buffer of `n` `sync_fence_info`: `E2BIG` past [`MAX_FENCE_INFO`],
+/// `ENOMEM` when the allocation fails, never an abort.
+fn fence_buffer<T: Copy>(n: u32, empty: T) -> Result<Vec<T>, Errno> {
+    if n > MAX_FENCE_INFO {
+        return Err(Errno::TOOBIG);
+    }
+    let mut v = Vec::new();
+    v.try_reserve_exact(n as usize).map_err(|_| Errno::NOMEM)?;
+    v.resize(n as usize, empty);
+    Ok(v)
+}
+
 pub(crate) fn sync_file_info(
     fd: BorrowedFd<'_>,
 ) -> Result<(String, i32, Vec<FenceInfoRaw>), Errno> {
@@ -106,7 +124,7 @@ pub(crate) fn sync_file_info(
             flags: 0,
             timestamp_ns: 0,
         };
-        let mut fences = vec![empty; n as usize];
+        let mut fences = fence_buffer(n, empty)?;
         let mut info = SyncFileInfo {
             num_fences: n,
             sync_fence_info: fences.as_mut_ptr() as u64,
@@ -254,4 +272,17 @@ pub(crate) fn dup_raw(raw: RawFd) -> Result<OwnedFd, Errno> {
     // is (it only makes a new fd); nothing else is done with the number.
     let fd = unsafe { BorrowedFd::borrow_raw(raw) };
     rustix::io::fcntl_dupfd_cloexec(fd, 0)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_huge_fence_count_is_refused_not_allocated() {
+        assert_eq!(fence_buffer(u32::MAX, 0u8), Err(Errno::TOOBIG));
+        assert_eq!(fence_buffer(MAX_FENCE_INFO + 1, 0u8), Err(Errno::TOOBIG));
+        assert_eq!(fence_buffer(3, 7u8).unwrap(), vec![7, 7, 7]);
+        assert_eq!(fence_buffer(MAX_FENCE_INFO, 0u8).unwrap().len(), 1 << 16);
+    }
 }
