@@ -341,6 +341,14 @@ fn held_frames_stall_only_their_buffer(mut s: Stream) {
     s.next_frame(WAIT).unwrap();
 }
 
+/// Another root memory over the dma-buf of `mem` (its fd imported again).
+fn second_root(mem: &Memory) -> Memory {
+    let fd = dmabuf_memory_get_fd(mem).expect("dma-buf memory");
+    DmaBufAllocator::new()
+        .alloc_borrowed(fd, mem.size(), FdMemoryFlags::empty())
+        .expect("import the fd again")
+}
+
 /// Another root of a frame's dma-buf (its fd imported again) holds the
 /// buffer as a handle would: it is not queued while that root lives, and
 /// comes round again once it is gone.
@@ -349,11 +357,7 @@ fn a_second_root_holds_the_buffer(mut s: Stream) {
     let n = s.buffer_count();
     let f = s.next_frame(WAIT).unwrap();
     let index = f.index();
-    let mem = &f.memories()[0];
-    let fd = dmabuf_memory_get_fd(mem).expect("a dma-buf frame");
-    let other = DmaBufAllocator::new()
-        .alloc_borrowed(fd, mem.size(), FdMemoryFlags::empty())
-        .unwrap();
+    let other = second_root(&f.memories()[0]);
     mark(&other);
     drop(f);
     assert_eq!(
@@ -871,22 +875,9 @@ fn bad_formats_and_imports_are_refused_before_qbuf() {
     // Another root of the same dma-buf (its fd imported again) could read
     // what the driver writes: refused, both ways round.
     let mem = udmabuf.alloc(need, None).unwrap();
-    let again = DmaBufAllocator::new()
-        .alloc_borrowed(
-            dmabuf_memory_get_fd(&mem).unwrap(),
-            need,
-            FdMemoryFlags::empty(),
-        )
-        .unwrap();
-    let reason = bad_import(vec![vec![again]], "a second root");
+    let reason = bad_import(vec![vec![second_root(&mem)]], "a second root");
     assert!(reason.contains("same dma-buf"), "{reason}");
-    let again = DmaBufAllocator::new()
-        .alloc_borrowed(
-            dmabuf_memory_get_fd(&mem).unwrap(),
-            need,
-            FdMemoryFlags::empty(),
-        )
-        .unwrap();
+    let again = second_root(&mem);
     bad_import(vec![vec![mem]], "the first root");
     drop(again);
     // Two memories for a one-memory format.
