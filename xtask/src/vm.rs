@@ -52,10 +52,18 @@ const DEMO_RUNS: usize = 3;
 /// `allocators=0`), which export with EXPBUF and import dma-bufs.
 const VIVID_OPTIONS: &str = "n_devs=2 multiplanar=1,2";
 
-/// The camera the demo streams from in the guest: vivid's first instance
-/// registers its (single-planar) capture node first, and no other driver
-/// of the guest makes video nodes.
-const CAMERA: &str = "v4l2:/dev/video0";
+/// The guest's lines that pick the camera the demo streams from: the
+/// single-planar vivid capture node as the guest's `mediamem probe` (run
+/// just before, its output in `probe.log`) lists it, a line
+/// `  /dev/videoN vivid "<card>" single-planar` (not a node number: the
+/// order the kernel registers nodes in is not a contract). The node goes
+/// to `$CAMERA` and to the results' `camera`.
+fn camera_lines(r: &str) -> String {
+    format!(
+        "CAMERA=$(awk '$1 ~ /^\\/dev\\/video/ && $2 == \"vivid\" && $NF == \"single-planar\" \
+         {{ print $1; exit }}' {r}/probe.log)\necho \"$CAMERA\" > {r}/camera\n"
+    )
+}
 
 /// virtme-ng version the recipe was measured with.
 const VIRTME_NG: &str = "virtme-ng==1.42";
@@ -508,8 +516,9 @@ pub fn vm_test() -> Res<()> {
         ));
     }
     if !partial {
+        script.push_str(&camera_lines(&r));
         script.push_str(&format!(
-            "{} demo --source {CAMERA} --frames 60 --width 640 --height 480 --quiet \
+            "{} demo --source \"v4l2:$CAMERA\" --frames 60 --width 640 --height 480 --quiet \
              > {r}/demo-v4l2.log 2>&1; echo $? > {r}/demo-v4l2.rc\n",
             shell_quote(&cli)
         ));
@@ -656,15 +665,22 @@ pub fn vm_test() -> Res<()> {
     if !partial {
         let log = fs::read_to_string(results.join("demo-v4l2.log")).unwrap_or_default();
         let rc = fs::read_to_string(results.join("demo-v4l2.rc")).unwrap_or_default();
+        let camera = fs::read_to_string(results.join("camera")).unwrap_or_default();
+        let camera = camera.trim();
         let verified = log.contains("every checksum verified");
         let back = log.contains("every buffer back in the driver: true");
         println!(
-            "vm-test: camera demo ({CAMERA}, vivid): exit {}, every frame verified: {verified}, buffers back: {back}",
+            "vm-test: camera demo (v4l2:{camera}, vivid single-planar): exit {}, every frame verified: {verified}, buffers back: {back}",
             rc.trim()
         );
-        if rc.trim() != "0" || !verified || !back {
+        if camera.is_empty() {
+            problems.push(
+                "the guest's probe lists no single-planar vivid capture node for the camera demo"
+                    .into(),
+            );
+        } else if rc.trim() != "0" || !verified || !back {
             problems.push(format!(
-                "mediamem demo --source {CAMERA} failed in the guest:\n{log}"
+                "mediamem demo --source v4l2:{camera} failed in the guest:\n{log}"
             ));
         }
     }
@@ -769,6 +785,37 @@ explicit sync (sync_file export / import) per dma-buf kind:
         assert_eq!(probe_problems(&no_bochs).len(), 1);
         // Three devices and explicit sync on two kinds.
         assert_eq!(probe_problems("").len(), 5);
+    }
+
+    #[test]
+    fn the_camera_is_the_single_planar_vivid_node_of_the_probe() {
+        let dir = std::env::temp_dir().join(format!("xtask-camera-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let run = |probe: &str| {
+            std::fs::write(dir.join("probe.log"), probe).unwrap();
+            let _ = std::fs::remove_file(dir.join("camera"));
+            let status = Command::new("sh")
+                .arg("-c")
+                .arg(camera_lines(&shell_quote(&dir)))
+                .status()
+                .unwrap();
+            assert!(status.success());
+            std::fs::read_to_string(dir.join("camera")).unwrap()
+        };
+        // The multi-planar instance registered first, another driver's
+        // node before both: the single-planar vivid node is picked.
+        let probe = format!(
+            "{GOOD}\nV4L2 capture devices:\n\
+             \x20 /dev/video0 uvcvideo \"Some Camera: single-planar\" single-planar\n\
+             \x20     formats: YUYV MJPG\n\
+             \x20 /dev/video2 vivid \"vivid\" multi-planar\n\
+             \x20     formats: NV12 YUYV NM12\n\
+             \x20 /dev/video7 vivid \"vivid\" single-planar\n\
+             \x20     formats: NV12 YUYV\n"
+        );
+        assert_eq!(run(&probe), "/dev/video7\n");
+        assert_eq!(run(GOOD), "\n", "none: empty, which the run reports");
+        std::fs::remove_dir_all(&dir).unwrap();
     }
 
     #[test]

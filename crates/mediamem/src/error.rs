@@ -471,6 +471,37 @@ pub enum V4l2Problem {
         /// The number of buffers of the stream.
         count: usize,
     },
+    /// The device's buffer queue is taken: this
+    /// [`Device`](crate::v4l2::Device) already has a live stream (one at a
+    /// time: a second `VIDIOC_REQBUFS` would free the first stream's
+    /// buffers under it), or another open file of the node owns the queue
+    /// (`VIDIOC_REQBUFS`: `EBUSY`).
+    #[error("the buffer queue is busy: {reason}")]
+    Busy {
+        /// Which of the two.
+        reason: String,
+    },
+    /// The driver answered something that does not fit what was asked or
+    /// what it said before (more buffers than V4L2 allows, buffers smaller
+    /// than the format, a format changed under the stream, a data offset
+    /// past the buffer).
+    #[error("{call}: the driver's answer does not fit: {reason}")]
+    DriverAnswer {
+        /// The request (`"VIDIOC_REQBUFS"`, `"VIDIOC_QUERYBUF"`, ...).
+        call: &'static str,
+        /// What does not fit.
+        reason: String,
+    },
+    /// A buffer came back from the user but `VIDIOC_QBUF` fails on it
+    /// again and again, and no other buffer is queued: nothing can be
+    /// captured (stop and start the stream to reset the queue).
+    #[error("buffer {index} is back, but queueing it keeps failing ({reason}), and no other buffer is queued")]
+    RequeueFailed {
+        /// The driver's buffer index.
+        index: usize,
+        /// The last failure (`VIDIOC_QBUF: EIO`, ...).
+        reason: String,
+    },
     /// The stream is off.
     #[error("the stream is off")]
     NotStreaming,

@@ -16,12 +16,26 @@
 //!   (udmabuf, a dma-heap, DRM dumb buffers exported), or taken from a
 //!   [`MemoryPool`]. Every memory is checked against the format before the
 //!   first `VIDIOC_REQBUFS`: one too small for its plane, not dma-buf, a
-//!   view with an offset, or with other handles alive is refused.
+//!   view with an offset, with other handles alive, with a block-free hook
+//!   already, or with another root memory of this process over the same
+//!   dma-buf is refused.
 //! * [`Device::stream_mmap`]: MMAP buffers mapped through the device fd,
 //!   as classic V4L2 applications do (no dma-buf; the tests' reference).
 //! * [`Stream::next_frame`] waits (`poll`, bounded by its timeout) and
 //!   dequeues a [`Frame`]: the buffer's memories, its [`FrameLayout`]
-//!   (DRM fourcc, planes, strides), sequence number and timestamp.
+//!   (DRM fourcc, planes, strides; the data offsets the multi-planar API
+//!   reports included), sequence number and timestamp.
+//!
+//! A [`Device`] has one [`Stream`] at a time (the fd has one buffer
+//! queue; a second `REQBUFS` would free the first stream's buffers under
+//! it): while one lives, another is refused with [`V4l2Problem::Busy`].
+//! Drop the old stream before making the next (`stream =
+//! dev.stream_export(..)?` makes the new one first, and is refused).
+//! What the driver answers is checked before it is used: a granted buffer
+//! count above [`MAX_GRANTED`], buffers with fewer planes than the format
+//! or shorter than its `sizeimage`, a format changed before the buffers
+//! were made, data offsets past the buffer are
+//! [`V4l2Problem::DriverAnswer`] errors.
 //!
 //! ## Ownership of a frame
 //!
@@ -32,8 +46,39 @@
 //! and only if the stream is still on. Holding a frame stalls that buffer
 //! alone. The memory of a held frame stays valid whatever the stream does
 //! (`STREAMOFF`, the [`Stream`] dropped, the device closed): the dma-buf fd
-//! in the memory keeps the pages alive, and a buffer that comes back to a
-//! stream that is off, or gone, is kept idle or freed.
+//! in the memory keeps the pages alive (an MMAP frame's mapping does, and
+//! it keeps no device fd open), and a buffer that comes back to a stream
+//! that is off, or gone, is kept idle or freed.
+//!
+//! Another root memory of a frame's dma-buf in this process (its fd
+//! imported again with [`DmaBufAllocator::alloc_borrowed`], say) holds the
+//! buffer as a handle does: it is not queued while that root lives
+//! ([`Stream::held_count`] counts it), and [`Stream::next_frame`] queues
+//! it once the root is gone. What other processes, or raw `mmap`s of the
+//! fd, do with a dma-buf is outside this (and any in-process) rule.
+//!
+//! If the `QBUF` of a returned buffer fails (it is logged), the buffer
+//! stays home and [`Stream::next_frame`] tries again before it waits;
+//! [`V4l2Problem::RequeueFailed`] when that fails and nothing else is
+//! queued. `STREAMON` and `STREAMOFF` run without the stream's lock, so a
+//! frame dropped on another thread (its hook takes the lock) never waits
+//! for the driver.
+//!
+//! Limits, as they stand:
+//!
+//! * Taking a frame memory's hook back
+//!   ([`Memory::take_on_block_free`]) takes its buffer out of the stream
+//!   for good: it never comes home, stays counted by
+//!   [`Stream::held_count`], and once every buffer is gone so,
+//!   [`Stream::next_frame`] reports [`V4l2Problem::AllBuffersHeld`].
+//! * A buffer's memories come home with the flags they left with
+//!   ([`FreedBlock::into_memory`]); mediamem has no way to set flags on a
+//!   live memory, and `resize` only clears the `ZERO_*` hints, so a flag
+//!   can only be lost, never gained, across frames.
+//! * The single-planar API has no data offset: a driver that writes the
+//!   picture past byte 0 of a single-planar buffer is described from
+//!   byte 0. Use the multi-planar API (its offsets are in each
+//!   [`Frame::layout`]) for such drivers.
 //!
 //! ## Where mediamem differs from GStreamer's v4l2 plugin
 //!
@@ -42,17 +87,19 @@
 //! | exports with `EXPBUF` only in `io-mode=dmabuf`; by default maps the MMAP buffers through the device | exports every buffer ([`Device::stream_export`]); device mappings only on request ([`Device::stream_mmap`]) | one kind of memory, which the frame transport and `is_dmabuf_memory` users take zero-copy |
 //! | queues a buffer back when its `GstBuffer` returns to the pool; a memory shared out of it does not hold the buffer | queues it back when the last handle of each plane's block is gone, clones and shares included | the driver never overwrites bytes a user can still read |
 //! | a buffer out at `STREAMOFF` returns to a flushing pool, queued again at the next `STREAMON` | the same; and a frame outliving its [`Stream`] or [`Device`] stays valid (its dma-buf or mapping keeps the driver's pages) and is freed when dropped | frames go to other threads and processes with no lifetime tie to the camera |
-//! | `io-mode=dmabuf-import` takes downstream's buffers one at a time as frames are queued | takes the buffers up front and checks each against the format (dma-buf, offset 0, sole handle, at least the plane's `sizeimage`) before `REQBUFS` | a typed error naming the buffer and plane, and nothing half set up |
+//! | `io-mode=dmabuf-import` takes downstream's buffers one at a time as frames are queued | takes the buffers up front and checks each against the format (dma-buf, offset 0, sole handle, no hook, no other root of its dma-buf, at least the plane's `sizeimage`) before `REQBUFS` | a typed error naming the buffer and plane, and nothing half set up |
 //! | waits in `poll` until a frame or a flush | [`Stream::next_frame`] takes a timeout, and fails at once when every buffer is held | never a hang |
 //! | describes formats with `GstVideoInfo` | [`FrameLayout`] with DRM fourccs; a format mediamem has no layout for is refused at [`Device::set_format`] | the layout is what the IPC receiver checks |
 //!
 //! [`set_on_block_free`]: Memory::set_on_block_free
 //! [`DmaBufAllocator`]: crate::DmaBufAllocator
+//! [`DmaBufAllocator::alloc_borrowed`]: crate::DmaBufAllocator::alloc_borrowed
 
 use std::fmt;
 use std::os::fd::{AsFd, AsRawFd, BorrowedFd, OwnedFd};
 use std::path::{Path, PathBuf};
 use std::ptr::NonNull;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError, Weak};
 use std::time::{Duration, Instant};
 
@@ -75,6 +122,11 @@ use crate::sys;
 /// Most buffers a stream asks for.
 pub const MAX_BUFFERS: u32 = 32;
 
+/// Most buffers a driver may grant (it may grant more than asked, to
+/// reach its minimum): more is refused as a broken answer
+/// ([`V4l2Problem::DriverAnswer`]) rather than trusted as a length.
+pub const MAX_GRANTED: u32 = 2 * MAX_BUFFERS;
+
 /// vivid's private controls (drivers/media/test-drivers/vivid), to make
 /// its test pattern static for comparisons.
 pub mod vivid {
@@ -86,6 +138,13 @@ pub mod vivid {
     pub const CID_VERT_MOVEMENT: u32 = 0x00f0_f003;
     /// `VIVID_CID_TEST_PATTERN`: 0 is 75% colour bars.
     pub const CID_TEST_PATTERN: u32 = 0x00f0_f000;
+    /// `VIVID_CID_BUF_PREPARE_ERROR` (a button): the next `VIDIOC_QBUF`
+    /// fails once with `EINVAL`.
+    pub const CID_BUF_PREPARE_ERROR: u32 = 0x00f0_f044;
+    /// `VIVID_CID_QUEUE_ERROR` (a button): the streaming queue goes into
+    /// its error state (`QBUF` and `DQBUF` fail with `EIO`) until
+    /// `STREAMOFF`.
+    pub const CID_QUEUE_ERROR: u32 = 0x00f0_f046;
     /// The menu value of "No Movement".
     pub const NO_MOVEMENT: i32 = 3;
     /// The menu value of OSD "None".
@@ -270,7 +329,8 @@ impl Format {
     ///
     /// # Errors
     /// [`Error::V4l2`] with [`V4l2Problem::UnsupportedFormat`] for a
-    /// format mediamem has no layout for, or whose planes do not fit.
+    /// format mediamem has no layout for, or whose planes do not fit;
+    /// [`Error::SizeOverflow`] for strides or offsets past `u32`/`u64`.
     pub fn layout(&self) -> Result<FrameLayout> {
         let bad = |p: V4l2Problem| Error::V4l2 {
             device: "format".into(),
@@ -307,19 +367,28 @@ impl Format {
                 ))));
             }
             // Every plane's stride scales with the first one's padding.
+            // `Format` is plain data (any caller can fill it), so every
+            // step is checked.
+            let overflow = || Error::SizeOverflow {
+                what: "V4L2 plane stride or offset",
+            };
             let row0 = extents[0].0.max(1);
             let mut offset = 0u64;
             for &(row, rows) in &extents {
-                let stride = u64::from(first.bytes_per_line) * row / row0;
-                let stride = u32::try_from(stride).map_err(|_| Error::SizeOverflow {
-                    what: "V4L2 plane stride",
-                })?;
+                let stride = u64::from(first.bytes_per_line)
+                    .checked_mul(row)
+                    .ok_or_else(overflow)?
+                    / row0;
+                let stride = u32::try_from(stride).map_err(|_| overflow())?;
                 planes.push(PlaneLayout {
                     memory: 0,
                     offset,
                     stride,
                 });
-                offset += u64::from(stride) * rows;
+                offset = u64::from(stride)
+                    .checked_mul(rows)
+                    .and_then(|n| offset.checked_add(n))
+                    .ok_or_else(overflow)?;
             }
         }
         let layout = FrameLayout::new(drm, MODIFIER_LINEAR, self.width, self.height, planes)?;
@@ -337,6 +406,33 @@ pub struct Device {
     name: String,
     caps: Capability,
     buf_type: u32,
+    /// A stream of this device is alive: the fd has one buffer queue, so
+    /// it has at most one stream ([`QueueClaim`]).
+    busy: Arc<AtomicBool>,
+}
+
+/// The right to the device's one buffer queue, held by a [`Stream`] (or a
+/// stream being set up) and given back when it drops: after the stream's
+/// `REQBUFS` 0, since `Stream::drop` runs before its fields drop.
+///
+/// Without it, two streams of one `Device` would share the queue: the
+/// second one's `REQBUFS` frees the first one's buffers and makes new ones
+/// with the same indexes, so the first, started again, would queue buffers
+/// whose frames the second one's user is reading.
+struct QueueClaim(Arc<AtomicBool>);
+
+impl QueueClaim {
+    fn take(busy: &Arc<AtomicBool>) -> Option<QueueClaim> {
+        busy.compare_exchange(false, true, Ordering::AcqRel, Ordering::Acquire)
+            .ok()
+            .map(|_| QueueClaim(busy.clone()))
+    }
+}
+
+impl Drop for QueueClaim {
+    fn drop(&mut self) {
+        self.0.store(false, Ordering::Release);
+    }
 }
 
 impl fmt::Debug for Device {
@@ -418,6 +514,7 @@ impl Device {
             name,
             caps,
             buf_type,
+            busy: Arc::new(AtomicBool::new(false)),
         })
     }
 
@@ -562,12 +659,27 @@ impl Device {
         let _ = sys::v4l2_reqbufs(self.fd(), self.buf_type, memory, 0);
     }
 
+    /// The device's one buffer queue for a new stream.
+    fn claim(&self) -> Result<QueueClaim> {
+        QueueClaim::take(&self.busy).ok_or_else(|| {
+            self.err(V4l2Problem::Busy {
+                reason: "this device already has a live stream; drop it first \
+                         (one stream per device at a time)"
+                    .into(),
+            })
+        })
+    }
+
     fn request(&self, memory: u32, count: u32, what: &'static str) -> Result<u32> {
         let (granted, caps) =
             sys::v4l2_reqbufs(self.fd(), self.buf_type, memory, count).map_err(|e| match e {
                 Errno::INVAL => self.err(V4l2Problem::NotSupported {
                     what,
                     reason: "VIDIOC_REQBUFS: EINVAL".into(),
+                }),
+                Errno::BUSY => self.err(V4l2Problem::Busy {
+                    reason: "VIDIOC_REQBUFS: EBUSY (another open file of the node owns the queue)"
+                        .into(),
                 }),
                 e => Error::os("VIDIOC_REQBUFS", e),
             })?;
@@ -589,7 +701,38 @@ impl Device {
                 reason: "the driver granted no buffers".into(),
             }));
         }
+        if let Err(reason) = check_granted(count, granted) {
+            self.free_buffers(memory);
+            return Err(self.err(V4l2Problem::DriverAnswer {
+                call: "VIDIOC_REQBUFS",
+                reason,
+            }));
+        }
         Ok(granted)
+    }
+
+    /// The format again, now that the queue is ours (`REQBUFS` made it
+    /// busy, so no other open file can change it any more): it must be the
+    /// one the stream's layout and checks were made from.
+    fn check_format_kept(&self, format: &Format) -> Result<()> {
+        let now = self.format()?;
+        if now != *format {
+            return Err(self.err(V4l2Problem::DriverAnswer {
+                call: "VIDIOC_G_FMT",
+                reason: format!(
+                    "the format changed before the buffers were made: {} {}x{} {:?}, was {} {}x{} {:?}",
+                    fourcc_name(now.fourcc),
+                    now.width,
+                    now.height,
+                    now.planes,
+                    fourcc_name(format.fourcc),
+                    format.width,
+                    format.height,
+                    format.planes
+                ),
+            }));
+        }
+        Ok(())
     }
 
     fn new_shared(&self, memory: u32, format: &Format) -> Arc<Shared> {
@@ -611,12 +754,19 @@ impl Device {
 
     /// Stream with `count` driver buffers (MMAP), each plane exported as a
     /// dma-buf (`VIDIOC_EXPBUF`) and wrapped as [`DmaBufAllocator`] memory.
-    /// The stream starts off; call [`Stream::start`].
+    /// The stream starts off; call [`Stream::start`]. A device has one
+    /// stream at a time: drop the last one first (`stream =
+    /// dev.stream_export(..)?` makes the new one while the old one lives,
+    /// and is refused).
     ///
     /// # Errors
+    /// [`V4l2Problem::Busy`] while another stream of the device lives (or
+    /// another open file of the node owns the queue);
     /// [`V4l2Problem::NotSupported`] when the queue has no MMAP buffers or
     /// the driver cannot export them; [`V4l2Problem::UnsupportedFormat`]
-    /// when the current format has no layout; [`Error::Os`] otherwise.
+    /// when the current format has no layout;
+    /// [`V4l2Problem::DriverAnswer`] when the driver's buffers do not fit
+    /// the format; [`Error::Os`] otherwise.
     pub fn stream_export(&self, count: u32) -> Result<Stream> {
         self.stream_mmap_buffers(count, true)
     }
@@ -634,12 +784,14 @@ impl Device {
     }
 
     fn stream_mmap_buffers(&self, count: u32, export: bool) -> Result<Stream> {
+        let claim = self.claim()?;
         let format = self.format()?;
         let layout = format.layout().map_err(|e| self.rename(e))?;
         let count = count.clamp(1, MAX_BUFFERS);
         let granted = self.request(sys::V4L2_MEMORY_MMAP, count, "MMAP buffers")?;
         let shared = self.new_shared(sys::V4L2_MEMORY_MMAP, &format);
         let setup = || -> Result<Vec<Slot>> {
+            self.check_format_kept(&format)?;
             let mut slots = Vec::with_capacity(granted as usize);
             for index in 0..granted {
                 let mut args = sys::BufferArgs::new(
@@ -650,12 +802,18 @@ impl Device {
                 );
                 let info = sys::v4l2_querybuf(self.fd(), &mut args)
                     .map_err(|e| Error::os("VIDIOC_QUERYBUF", e))?;
+                check_buffer(index, &info, &format).map_err(|reason| {
+                    self.err(V4l2Problem::DriverAnswer {
+                        call: "VIDIOC_QUERYBUF",
+                        reason,
+                    })
+                })?;
                 let mut planes = Vec::with_capacity(info.planes.len());
                 for (plane, &(_, length, _, offset)) in info.planes.iter().enumerate() {
                     let mut mem = if export {
                         self.export_plane(index, plane as u32, length)?
                     } else {
-                        mmap_memory(&self.fd, offset, length as usize)?
+                        mmap_memory(self.fd(), offset, length as usize)?
                     };
                     mem.set_on_block_free(hook(&shared, index as usize, plane))?;
                     planes.push(Some(mem));
@@ -665,7 +823,7 @@ impl Device {
             Ok(slots)
         };
         match setup() {
-            Ok(slots) => Ok(Stream::open(shared, slots, format, layout)),
+            Ok(slots) => Ok(Stream::open(shared, slots, format, layout, claim)),
             Err(e) => {
                 self.free_buffers(sys::V4L2_MEMORY_MMAP);
                 Err(e)
@@ -687,14 +845,21 @@ impl Device {
     /// Stream into `buffers`: for each buffer, one dma-buf memory per
     /// memory of the format (one for `NV12`, two for `NM12`). Each memory
     /// must be dma-buf memory of offset 0 at least as large as its plane's
-    /// `size_image`, and its only handle (the stream takes it; frames give
-    /// it back). Everything is checked before `VIDIOC_REQBUFS`.
+    /// `size_image`, its only handle (the stream takes it; frames give it
+    /// back), without a [`set_on_block_free`](Memory::set_on_block_free)
+    /// hook, and the only memory of this process over its dma-buf (no
+    /// other import of the same fd, no DRM dumb buffer it was exported
+    /// from still alive): nothing else may read the bytes the driver
+    /// writes. Everything is checked before `VIDIOC_REQBUFS`; the memories
+    /// of a refused call are dropped.
     ///
     /// # Errors
     /// [`V4l2Problem::BadImport`] naming the first memory that does not
-    /// fit; [`V4l2Problem::NotSupported`] when the queue has no DMABUF
+    /// fit; [`V4l2Problem::Busy`] while another stream of the device
+    /// lives; [`V4l2Problem::NotSupported`] when the queue has no DMABUF
     /// import; [`Error::Os`] otherwise.
-    pub fn stream_import(&self, buffers: Vec<Vec<Memory>>) -> Result<Stream> {
+    pub fn stream_import(&self, mut buffers: Vec<Vec<Memory>>) -> Result<Stream> {
+        let claim = self.claim()?;
         let format = self.format()?;
         let layout = format.layout().map_err(|e| self.rename(e))?;
         if buffers.is_empty() || buffers.len() > MAX_BUFFERS as usize {
@@ -704,7 +869,7 @@ impl Device {
                 reason: format!("{} buffers, 1 to {MAX_BUFFERS} needed", buffers.len()),
             }));
         }
-        for (b, planes) in buffers.iter().enumerate() {
+        for (b, planes) in buffers.iter_mut().enumerate() {
             self.check_import(b, planes, &format)?;
         }
         let granted = self.request(
@@ -712,14 +877,20 @@ impl Device {
             buffers.len() as u32,
             "DMABUF import",
         )?;
+        if let Err(e) = self.check_format_kept(&format) {
+            self.free_buffers(sys::V4L2_MEMORY_DMABUF);
+            return Err(e);
+        }
         let shared = self.new_shared(sys::V4L2_MEMORY_DMABUF, &format);
-        let mut slots = Vec::with_capacity(granted as usize);
+        let mut slots = Vec::with_capacity(buffers.len());
         for (index, planes) in buffers.into_iter().enumerate() {
             if index >= granted as usize {
                 break; // the driver took fewer: the rest are dropped
             }
             let mut kept = Vec::with_capacity(planes.len());
             for (plane, mut mem) in planes.into_iter().enumerate() {
+                // Cannot fail: checked above (sole handle of a root, no
+                // hook), and nothing else has reached it since.
                 if let Err(e) = mem.set_on_block_free(hook(&shared, index, plane)) {
                     self.free_buffers(sys::V4L2_MEMORY_DMABUF);
                     return Err(e);
@@ -728,7 +899,7 @@ impl Device {
             }
             slots.push(Slot::new(kept));
         }
-        Ok(Stream::open(shared, slots, format, layout))
+        Ok(Stream::open(shared, slots, format, layout, claim))
     }
 
     /// Stream into `count` memories taken out of `pool` for the stream's
@@ -757,7 +928,7 @@ impl Device {
         self.stream_import(buffers)
     }
 
-    fn check_import(&self, buffer: usize, planes: &[Memory], format: &Format) -> Result<()> {
+    fn check_import(&self, buffer: usize, planes: &mut [Memory], format: &Format) -> Result<()> {
         let bad = |plane: usize, reason: String| {
             self.err(V4l2Problem::BadImport {
                 buffer,
@@ -776,7 +947,7 @@ impl Device {
                 ),
             ));
         }
-        for (plane, (mem, want)) in planes.iter().zip(&format.planes).enumerate() {
+        for (plane, (mem, want)) in planes.iter_mut().zip(&format.planes).enumerate() {
             if !is_dmabuf_memory(mem) {
                 return Err(bad(
                     plane,
@@ -790,6 +961,26 @@ impl Device {
                 return Err(bad(
                     plane,
                     "a share, or a memory with other handles: the stream must own it".into(),
+                ));
+            }
+            // The sole handle of a root: its hook can be looked at (taken
+            // and put back).
+            if let Some(h) = mem.take_on_block_free() {
+                mem.set_on_block_free(h)?;
+                return Err(bad(
+                    plane,
+                    "it already has a block-free hook (a pool's, another stream's): \
+                     the stream needs its own"
+                        .into(),
+                ));
+            }
+            if other_roots(mem) {
+                return Err(bad(
+                    plane,
+                    "another memory of this process reaches the same dma-buf (another \
+                     import of its fd, or the DRM dumb buffer it was exported from): it \
+                     could read the buffer while the driver writes it"
+                        .into(),
                 ));
             }
             if mem.offset() != 0 {
@@ -828,6 +1019,54 @@ impl Device {
             e => e,
         }
     }
+}
+
+/// Whether `granted` buffers (for `count` asked) is an answer to trust as
+/// a length: at most [`MAX_GRANTED`].
+fn check_granted(count: u32, granted: u32) -> std::result::Result<(), String> {
+    if granted > MAX_GRANTED {
+        return Err(format!(
+            "{granted} buffers granted for {count} asked; at most {MAX_GRANTED} are taken"
+        ));
+    }
+    Ok(())
+}
+
+/// Whether MMAP buffer `index`, as `VIDIOC_QUERYBUF` describes it, can
+/// hold a frame of `format`: one plane per memory of the format, each at
+/// least the plane's `size_image` long.
+fn check_buffer(
+    index: u32,
+    info: &sys::BufInfo,
+    format: &Format,
+) -> std::result::Result<(), String> {
+    if info.planes.len() != format.planes.len() {
+        return Err(format!(
+            "buffer {index} has {} planes, the format {}",
+            info.planes.len(),
+            format.planes.len()
+        ));
+    }
+    for (plane, (&(_, length, _, _), want)) in info.planes.iter().zip(&format.planes).enumerate() {
+        if length < want.size_image {
+            return Err(format!(
+                "buffer {index} plane {plane} has {length} bytes, the format needs {}",
+                want.size_image
+            ));
+        }
+    }
+    Ok(())
+}
+
+/// Whether another root memory (or block) of this process reaches the
+/// storage of `mem`'s block: another import of the same dma-buf, the DRM
+/// dumb buffer it was exported from. Such a root can map the bytes while
+/// the driver writes them, so a buffer is neither imported nor queued
+/// again while one exists. Memory without an alias (V4L2 MMAP memory)
+/// has no other root.
+fn other_roots(mem: &Memory) -> bool {
+    // An fd-backed root holds its alias twice (its block, itself).
+    mem.block_alias().is_some_and(|a| a.handles() > 2)
 }
 
 /// The hook of plane `plane` of buffer `index`: brings the block back to
@@ -870,6 +1109,17 @@ impl Slot {
     fn home(&self) -> bool {
         !self.planes.is_empty() && self.planes.iter().all(Option::is_some)
     }
+
+    /// Home, but another root of one of its dma-bufs is alive (see
+    /// [`other_roots`]): still in user hands.
+    fn reached_elsewhere(&self) -> bool {
+        self.planes.iter().flatten().any(other_roots)
+    }
+
+    /// Some plane, or another root of one, is in user hands.
+    fn held(&self) -> bool {
+        !self.planes.is_empty() && (!self.home() || (!self.queued && self.reached_elsewhere()))
+    }
 }
 
 struct State {
@@ -895,8 +1145,13 @@ impl Shared {
         self.state.lock().unwrap_or_else(PoisonError::into_inner)
     }
 
-    /// `VIDIOC_QBUF` of slot `index`, whose memories are all home.
-    fn queue(&self, index: usize, slot: &mut Slot) -> Result<()> {
+    /// `VIDIOC_QBUF` of slot `index`, whose memories are all home; not
+    /// while another root of one of its dma-bufs is alive (`Ok(false)`:
+    /// left home, tried again by the next [`Stream::next_frame`]).
+    fn queue(&self, index: usize, slot: &mut Slot) -> Result<bool> {
+        if slot.reached_elsewhere() {
+            return Ok(false);
+        }
         let mut args =
             sys::BufferArgs::new(self.buf_type, self.memory, index as u32, self.memories);
         if self.memory == sys::V4L2_MEMORY_DMABUF {
@@ -912,7 +1167,21 @@ impl Shared {
         }
         sys::v4l2_qbuf(self.fd.as_fd(), &mut args).map_err(|e| Error::os("VIDIOC_QBUF", e))?;
         slot.queued = true;
-        Ok(())
+        Ok(true)
+    }
+
+    /// Queue every buffer that is home and not queued: the first failure
+    /// (buffer index and error), after trying them all.
+    fn queue_home(&self, st: &mut State) -> Option<(usize, Error)> {
+        let mut failed = None;
+        for (i, slot) in st.slots.iter_mut().enumerate() {
+            if slot.home() && !slot.queued {
+                if let Err(e) = self.queue(i, slot) {
+                    failed.get_or_insert((i, e));
+                }
+            }
+        }
+        failed
     }
 
     /// A plane's block came back (its last handle is gone).
@@ -942,6 +1211,8 @@ impl Shared {
             }
         };
         if streaming && slot.home() && !slot.queued {
+            // On failure the buffer stays home, unqueued: the next
+            // `next_frame` tries again, and says so if it still fails.
             if let Err(e) = self.queue(index, slot) {
                 log::warn!("{}: re-queueing buffer {index}: {e}", self.device);
             }
@@ -952,11 +1223,15 @@ impl Shared {
     }
 }
 
-/// A capture stream: its buffers, their memories, and the queue.
+/// A capture stream: its buffers, their memories, and the queue. A
+/// [`Device`] has one at a time.
 pub struct Stream {
     shared: Arc<Shared>,
     format: Format,
     layout: FrameLayout,
+    /// Given back after `drop` has freed the queue (fields drop after
+    /// `Drop::drop`).
+    _claim: QueueClaim,
 }
 
 impl fmt::Debug for Stream {
@@ -971,7 +1246,13 @@ impl fmt::Debug for Stream {
 }
 
 impl Stream {
-    fn open(shared: Arc<Shared>, slots: Vec<Slot>, format: Format, layout: FrameLayout) -> Self {
+    fn open(
+        shared: Arc<Shared>,
+        slots: Vec<Slot>,
+        format: Format,
+        layout: FrameLayout,
+        claim: QueueClaim,
+    ) -> Self {
         {
             let mut st = shared.lock();
             st.slots = slots;
@@ -981,6 +1262,7 @@ impl Stream {
             shared,
             format,
             layout,
+            _claim: claim,
         }
     }
 
@@ -989,7 +1271,8 @@ impl Stream {
         &self.format
     }
 
-    /// The layout of every frame.
+    /// The layout of frames the driver writes from byte 0 of each memory
+    /// (a frame with a data offset has its own, [`Frame::layout`]).
     pub fn layout(&self) -> &FrameLayout {
         &self.layout
     }
@@ -1004,15 +1287,10 @@ impl Stream {
         self.shared.lock().slots.iter().filter(|s| s.queued).count()
     }
 
-    /// Buffers out in frames (some plane still has a handle in user
-    /// hands).
+    /// Buffers in user hands: some plane still has a handle there, or
+    /// another root of one of its dma-bufs is alive.
     pub fn held_count(&self) -> usize {
-        self.shared
-            .lock()
-            .slots
-            .iter()
-            .filter(|s| !s.planes.is_empty() && !s.home())
-            .count()
+        self.shared.lock().slots.iter().filter(|s| s.held()).count()
     }
 
     /// The stream is on.
@@ -1022,70 +1300,110 @@ impl Stream {
 
     /// Queue every buffer that is home and `VIDIOC_STREAMON`.
     ///
+    /// `STREAMON` runs without the stream's lock (it can be slow on real
+    /// hardware), so a frame dropped meanwhile on another thread never
+    /// waits for it: its buffer stays home and is queued right after.
+    ///
     /// # Errors
     /// [`Error::Os`] when the driver fails `QBUF` or `STREAMON`.
     pub fn start(&mut self) -> Result<()> {
         let shared = &*self.shared;
-        let mut st = shared.lock();
-        if st.streaming {
-            return Ok(());
-        }
-        for (i, slot) in st.slots.iter_mut().enumerate() {
-            if slot.home() && !slot.queued {
-                shared.queue(i, slot)?;
+        {
+            let mut st = shared.lock();
+            if st.streaming {
+                return Ok(());
+            }
+            if let Some((_, e)) = shared.queue_home(&mut st) {
+                return Err(e);
             }
         }
         sys::v4l2_stream(shared.fd.as_fd(), shared.buf_type, true)
             .map_err(|e| Error::os("VIDIOC_STREAMON", e))?;
+        let mut st = shared.lock();
         st.streaming = true;
+        // Those that came home during STREAMON; a failure is retried (and
+        // reported) by `next_frame`.
+        if let Some((i, e)) = shared.queue_home(&mut st) {
+            log::warn!("{}: queueing buffer {i}: {e}", shared.device);
+        }
         Ok(())
     }
 
     /// `VIDIOC_STREAMOFF`: the driver gives every queued buffer back.
     /// Frames still held stay valid; their buffers are kept idle when they
     /// come back, and queued again by the next [`start`](Stream::start).
+    /// `STREAMOFF` runs without the stream's lock, as `STREAMON`.
     ///
     /// # Errors
-    /// [`Error::Os`] when the driver fails `STREAMOFF`.
+    /// [`Error::Os`] when the driver fails `STREAMOFF`; the stream is then
+    /// still on (the driver still has its queued buffers).
     pub fn stop(&mut self) -> Result<()> {
         let shared = &*self.shared;
-        let mut st = shared.lock();
-        if !st.streaming {
-            return Ok(());
+        {
+            let mut st = shared.lock();
+            if !st.streaming {
+                return Ok(());
+            }
+            // Off for the hooks from now: a buffer that comes back during
+            // STREAMOFF stays home.
+            st.streaming = false;
         }
         let r = sys::v4l2_stream(shared.fd.as_fd(), shared.buf_type, false);
-        // After STREAMOFF (even a failed one, the queue is cancelled) no
-        // buffer is the driver's.
-        st.streaming = false;
-        for slot in &mut st.slots {
-            slot.queued = false;
+        let mut st = shared.lock();
+        match r {
+            Ok(()) => {
+                // The queue is cancelled: no buffer is the driver's.
+                for slot in &mut st.slots {
+                    slot.queued = false;
+                }
+                Ok(())
+            }
+            Err(e) => {
+                // A failed STREAMOFF cancels nothing: the queued buffers
+                // are still the driver's, and the stream still on (one
+                // that came home meanwhile is queued by `next_frame`).
+                st.streaming = true;
+                Err(Error::os("VIDIOC_STREAMOFF", e))
+            }
         }
-        r.map_err(|e| Error::os("VIDIOC_STREAMOFF", e))
     }
 
-    /// Wait at most `timeout` for a frame and dequeue it.
+    /// Wait at most `timeout` for a frame and dequeue it. Buffers that are
+    /// home but not queued (a `QBUF` in a frame's drop failed, or came
+    /// while another root of their dma-buf was alive) are queued first.
     ///
     /// # Errors
     /// [`V4l2Problem::NotStreaming`] when the stream is off,
     /// [`V4l2Problem::AllBuffersHeld`] when no buffer is queued (every one
-    /// is in a frame still held), [`V4l2Problem::TimedOut`], and
-    /// [`Error::Os`] when the driver fails `DQBUF`.
+    /// is in a frame still held), [`V4l2Problem::RequeueFailed`] when none
+    /// is queued because `QBUF` fails on those that are back,
+    /// [`V4l2Problem::TimedOut`], [`V4l2Problem::DriverAnswer`] when the
+    /// driver's data offsets put the frame past its buffer (the buffer is
+    /// queued again), and [`Error::Os`] when the driver fails `DQBUF`.
     pub fn next_frame(&mut self, timeout: Duration) -> Result<Frame> {
         let shared = &*self.shared;
         let deadline = Instant::now().checked_add(timeout);
         loop {
             {
-                let st = shared.lock();
+                let mut st = shared.lock();
                 if !st.streaming {
                     return Err(v4l2_err(&shared.device, V4l2Problem::NotStreaming));
                 }
+                let failed = shared.queue_home(&mut st);
                 if !st.slots.iter().any(|s| s.queued) {
-                    return Err(v4l2_err(
-                        &shared.device,
-                        V4l2Problem::AllBuffersHeld {
+                    let problem = match failed {
+                        Some((index, e)) => V4l2Problem::RequeueFailed {
+                            index,
+                            reason: e.to_string(),
+                        },
+                        None => V4l2Problem::AllBuffersHeld {
                             count: st.slots.len(),
                         },
-                    ));
+                    };
+                    return Err(v4l2_err(&shared.device, problem));
+                }
+                if let Some((i, e)) = failed {
+                    log::warn!("{}: re-queueing buffer {i}: {e}", shared.device);
                 }
             }
             let left = deadline.map_or(timeout, |d| d.saturating_duration_since(Instant::now()));
@@ -1135,6 +1453,22 @@ impl Stream {
                 .filter_map(Option::take)
                 .collect::<Vec<_>>()
         };
+        let sizes: Vec<usize> = memories.iter().map(Memory::size).collect();
+        let data_offsets: Vec<u32> = info.planes.iter().map(|p| p.2).collect();
+        let layout = match frame_layout(&self.layout, &data_offsets, &sizes) {
+            Ok(layout) => layout,
+            Err(reason) => {
+                // The buffer goes back to the driver.
+                drop(memories);
+                return Err(v4l2_err(
+                    &self.shared.device,
+                    V4l2Problem::DriverAnswer {
+                        call: "VIDIOC_DQBUF",
+                        reason,
+                    },
+                ));
+            }
+        };
         let (sec, usec) = info.timestamp;
         let timestamp = if sec < 0 || usec < 0 {
             Duration::ZERO
@@ -1143,34 +1477,83 @@ impl Stream {
         };
         Ok(Frame {
             memories,
-            layout: self.layout.clone(),
+            layout,
             index: info.index,
             sequence: info.sequence,
             timestamp,
             flags: info.flags,
-            bytes_used: info.planes.iter().map(|p| p.0).collect(),
+            bytes_used: clamp_bytes_used(&info, &sizes),
         })
     }
+}
+
+/// The layout of a dequeued frame: the stream's `layout`, each plane
+/// moved by the data offset the driver gave its memory (multi-planar API
+/// only; vivid puts 128 bytes before `NV16M`'s luma and `NV61M`'s chroma),
+/// and checked against the memories' `sizes`.
+fn frame_layout(
+    layout: &FrameLayout,
+    data_offsets: &[u32],
+    sizes: &[usize],
+) -> std::result::Result<FrameLayout, String> {
+    if data_offsets.iter().all(|&d| d == 0) {
+        return Ok(layout.clone());
+    }
+    let planes = layout
+        .planes()
+        .iter()
+        .map(|p| {
+            let d = data_offsets.get(p.memory as usize).copied().unwrap_or(0);
+            PlaneLayout {
+                offset: p.offset.saturating_add(u64::from(d)),
+                ..*p
+            }
+        })
+        .collect();
+    let moved = FrameLayout::new(
+        layout.fourcc,
+        layout.modifier,
+        layout.width,
+        layout.height,
+        planes,
+    )
+    .and_then(|l| l.check(sizes).map(|()| l))
+    .map_err(|e| format!("data offsets {data_offsets:?} put the frame past its buffer: {e}"))?;
+    Ok(moved)
+}
+
+/// The bytes the driver says it wrote in each memory, at most the
+/// memory's size.
+fn clamp_bytes_used(info: &sys::BufInfo, sizes: &[usize]) -> Vec<u32> {
+    info.planes
+        .iter()
+        .zip(sizes)
+        .map(|(p, &size)| p.0.min(u32::try_from(size).unwrap_or(u32::MAX)))
+        .collect()
 }
 
 impl Drop for Stream {
     fn drop(&mut self) {
         let shared = &*self.shared;
-        let memories: Vec<Memory> = {
+        let (streaming, memories) = {
             let mut st = shared.lock();
-            if st.streaming {
-                let _ = sys::v4l2_stream(shared.fd.as_fd(), shared.buf_type, false);
-            }
-            st.streaming = false;
             st.closed = true;
-            st.slots
+            let memories: Vec<Memory> = st
+                .slots
                 .drain(..)
                 .flat_map(|s| s.planes.into_iter().flatten())
-                .collect()
+                .collect();
+            (std::mem::replace(&mut st.streaming, false), memories)
         };
+        // Outside the lock (see `start`): frames dropped meanwhile find the
+        // stream closed and are freed.
+        if streaming {
+            let _ = sys::v4l2_stream(shared.fd.as_fd(), shared.buf_type, false);
+        }
         let _ = sys::v4l2_reqbufs(shared.fd.as_fd(), shared.buf_type, shared.memory, 0);
         // Their hooks find the stream closed and free them.
         drop(memories);
+        // `_claim` goes after this: the device may stream again.
     }
 }
 
@@ -1211,7 +1594,8 @@ impl Frame {
         self.memories
     }
 
-    /// Where the planes lie in the memories.
+    /// Where the planes lie in the memories: the stream's layout, moved
+    /// by the data offsets the driver gave this frame.
     pub fn layout(&self) -> &FrameLayout {
         &self.layout
     }
@@ -1231,7 +1615,8 @@ impl Frame {
         self.timestamp
     }
 
-    /// Bytes the driver wrote in each memory.
+    /// Bytes the driver says it wrote in each memory (its data offset
+    /// included), at most the memory's size.
     pub fn bytes_used(&self) -> &[u32] {
         &self.bytes_used
     }
@@ -1333,42 +1718,44 @@ impl AllocatorImpl for MmapAllocatorImpl {
     }
 }
 
-/// A plane of an MMAP buffer, mapped through the device fd at its offset.
+/// A plane of an MMAP buffer, mapped through the device fd at its offset
+/// when made, read-write, and kept until dropped: the mapping holds the
+/// driver's buffer (it stays valid after `STREAMOFF` and `REQBUFS` 0), so
+/// the device fd is not kept (a held frame does not keep the device open).
 struct MmapBackend {
-    fd: Arc<OwnedFd>,
     offset: u64,
+    len: usize,
+    /// The mapping's address (kept as an integer: the backend is shared
+    /// between threads; the memory core synchronises access to the bytes).
+    base: usize,
     mapping: FileMapping,
+}
+
+impl MmapBackend {
+    fn base(&self) -> NonNull<u8> {
+        NonNull::new(self.base as *mut u8).unwrap_or(NonNull::dangling())
+    }
 }
 
 impl fmt::Debug for MmapBackend {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("MmapBackend")
             .field("offset", &self.offset)
-            .field("len", &self.mapping.options().len)
+            .field("len", &self.len)
             .finish()
     }
 }
 
-// SAFETY: `map` returns the live MAP_SHARED mapping of the whole plane
-// (`len` bytes the driver allocated), made read-write when the memory was
-// made and kept until drop. The mapping holds the driver's buffer, so it
-// stays valid after STREAMOFF and REQBUFS 0.
+// SAFETY: `base` is the live MAP_SHARED read-write mapping of the whole
+// plane (`len` bytes the driver allocated), made when the memory was made
+// and unmapped only when the backend drops; every map returns it.
 unsafe impl MemoryBackend for MmapBackend {
-    fn map(&self, _maxsize: usize, flags: MapFlags) -> Result<NonNull<u8>> {
-        let prot = if flags.contains(MapFlags::WRITE) {
-            ProtFlags::READ | ProtFlags::WRITE
-        } else {
-            ProtFlags::READ
-        };
-        self.mapping
-            .map(self.fd.as_fd(), self.offset, prot)
-            .map_err(|f| mmap_failed(&f, self.offset))
+    fn map(&self, _maxsize: usize, _flags: MapFlags) -> Result<NonNull<u8>> {
+        Ok(self.base())
     }
 
-    fn unmap(&self, _flags: MapFlags) {
-        if let Err(e) = self.mapping.unmap() {
-            log::warn!("munmap of a V4L2 MMAP buffer failed: {e}");
-        }
+    fn static_ptr(&self) -> Option<NonNull<u8>> {
+        Some(self.base())
     }
 }
 
@@ -1387,37 +1774,35 @@ fn mmap_failed(f: &MapFailure, offset: u64) -> Error {
 }
 
 /// `len` bytes of the device's MMAP buffer at `offset`, as memory.
-fn mmap_memory(fd: &Arc<OwnedFd>, offset: u32, len: usize) -> Result<Memory> {
+fn mmap_memory(fd: BorrowedFd<'_>, offset: u32, len: usize) -> Result<Memory> {
     static ALLOCATOR: std::sync::OnceLock<Allocator> = std::sync::OnceLock::new();
     let allocator = ALLOCATOR.get_or_init(|| Allocator::new(MmapAllocatorImpl));
-    let backend = MmapBackend {
-        fd: fd.clone(),
-        offset: u64::from(offset),
-        mapping: FileMapping::new(MapOptions {
-            len,
-            private: false,
-            keep: true,
-            upgrade: Upgrade::Add,
-            huge_page: None,
-            guard_sigbus: false,
-        })
-        .map_err(|e| Error::os("V4L2 MMAP buffer size", e))?,
-    };
+    let offset = u64::from(offset);
+    let mapping = FileMapping::new(MapOptions {
+        len,
+        private: false,
+        keep: true,
+        upgrade: Upgrade::Add,
+        huge_page: None,
+        guard_sigbus: false,
+    })
+    .map_err(|e| Error::os("V4L2 MMAP buffer size", e))?;
     // Mapped now and kept: once the queue is freed (REQBUFS 0, the stream
     // dropped) the offset maps nothing any more, but a live mapping keeps
     // the driver's buffer, so a frame held past its stream stays readable.
-    backend
-        .mapping
-        .map(
-            fd.as_fd(),
-            u64::from(offset),
-            ProtFlags::READ | ProtFlags::WRITE,
-        )
-        .map(|_| {
+    let base = mapping
+        .map(fd, offset, ProtFlags::READ | ProtFlags::WRITE)
+        .inspect(|_| {
             // Kept: only the count goes back, the mapping stays.
-            let _ = backend.mapping.unmap();
+            let _ = mapping.unmap();
         })
-        .map_err(|f| mmap_failed(&f, u64::from(offset)))?;
+        .map_err(|f| mmap_failed(&f, offset))?;
+    let backend = MmapBackend {
+        offset,
+        len,
+        base: base.as_ptr() as usize,
+        mapping,
+    };
     Memory::from_parts(allocator, MemoryParts::new(Box::new(backend), len))
 }
 
@@ -1491,6 +1876,99 @@ mod tests {
         assert!(refused(format(b"NV12", 64, 64, &[])));
         // A stride shorter than a row.
         assert!(refused(format(b"YUYV", 64, 64, &[(64, 64 * 64)])));
+    }
+
+    #[test]
+    fn layouts_of_huge_formats_overflow_into_an_error() {
+        // Format is plain data: strides and offsets past u64 are refused,
+        // never a panic (debug) or a wrapped layout (release).
+        let overflow = |f: Format| {
+            let r = f.layout();
+            assert!(matches!(r, Err(Error::SizeOverflow { .. })), "{f:?}: {r:?}");
+        };
+        // bytes_per_line × a 16 GiB row (XR24, u32::MAX pixels wide).
+        overflow(format(b"XR24", u32::MAX, 2, &[(u32::MAX, u32::MAX)]));
+        // The second plane's offset: u32::MAX rows of u32::MAX bytes, then
+        // half as many again.
+        overflow(format(b"NV12", 64, u32::MAX, &[(u32::MAX, u32::MAX)]));
+        overflow(format(b"YU12", 64, u32::MAX, &[(u32::MAX, u32::MAX)]));
+    }
+
+    fn buf_info(planes: &[(u32, u32, u32)]) -> sys::BufInfo {
+        sys::BufInfo {
+            planes: planes.iter().map(|&(u, l, d)| (u, l, d, 0)).collect(),
+            ..Default::default()
+        }
+    }
+
+    #[test]
+    fn the_drivers_buffers_are_checked_against_the_format() {
+        // A driver granting absurd counts is refused, not trusted as a
+        // length; the usual "more than asked" is fine.
+        assert!(check_granted(4, 4).is_ok());
+        assert!(check_granted(2, 3).is_ok());
+        assert!(check_granted(4, MAX_GRANTED).is_ok());
+        assert!(check_granted(4, MAX_GRANTED + 1).is_err());
+        assert!(check_granted(4, u32::MAX).is_err());
+        let nm12 = format(b"NM12", 64, 32, &[(64, 64 * 32), (64, 64 * 16)]);
+        assert!(check_buffer(0, &buf_info(&[(0, 2048, 0), (0, 1024, 0)]), &nm12).is_ok());
+        // Zero-length, one byte short, a plane missing, one too many.
+        for planes in [
+            &[(0, 0, 0), (0, 1024, 0)][..],
+            &[(0, 2048, 0), (0, 1023, 0)],
+            &[(0, 2048, 0)],
+            &[(0, 2048, 0), (0, 1024, 0), (0, 1024, 0)],
+        ] {
+            let e = check_buffer(3, &buf_info(planes), &nm12).unwrap_err();
+            assert!(e.contains("buffer 3"), "{e}");
+        }
+    }
+
+    #[test]
+    fn data_offsets_move_the_frames_planes() {
+        // NV16M as vivid sends it: 128 bytes before the luma.
+        let f = format(b"NM16", 64, 32, &[(64, 64 * 32 + 128), (64, 64 * 32)]);
+        let layout = f.layout().unwrap();
+        let sizes = [64 * 32 + 128, 64 * 32];
+        let moved = frame_layout(&layout, &[128, 0], &sizes).unwrap();
+        assert_eq!(moved.planes()[0].offset, 128);
+        assert_eq!(moved.planes()[1].offset, 0);
+        assert_eq!(frame_layout(&layout, &[0, 0], &sizes).unwrap(), layout);
+        // One byte too far: the frame would end past its memory.
+        assert!(frame_layout(&layout, &[129, 0], &sizes).is_err());
+        assert!(frame_layout(&layout, &[0, u32::MAX], &sizes).is_err());
+        // NV12 in one memory: both planes move with it.
+        let f = format(b"NV12", 64, 32, &[(64, 64 * 48 + 256)]);
+        let moved = frame_layout(&f.layout().unwrap(), &[256], &[64 * 48 + 256]).unwrap();
+        assert_eq!(
+            (moved.planes()[0].offset, moved.planes()[1].offset),
+            (256, 256 + 64 * 32)
+        );
+        // bytesused past the memory is clamped to it.
+        assert_eq!(
+            clamp_bytes_used(&buf_info(&[(5000, 9000, 0), (100, 4096, 0)]), &[4096, 4096]),
+            vec![4096, 100]
+        );
+    }
+
+    #[test]
+    fn another_root_of_the_same_file_is_seen() {
+        use crate::fd::FdAllocator;
+        let fd = rustix::fs::memfd_create("v4l2-alias", rustix::fs::MemfdFlags::CLOEXEC).unwrap();
+        rustix::fs::ftruncate(&fd, 4096).unwrap();
+        let fds = FdAllocator::new();
+        let dup = rustix::io::fcntl_dupfd_cloexec(&fd, 0).unwrap();
+        let mem = fds.alloc(fd, 4096, FdMemoryFlags::empty()).unwrap();
+        assert!(!other_roots(&mem), "a lone root");
+        let clone = mem.clone();
+        assert!(!other_roots(&mem), "a clone is the same root");
+        let second = fds.alloc(dup, 4096, FdMemoryFlags::empty()).unwrap();
+        assert!(other_roots(&mem) && other_roots(&second));
+        drop(second);
+        assert!(!other_roots(&mem), "the second root is gone");
+        drop(clone);
+        // Memory without an alias (system memory) has no other root.
+        assert!(!other_roots(&Memory::with_size(64).unwrap()));
     }
 
     #[test]

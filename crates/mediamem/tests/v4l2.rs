@@ -17,13 +17,16 @@
 //! (`Stream::queued_count`), fds and mappings of the process.
 
 use std::os::fd::OwnedFd;
-use std::sync::{Mutex, MutexGuard, PoisonError};
+use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use std::time::Duration;
 
 use mediamem::heap::DmaHeapAllocator;
 use mediamem::pool::MemoryPool;
-use mediamem::v4l2::{v4l2_fourcc, Device, Format, Frame, Stream};
-use mediamem::{is_dmabuf_memory, Allocator, Error, Memory, UdmabufAllocator, V4l2Problem};
+use mediamem::v4l2::{v4l2_fourcc, vivid as vivid_ctl, Device, Format, Frame, Stream};
+use mediamem::{
+    dmabuf_memory_get_fd, is_dmabuf_memory, Allocator, DmaBufAllocator, Error, FdMemoryFlags,
+    Memory, UdmabufAllocator, V4l2Problem,
+};
 
 mod common;
 
@@ -260,8 +263,33 @@ fn a_pool_of_udmabufs_feeds_the_queue() {
     capture_and_compare(stream, &format, &want);
 }
 
+/// Write a marker over the first and last 64 bytes of `mem` (vivid's
+/// pattern is static, so only bytes no frame has can show that the driver
+/// did not write the buffer again).
+fn mark(mem: &Memory) {
+    let mut map = mem.map_writable().expect("write-map a held frame");
+    let n = map.len();
+    let (head, rest) = map.split_at_mut(64);
+    let tail = &mut rest[n - 128..];
+    for (i, b) in head.iter_mut().chain(tail.iter_mut()).enumerate() {
+        *b = 0xa5 ^ (i as u8);
+    }
+}
+
+/// Whether `mem` still has the marker of [`mark`].
+fn marked(mem: &Memory) -> bool {
+    let map = mem.map_readable().expect("map a held frame");
+    let n = map.len();
+    map[..64]
+        .iter()
+        .chain(map[n - 64..].iter())
+        .enumerate()
+        .all(|(i, &b)| b == 0xa5 ^ (i as u8))
+}
+
 /// Buffers go back when the last handle of a frame's memories is gone,
-/// and not before: a held frame stalls its own buffer only.
+/// and not before: a held frame stalls its own buffer only, and the
+/// driver never writes it meanwhile.
 fn held_frames_stall_only_their_buffer(mut s: Stream) {
     s.start().unwrap();
     let n = s.buffer_count();
@@ -269,6 +297,7 @@ fn held_frames_stall_only_their_buffer(mut s: Stream) {
     assert_eq!(s.queued_count(), n);
     let held = s.next_frame(WAIT).unwrap();
     let held_index = held.index();
+    mark(&held.memories()[0]);
     assert_eq!((s.queued_count(), s.held_count()), (n - 1, 1));
     // A clone and a share outlive the frame: still held.
     let clone = held.memories()[0].clone();
@@ -286,6 +315,7 @@ fn held_frames_stall_only_their_buffer(mut s: Stream) {
         drop(f);
         assert_eq!(s.queued_count(), n - 1, "a dropped frame goes back at once");
     }
+    assert!(marked(&clone), "the driver wrote into a held frame");
     drop(clone);
     assert_eq!(s.held_count(), 1, "the share still holds it");
     drop(share);
@@ -311,6 +341,44 @@ fn held_frames_stall_only_their_buffer(mut s: Stream) {
     s.next_frame(WAIT).unwrap();
 }
 
+/// Another root memory over the dma-buf of `mem` (its fd imported again).
+fn second_root(mem: &Memory) -> Memory {
+    let fd = dmabuf_memory_get_fd(mem).expect("dma-buf memory");
+    DmaBufAllocator::new()
+        .alloc_borrowed(fd, mem.size(), FdMemoryFlags::empty())
+        .expect("import the fd again")
+}
+
+/// Another root of a frame's dma-buf (its fd imported again) holds the
+/// buffer as a handle would: it is not queued while that root lives, and
+/// comes round again once it is gone.
+fn a_second_root_holds_the_buffer(mut s: Stream) {
+    s.start().unwrap();
+    let n = s.buffer_count();
+    let f = s.next_frame(WAIT).unwrap();
+    let index = f.index();
+    let other = second_root(&f.memories()[0]);
+    mark(&other);
+    drop(f);
+    assert_eq!(
+        (s.queued_count(), s.held_count()),
+        (n - 1, 1),
+        "the second root holds the buffer"
+    );
+    for _ in 0..3 * n {
+        let g = s.next_frame(WAIT).unwrap();
+        assert_ne!(g.index(), index, "queued while another root lived");
+    }
+    assert!(marked(&other), "the driver wrote under the second root");
+    drop(other);
+    let mut seen = false;
+    for _ in 0..3 * n {
+        seen |= s.next_frame(WAIT).unwrap().index() == index;
+    }
+    assert!(seen, "buffer {index} never came back");
+    assert_eq!(s.held_count(), 0);
+}
+
 #[test]
 fn buffers_go_back_when_dropped_and_not_before() {
     let _turn = take_turn();
@@ -321,6 +389,9 @@ fn buffers_go_back_when_dropped_and_not_before() {
     held_frames_stall_only_their_buffer(dev.stream_export(4).unwrap());
     let udmabuf = UdmabufAllocator::get().unwrap();
     held_frames_stall_only_their_buffer(dev.stream_import(buffers(&udmabuf, &format, 4)).unwrap());
+    held_frames_stall_only_their_buffer(dev.stream_mmap(4).unwrap());
+    a_second_root_holds_the_buffer(dev.stream_export(4).unwrap());
+    a_second_root_holds_the_buffer(dev.stream_import(buffers(&udmabuf, &format, 4)).unwrap());
 }
 
 /// STREAMOFF and the stream's drop with frames held: the frames stay
@@ -331,6 +402,7 @@ fn streamoff_with_frames_held(mut s: Stream, format: &Format) {
     s.start().unwrap();
     let a = s.next_frame(WAIT).unwrap();
     let b = s.next_frame(WAIT).unwrap();
+    mark(&a.memories()[0]);
     let bytes = frame_bytes(&a, format);
     s.stop().unwrap();
     assert!(!s.is_streaming());
@@ -357,14 +429,22 @@ fn streamoff_with_frames_held(mut s: Stream, format: &Format) {
     assert_eq!(s.queued_count(), n - 1, "all but the held frame's buffer");
     let c = s.next_frame(WAIT).unwrap();
     assert_ne!(c.index(), a.index());
+    for _ in 0..2 * n {
+        drop(s.next_frame(WAIT).unwrap());
+    }
+    assert!(
+        marked(&a.memories()[0]),
+        "the driver wrote into a held frame"
+    );
     // The stream goes while both frames are held.
+    let c_bytes = frame_bytes(&c, format);
     drop(s);
     assert_eq!(
         frame_bytes(&a, format),
         bytes,
         "a held frame survives its stream"
     );
-    assert_eq!(frame_bytes(&c, format), bytes);
+    assert_eq!(frame_bytes(&c, format), c_bytes);
     c.memories()[0].map_writable().unwrap()[0] ^= 0xff;
     drop((a, c));
 }
@@ -392,6 +472,16 @@ fn streamoff_and_drop_with_frames_held_are_safe() {
     assert_eq!(frame_bytes(&f, &format).len(), 2);
 }
 
+fn is_busy(r: Result<Stream, Error>) -> bool {
+    matches!(
+        r,
+        Err(Error::V4l2 {
+            problem: V4l2Problem::Busy { .. },
+            ..
+        })
+    )
+}
+
 #[test]
 fn two_thousand_cycles_leak_nothing() {
     let _turn = take_turn();
@@ -399,19 +489,28 @@ fn two_thousand_cycles_leak_nothing() {
         return;
     };
     let format = set(&dev, b"NV12");
+    let need = format.planes[0].size_image as usize;
     let udmabuf = UdmabufAllocator::get().unwrap();
     let mut stream: Option<Stream> = None;
+    let mut streams = 0;
     common::assert_no_leaks(2000, |i| {
-        // A new stream every 100 cycles, export and import in turn.
-        if i % 100 == 0 {
+        // A new stream every 10 cycles (200 in all, so one fd or mapping
+        // leaked per stream is past the margin): export, import and MMAP
+        // in turn, each after the error paths of refused setups.
+        if i % 10 == 0 {
             drop(stream.take());
-            let mut s = if i % 200 == 0 {
-                dev.stream_export(4).unwrap()
-            } else {
-                dev.stream_import(buffers(&udmabuf, &format, 4)).unwrap()
+            let mut short = buffers(&udmabuf, &format, 3);
+            short.push(vec![udmabuf.alloc(need - 4096, None).unwrap()]);
+            assert!(dev.stream_import(short).is_err(), "cycle {i}");
+            let mut s = match (i / 10) % 3 {
+                0 => dev.stream_export(4).unwrap(),
+                1 => dev.stream_import(buffers(&udmabuf, &format, 4)).unwrap(),
+                _ => dev.stream_mmap(4).unwrap(),
             };
+            assert!(is_busy(dev.stream_export(2)), "cycle {i}: a second stream");
             s.start().unwrap();
             stream = Some(s);
+            streams += 1;
         }
         let s = stream.as_mut().unwrap();
         let f = s.next_frame(WAIT).unwrap();
@@ -426,7 +525,219 @@ fn two_thousand_cycles_leak_nothing() {
             "cycle {i}: a buffer is missing"
         );
     });
+    assert_eq!(streams, 200);
     drop(stream);
+    // Its REQBUFS 0 happened: another open file of the node can take the
+    // queue (the driver says EBUSY while a file owns it).
+    let other = Device::open(dev.name()).unwrap();
+    other.stream_export(2).expect("the queue was given back");
+}
+
+#[test]
+fn one_stream_per_device() {
+    let _turn = take_turn();
+    let Some(dev) = vivid("one_stream_per_device", false) else {
+        return;
+    };
+    let format = set(&dev, b"YUYV");
+    let udmabuf = UdmabufAllocator::get().unwrap();
+    let mut s = dev.stream_export(4).unwrap();
+    s.start().unwrap();
+    let held = s.next_frame(WAIT).unwrap();
+    // A second stream of the same device would free this one's buffers and
+    // reuse their indexes: refused, whatever its kind, before REQBUFS.
+    assert!(is_busy(dev.stream_export(4)));
+    assert!(is_busy(dev.stream_mmap(4)));
+    assert!(is_busy(dev.stream_import(buffers(&udmabuf, &format, 4))));
+    // Another open file of the node: the driver's EBUSY, typed.
+    let other = Device::open(dev.name()).unwrap();
+    assert!(is_busy(other.stream_export(4)));
+    // The first stream is untouched: the same buffers, all but the held
+    // one queued, frames coming.
+    assert_eq!((s.buffer_count(), s.queued_count()), (4, 3));
+    for _ in 0..8 {
+        assert_ne!(s.next_frame(WAIT).unwrap().index(), held.index());
+    }
+    // The usual replacement pattern makes the new stream while the old
+    // one lives: refused, and the old one keeps running.
+    let mut slot = Some(s);
+    assert!(is_busy(dev.stream_export(4)));
+    slot.as_mut().unwrap().next_frame(WAIT).unwrap();
+    // Once it is dropped (a frame still held), a new one works, and
+    // the other file still cannot take the queue from it.
+    drop(slot);
+    let mut s = dev.stream_mmap(3).unwrap();
+    s.start().unwrap();
+    s.next_frame(WAIT).unwrap();
+    assert!(is_busy(other.stream_export(4)));
+    drop(s);
+    // Neither does a refused setup keep the device: a failed import, then
+    // a stream.
+    assert!(dev.stream_import(Vec::new()).is_err());
+    drop(dev.stream_import(buffers(&udmabuf, &format, 2)).unwrap());
+    // With every stream of the first file gone, the other file may stream.
+    other.stream_export(2).unwrap();
+    drop(held);
+}
+
+/// A `QBUF` that fails when a frame is dropped (vivid injects the
+/// failure) leaves the buffer home: `next_frame` queues it again, and
+/// says so when it keeps failing, instead of claiming the user holds it.
+#[test]
+fn a_failed_requeue_is_retried_and_reported() {
+    let _turn = take_turn();
+    let Some(dev) = vivid("a_failed_requeue_is_retried_and_reported", false) else {
+        return;
+    };
+    set(&dev, b"YUYV");
+    let mut s = dev.stream_export(4).unwrap();
+    s.start().unwrap();
+    let mut held: Vec<Frame> = (0..4).map(|_| s.next_frame(WAIT).unwrap()).collect();
+    assert_eq!(s.queued_count(), 0);
+    // The next QBUF fails once: the buffer comes home, unqueued.
+    dev.set_control(vivid_ctl::CID_BUF_PREPARE_ERROR, 1)
+        .unwrap();
+    drop(held.pop());
+    assert_eq!((s.queued_count(), s.held_count()), (0, 3));
+    // Not "every buffer held": it is queued again and captured.
+    held.push(s.next_frame(WAIT).expect("the buffer was queued again"));
+    assert_eq!((s.queued_count(), s.held_count()), (0, 4));
+    // The queue in its error state: every QBUF fails.
+    dev.set_control(vivid_ctl::CID_QUEUE_ERROR, 1).unwrap();
+    drop(held.pop());
+    let e = s.next_frame(WAIT).unwrap_err();
+    assert!(
+        matches!(
+            &e,
+            Error::V4l2 {
+                problem: V4l2Problem::RequeueFailed { .. },
+                ..
+            }
+        ),
+        "{e}"
+    );
+    // STREAMOFF resets the queue; everything streams again.
+    s.stop().unwrap();
+    drop(held);
+    s.start().unwrap();
+    assert_eq!(s.queued_count(), 4);
+    for _ in 0..8 {
+        s.next_frame(WAIT).unwrap();
+    }
+}
+
+/// The multi-planar API reports where each plane's data starts; vivid
+/// puts 128 bytes (of 0x80) before a plane of NV16M and NV61M. A frame's
+/// layout says so.
+#[test]
+fn data_offsets_are_in_the_frames_layout() {
+    let _turn = take_turn();
+    let Some(dev) = vivid("data_offsets_are_in_the_frames_layout", true) else {
+        return;
+    };
+    // NV16M: 128 bytes before the luma (memory 0); NV61M: before the
+    // chroma (memory 1).
+    for (code, moved) in [(b"NM16", 0usize), (b"NM61", 1)] {
+        let format = set(&dev, code);
+        for export in [true, false] {
+            // One at a time: a device has one stream.
+            let mut s = if export {
+                dev.stream_export(3).unwrap()
+            } else {
+                dev.stream_mmap(3).unwrap()
+            };
+            s.start().unwrap();
+            for _ in 0..3 {
+                let f = s.next_frame(WAIT).unwrap();
+                let p = f.layout().planes()[moved];
+                assert_eq!(
+                    p.offset,
+                    128,
+                    "{}: the data offset is not in the layout",
+                    String::from_utf8_lossy(code)
+                );
+                let sizes: Vec<usize> = f.memories().iter().map(Memory::size).collect();
+                f.layout().check(&sizes).unwrap();
+                let map = f.memories()[p.memory as usize].map_readable().unwrap();
+                assert!(map[..128].iter().all(|&b| b == 0x80), "vivid's filler");
+                let other = 1 - moved;
+                assert_eq!(f.layout().planes()[other].offset, 0);
+                for (used, size) in f.bytes_used().iter().zip(&sizes) {
+                    assert!(*used as usize <= *size);
+                }
+                assert!(format.planes[moved].size_image as usize <= sizes[moved]);
+            }
+        }
+    }
+}
+
+/// Frames dropped on another thread while the stream stops, starts,
+/// dequeues and goes: no deadlock, no buffer lost, held frames readable.
+#[test]
+fn frames_dropped_on_another_thread_while_the_stream_changes() {
+    let _turn = take_turn();
+    let Some(dev) = vivid(
+        "frames_dropped_on_another_thread_while_the_stream_changes",
+        false,
+    ) else {
+        return;
+    };
+    set(&dev, b"YUYV");
+    let (tx, rx) = std::sync::mpsc::channel::<Frame>();
+    // Holds up to two frames, dropping the oldest after a short, varying
+    // wait; gives back what it holds when the channel closes.
+    let dropper = std::thread::spawn(move || {
+        let mut held = std::collections::VecDeque::new();
+        let mut seed = 0x2545_f491_u32;
+        for f in rx {
+            held.push_back(f);
+            seed ^= seed << 13;
+            seed ^= seed >> 17;
+            seed ^= seed << 5;
+            std::thread::sleep(Duration::from_micros(u64::from(seed % 3000)));
+            if held.len() > 2 {
+                drop(held.pop_front());
+            }
+        }
+        held
+    });
+    let mut s = dev.stream_export(4).unwrap();
+    s.start().unwrap();
+    let mut sent = 0;
+    while sent < 300 {
+        if sent % 25 == 24 {
+            s.stop().unwrap();
+            assert_eq!(s.queued_count(), 0);
+            s.start().unwrap();
+        }
+        match s.next_frame(WAIT) {
+            Ok(f) => {
+                tx.send(f).unwrap();
+                sent += 1;
+            }
+            Err(Error::V4l2 {
+                problem: V4l2Problem::AllBuffersHeld { .. },
+                ..
+            }) => std::thread::sleep(Duration::from_millis(1)),
+            Err(e) => panic!("frame {sent}: {e}"),
+        }
+    }
+    // The stream goes while the other thread still drops frames.
+    drop(s);
+    drop(tx);
+    let left = dropper.join().unwrap();
+    for f in &left {
+        assert_eq!(
+            f.memories()[0].map_readable().unwrap().len(),
+            f.memories()[0].size()
+        );
+    }
+    drop(left);
+    // Nothing kept the device: a new stream has every buffer.
+    let mut s = dev.stream_export(4).unwrap();
+    s.start().unwrap();
+    assert_eq!(s.queued_count(), 4);
+    s.next_frame(WAIT).unwrap();
 }
 
 #[test]
@@ -545,6 +856,30 @@ fn bad_formats_and_imports_are_refused_before_qbuf() {
     offset.resize(64..).unwrap();
     bad_import(vec![vec![offset]], "an offset");
     bad_import(Vec::new(), "no buffers");
+    // A memory with a block-free hook already (its owner's): refused
+    // before REQBUFS, the hook left in place.
+    let mut hooked = udmabuf.alloc(need, None).unwrap();
+    let fired = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let flag = fired.clone();
+    hooked
+        .set_on_block_free(Arc::new(move |_| {
+            flag.store(true, std::sync::atomic::Ordering::SeqCst)
+        }))
+        .unwrap();
+    let reason = bad_import(vec![vec![hooked]], "a memory with a hook");
+    assert!(reason.contains("hook"), "{reason}");
+    assert!(
+        fired.load(std::sync::atomic::Ordering::SeqCst),
+        "its hook ran when the refused memory dropped"
+    );
+    // Another root of the same dma-buf (its fd imported again) could read
+    // what the driver writes: refused, both ways round.
+    let mem = udmabuf.alloc(need, None).unwrap();
+    let reason = bad_import(vec![vec![second_root(&mem)]], "a second root");
+    assert!(reason.contains("same dma-buf"), "{reason}");
+    let again = second_root(&mem);
+    bad_import(vec![vec![mem]], "the first root");
+    drop(again);
     // Two memories for a one-memory format.
     let two = vec![vec![
         udmabuf.alloc(need, None).unwrap(),

@@ -132,6 +132,14 @@ impl BlockAlias {
         Arc::ptr_eq(&self.0, &other.0)
     }
 
+    /// How many handles to this rule are alive: an fd-backed root holds
+    /// two (its backend's block and the root itself), so more than two
+    /// means another root or block of the same file exists in this
+    /// process (the V4L2 bridge's "no one else can read it" check).
+    pub(crate) fn handles(&self) -> usize {
+        Arc::strong_count(&self.0)
+    }
+
     /// The word whose borrow half holds the rule.
     #[inline]
     pub(crate) fn word(&self) -> &LockWord {
