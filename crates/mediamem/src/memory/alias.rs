@@ -26,10 +26,12 @@
 use std::collections::HashMap;
 use std::fmt;
 use std::os::fd::BorrowedFd;
-use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, PoisonError, Weak};
 
 use super::lock::LockWord;
+use super::region::Borrow;
+use super::sync::{AtomicBool, Ordering};
+use super::LockFlags;
 use crate::error::{Error, Result};
 
 /// The identity of a file: `(st_dev, st_ino)`.
@@ -146,6 +148,48 @@ impl BlockAlias {
         &self.0.borrows
     }
 
+    /// Lock a root of this rule for a map and take its borrow: in the
+    /// alias word at once when the root `owns_word` (its lock word is the
+    /// word's GStreamer half), else in the root's own word `own`, then the
+    /// borrow here (undoing the lock if the borrow is refused).
+    #[inline(always)]
+    pub(crate) fn lock_for_map(
+        &self,
+        own: &LockWord,
+        owns_word: bool,
+        flags: LockFlags,
+        readonly: bool,
+        borrow: Borrow,
+    ) -> Result<()> {
+        if owns_word {
+            return self.word().lock_borrow(flags, readonly, borrow);
+        }
+        own.lock(flags, readonly)?;
+        if let Err(e) = self.word().borrow(borrow) {
+            own.unlock(flags);
+            return Err(e);
+        }
+        Ok(())
+    }
+
+    /// Undo [`lock_for_map`](BlockAlias::lock_for_map) with the same
+    /// arguments.
+    #[inline(always)]
+    pub(crate) fn unlock_map(
+        &self,
+        own: &LockWord,
+        owns_word: bool,
+        flags: LockFlags,
+        borrow: Borrow,
+    ) {
+        if owns_word {
+            self.word().unlock_release(flags, borrow);
+        } else {
+            self.word().release(borrow);
+            own.unlock(flags);
+        }
+    }
+
     /// Claim the GStreamer half of [`word`](BlockAlias::word) as a root's
     /// lock word: true for the first root that asks while no other holds
     /// it. That root then locks and borrows in one step; it gives the half
@@ -162,7 +206,12 @@ impl BlockAlias {
     /// Give back what [`claim_word`](BlockAlias::claim_word) granted.
     pub(crate) fn unclaim_word(&self) {
         self.0.borrows.clear_gst_half();
-        self.0.claimed.store(false, Ordering::Release);
+        // A read-modify-write, as the claim is: the flag's every change is
+        // one chain of them. (With a plain store here, loom finds a run of
+        // `loom_the_alias_word_passes_between_roots` whose newcomer's claim
+        // reads the flag as still held and the word stays claimed by no
+        // one; it costs nothing, once per root.)
+        self.0.claimed.swap(false, Ordering::AcqRel);
     }
 }
 
@@ -263,5 +312,103 @@ mod tests {
             other.add_file(fd.as_fd()),
             Err(Error::Aliased { .. })
         ));
+    }
+}
+
+/// Model checks of the alias word passing between roots (`cargo xtask
+/// loom`), through the same functions `Memory`'s maps call.
+#[cfg(all(test, loom))]
+mod loom_tests {
+    use super::*;
+    use crate::memory::sync::outcomes;
+    use loom::cell::UnsafeCell;
+    use loom::thread;
+
+    const R: LockFlags = LockFlags::READ;
+    const RW: LockFlags = LockFlags::READ.union(LockFlags::WRITE);
+
+    /// One map of a root of `alias` whose own lock word is `own`: whether
+    /// it was granted; a granted map touches the bytes (loom reports a race
+    /// if a writer overlaps anyone).
+    fn map(
+        alias: &BlockAlias,
+        own: &LockWord,
+        owns_word: bool,
+        write: bool,
+        bytes: &UnsafeCell<u32>,
+    ) -> bool {
+        let (flags, borrow) = if write {
+            (RW, Borrow::Exclusive)
+        } else {
+            (R, Borrow::Shared)
+        };
+        if alias
+            .lock_for_map(own, owns_word, flags, false, borrow)
+            .is_err()
+        {
+            return false;
+        }
+        if write {
+            bytes.with_mut(|_| ());
+        } else {
+            bytes.with(|_| ());
+        }
+        alias.unlock_map(own, owns_word, flags, borrow);
+        true
+    }
+
+    #[test]
+    fn loom_the_alias_word_passes_between_roots() {
+        // The first root of a file holds the alias word as its lock word,
+        // write-maps once and is freed (gives the word back). A new root
+        // arrives meanwhile: it claims the word if it is free by then, or
+        // keeps its own, and write-maps. A second root (never the word's)
+        // read-maps. Writers never overlap anyone, and at the end every
+        // word is idle and the word is free again.
+        let seen = outcomes(|| {
+            let alias = BlockAlias::new();
+            assert!(alias.claim_word());
+            let bytes = loom::sync::Arc::new(UnsafeCell::new(0u32));
+            let first = {
+                let (alias, bytes) = (alias.clone(), bytes.clone());
+                thread::spawn(move || {
+                    let own = LockWord::default();
+                    let granted = map(&alias, &own, true, true, &bytes);
+                    alias.unclaim_word();
+                    granted
+                })
+            };
+            let newcomer = {
+                let (alias, bytes) = (alias.clone(), bytes.clone());
+                thread::spawn(move || {
+                    let own = LockWord::default();
+                    let owns = alias.claim_word();
+                    let granted = map(&alias, &own, owns, true, &bytes);
+                    if owns {
+                        alias.unclaim_word();
+                    }
+                    assert!(own.is_idle());
+                    (owns, granted)
+                })
+            };
+            let own = LockWord::default();
+            let read = map(&alias, &own, false, false, &bytes);
+            let first = first.join().unwrap();
+            let (owns, granted) = newcomer.join().unwrap();
+            assert!(own.is_idle());
+            assert!(alias.word().is_idle() && alias.word().get() == 0);
+            assert!(alias.claim_word(), "the word was not given back");
+            (owns, granted, first, read)
+        });
+        // The newcomer took the word over when the first root had given it
+        // back, and kept its own word otherwise; everyone was granted in
+        // some order, and refused in others.
+        assert!(
+            seen.iter().any(|o| o.0) && seen.iter().any(|o| !o.0),
+            "{seen:?}"
+        );
+        assert!(seen.contains(&(true, true, true, true)), "{seen:?}");
+        assert!(seen.contains(&(false, true, true, true)), "{seen:?}");
+        assert!(seen.iter().any(|o| !o.3), "the reader was never refused");
     }
 }

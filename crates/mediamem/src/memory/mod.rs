@@ -744,19 +744,9 @@ impl Memory {
                         .lock_borrow(flags, readonly, borrow)
                         .map(|()| true);
                 };
-                if owns_word {
-                    // Lock and borrow in the alias's one word.
-                    return alias
-                        .word()
-                        .lock_borrow(flags, readonly, borrow)
-                        .map(|()| true);
-                }
-                self.inner.lock.lock(flags, readonly)?;
-                if let Err(e) = alias.word().borrow(borrow) {
-                    self.inner.lock.unlock(flags);
-                    return Err(e);
-                }
-                Ok(true)
+                alias
+                    .lock_for_map(&self.inner.lock, owns_word, flags, readonly, borrow)
+                    .map(|()| true)
             }
             Origin::Share { root } => {
                 self.inner.lock.lock(flags, readonly)?;
@@ -775,10 +765,8 @@ impl Memory {
         match &self.inner.origin {
             Origin::Root { .. } => match self.root_alias_and_claim() {
                 None => self.inner.lock.unlock_release(flags, borrow),
-                Some((alias, true)) => alias.word().unlock_release(flags, borrow),
-                Some((alias, false)) => {
-                    alias.word().release(borrow);
-                    self.inner.lock.unlock(flags);
+                Some((alias, owns_word)) => {
+                    alias.unlock_map(&self.inner.lock, owns_word, flags, borrow)
                 }
             },
             Origin::Share { root } => {
