@@ -1,11 +1,11 @@
 //! `Allocator` and the allocators of GstAllocators, as Python classes that
 //! extend it.
 
-use std::os::fd::{AsFd, BorrowedFd};
+use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
 
 use mediamem::{
     heap, phys::CmaHeapAllocator, Allocator, DmaBufAllocator, DmaHeapAllocator, DrmDumbAllocator,
-    FdAllocator, FdMemoryFlags, HugePageAllocator, ShmAllocator, UdmabufAllocator,
+    FdAllocator, FdMemoryFlags, HugePageAllocator, Memory, ShmAllocator, UdmabufAllocator,
 };
 use pyo3::prelude::*;
 use pyo3::PyClassInitializer;
@@ -55,6 +55,33 @@ fn fd_flags(flags: u32) -> FdMemoryFlags {
 
 /// The dma-buf filesystem's magic (`DMA_BUF_MAGIC`).
 const DMA_BUF_MAGIC: i64 = 0x444d_4142;
+
+/// Import the caller's `fd` with `import` (fd and dma-buf allocators), as
+/// GStreamer does: the memory takes `fd` over (its number is the memory's
+/// fd), unless `DONT_CLOSE` asks for a duplicate and leaves `fd` the
+/// caller's. The import is first made of a duplicate, so that an error
+/// leaves the caller's fd open and the caller's; only then is `fd` taken.
+fn import_fd(
+    py: Python<'_>,
+    fd: i64,
+    flags: u32,
+    import: impl Fn(OwnedFd, FdMemoryFlags) -> mediamem::Result<Memory> + Send + Sync,
+) -> PyResult<Py<PyMemory>> {
+    let flags = fd_flags(flags);
+    let keep = flags.contains(FdMemoryFlags::DONT_CLOSE);
+    let flags = flags - FdMemoryFlags::DONT_CLOSE;
+    let dup = sys::dup_fd(fd)?;
+    let flags = guarded(dup.as_fd(), flags);
+    let m = py.allow_threads(|| import(dup, flags));
+    let m = if keep {
+        m
+    } else {
+        drop(m.py()?);
+        let owned = sys::take_fd(fd)?;
+        py.allow_threads(|| import(owned, flags))
+    };
+    PyMemory::new_py(py, m.py()?)
+}
 
 /// `flags`, plus `GUARD_SIGBUS` unless the file cannot shrink under a
 /// mapping: a real dma-buf, or a memfd sealed with `F_SEAL_SHRINK`. From
@@ -192,22 +219,9 @@ impl PyFdAllocator {
         size: usize,
         flags: u32,
     ) -> PyResult<Py<PyMemory>> {
-        let flags = fd_flags(flags);
-        let keep = flags.contains(FdMemoryFlags::DONT_CLOSE);
-        let flags = flags - FdMemoryFlags::DONT_CLOSE;
-        // The import is first made of a duplicate, so that an error leaves
-        // the caller's fd open and the caller's; only then is `fd` taken.
-        let dup = sys::dup_fd(fd)?;
-        let flags = guarded(dup.as_fd(), flags);
-        let m = py.allow_threads(|| self.a.alloc_full(dup, maxsize, offset, size, flags));
-        let m = if keep {
-            m
-        } else {
-            drop(m.py()?);
-            let owned = sys::take_fd(fd)?;
-            py.allow_threads(|| self.a.alloc_full(owned, maxsize, offset, size, flags))
-        };
-        PyMemory::new_py(py, m.py()?)
+        import_fd(py, fd, flags, |fd, flags| {
+            self.a.alloc_full(fd, maxsize, offset, size, flags)
+        })
     }
 }
 
@@ -251,21 +265,9 @@ impl PyDmaBufAllocator {
         size: usize,
         flags: u32,
     ) -> PyResult<Py<PyMemory>> {
-        let flags = fd_flags(flags);
-        let keep = flags.contains(FdMemoryFlags::DONT_CLOSE);
-        let flags = flags - FdMemoryFlags::DONT_CLOSE;
-        // As FdAllocator.alloc_full: a duplicate first, `fd` only on success.
-        let dup = sys::dup_fd(fd)?;
-        let flags = guarded(dup.as_fd(), flags);
-        let m = py.allow_threads(|| self.a.alloc_with_flags(dup, size, flags));
-        let m = if keep {
-            m
-        } else {
-            drop(m.py()?);
-            let owned = sys::take_fd(fd)?;
-            py.allow_threads(|| self.a.alloc_with_flags(owned, size, flags))
-        };
-        PyMemory::new_py(py, m.py()?)
+        import_fd(py, fd, flags, |fd, flags| {
+            self.a.alloc_with_flags(fd, size, flags)
+        })
     }
 }
 
