@@ -185,6 +185,20 @@ const FORMATS: &[DumbFormat] = &[
     f(b"YV24", 8, Rows::Triple, false), // YVU444
 ];
 
+/// The table's entry for `code`.
+///
+/// # Errors
+/// [`Error::UnknownFourcc`] for a fourcc outside the table.
+fn dumb_format(code: u32) -> Result<&'static DumbFormat> {
+    FORMATS
+        .iter()
+        .find(|x| x.code == code)
+        .ok_or_else(|| Error::UnknownFourcc {
+            fourcc: code,
+            name: fourcc_name(code),
+        })
+}
+
 /// The `(width, height, bpp)` to ask `CREATE_DUMB` for, so that one dumb
 /// buffer holds every plane of a `width`×`height` image in `fourcc`.
 ///
@@ -197,13 +211,7 @@ const FORMATS: &[DumbFormat] = &[
 /// # Ok::<(), mediamem::Error>(())
 /// ```
 pub fn dumb_dimensions(code: u32, width: u32, height: u32) -> Result<(u32, u32, u32)> {
-    let format = FORMATS
-        .iter()
-        .find(|x| x.code == code)
-        .ok_or_else(|| Error::UnknownFourcc {
-            fourcc: code,
-            name: fourcc_name(code),
-        })?;
+    let format = dumb_format(code)?;
     let overflow = Error::SizeOverflow {
         what: "dumb buffer dimensions",
     };
@@ -232,13 +240,7 @@ pub fn dumb_dimensions(code: u32, width: u32, height: u32) -> Result<(u32, u32, 
 /// # Errors
 /// [`Error::UnknownFourcc`] for a fourcc outside the table.
 pub(crate) fn plane_extents(code: u32, width: u32, height: u32) -> Result<Vec<(u64, u64)>> {
-    let format = FORMATS
-        .iter()
-        .find(|x| x.code == code)
-        .ok_or_else(|| Error::UnknownFourcc {
-            fourcc: code,
-            name: fourcc_name(code),
-        })?;
+    let format = dumb_format(code)?;
     let (w, h, bpp) = (u64::from(width), u64::from(height), u64::from(format.bpp));
     let w_even = if format.hsub {
         w.next_multiple_of(2)
