@@ -38,6 +38,20 @@ fn venv_python(root: &Path) -> PathBuf {
     venv(root).join("bin/python")
 }
 
+/// `pip install`, quiet, with the venv's interpreter; the caller adds
+/// what to install.
+fn pip_install(root: &Path) -> Command {
+    let mut pip = Command::new(venv_python(root));
+    pip.args([
+        "-m",
+        "pip",
+        "install",
+        "--quiet",
+        "--disable-pip-version-check",
+    ]);
+    pip
+}
+
 /// The interpreter the venv is made with: `$MEDIAMEM_PYTHON`, else the
 /// first of `python3` on the PATH (on this project's machines pyenv's
 /// CPython 3.11.7) and Debian's `/usr/bin/python3` (3.11.2, with
@@ -92,15 +106,7 @@ fn provision(root: &Path) -> Res<()> {
     }
     if !venv_has(root, "import pytest, numpy, maturin") || !venv.join("bin/maturin").exists() {
         run(
-            Command::new(venv_python(root))
-                .args([
-                    "-m",
-                    "pip",
-                    "install",
-                    "--quiet",
-                    "--disable-pip-version-check",
-                ])
-                .args(PIP_PACKAGES),
+            pip_install(root).args(PIP_PACKAGES),
             &format!("pip install {}", PIP_PACKAGES.join(" ")),
         )?;
     }
@@ -134,16 +140,8 @@ pub fn build_wheel(root: &Path) -> Res<()> {
         .find(|p| p.extension().is_some_and(|x| x == "whl"))
         .ok_or("maturin built no wheel")?;
     run(
-        Command::new(venv_python(root))
-            .args([
-                "-m",
-                "pip",
-                "install",
-                "--quiet",
-                "--disable-pip-version-check",
-                "--force-reinstall",
-                "--no-deps",
-            ])
+        pip_install(root)
+            .args(["--force-reinstall", "--no-deps"])
             .arg(&wheel),
         &format!("pip install {}", wheel.display()),
     )
